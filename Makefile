@@ -1,0 +1,30 @@
+# make demo  - create .venv if missing, install, run the quickstart job on an embedded local Ray
+# make test  - create .venv if missing, install, run the whole test suite
+# make lab   - JupyterLab on 127.0.0.1 with the notebooks and the project's kernel
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# constraints.txt pins the CPU build of torch (and the versions we test) on our machines
+PIP_INSTALL := $(BIN)/pip install -c constraints.txt
+
+.PHONY: demo test test-unit lint lab bench clean
+
+$(BIN)/cellforge: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP_INSTALL) -q -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/cellforge
+	$(BIN)/cellforge run jobs/quickstart.yaml
+
+test: $(BIN)/cellforge
+	$(BIN)/python -m pytest -q tests
+
+test-unit: $(BIN)/cellforge
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: $(BIN)/cellforge
+	$(BIN)/ruff check platform tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,122 @@
+"""The saved-model format: a directory, checksummed, with no pickle anywhere.
+
+    bundle/
+      manifest.json        format, version and the sha256 of every other file
+      spec.json            the completed ModelSpec
+      weights.safetensors  canonical names and gate order (see cellforge.backends)
+      preprocessing.json   scalers, vocabulary, class labels, window
+      metrics.json         test metrics, per-epoch history, baselines
+
+``save`` writes to a temporary sibling and renames it into place, so a bundle on disk
+is always whole. ``read`` refuses a bundle whose manifest does not verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellforge.spec import ModelSpec
+
+FORMAT, VERSION = "cellforge-bundle", 1
+FILES = ("spec.json", "weights.safetensors", "preprocessing.json", "metrics.json")
+
+
+class BundleError(ValueError):
+    """A bundle is missing, incomplete, tampered with, or of an unknown format."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(path: str | Path, spec: ModelSpec, weights: dict[str, np.ndarray], preprocessing: dict[str, Any],
+         metrics: dict[str, Any]) -> Path:
+    """Write a bundle atomically; an existing bundle at ``path`` is replaced only once the new one is whole."""
+    from safetensors.numpy import save_file
+
+    from cellforge.backends import param_shapes
+
+    path = Path(path)
+    expected = param_shapes(spec)
+    if set(weights) != set(expected):
+        raise BundleError(f"weights do not match the spec: missing {sorted(set(expected) - set(weights))}, "
+                          f"unexpected {sorted(set(weights) - set(expected))}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        (tmp / "spec.json").write_text(spec.to_json())
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()},
+                  str(tmp / "weights.safetensors"), metadata={"format": FORMAT})
+        (tmp / "preprocessing.json").write_text(json.dumps(preprocessing, indent=1))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+        manifest = {"format": FORMAT, "version": VERSION, "framework": spec.framework,
+                    "files": {f: sha256(tmp / f) for f in FILES}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def verify(path: str | Path) -> dict[str, Any]:
+    """Check the manifest and every checksum; return the manifest or raise BundleError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"bundle not found: {path} is not a directory")
+    mf = path / "manifest.json"
+    if not mf.exists():
+        raise BundleError(f"bundle {path}: manifest.json is missing — not a cellforge bundle, or incomplete")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"bundle {path}: manifest.json is not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise BundleError(f"bundle {path}: unknown format {manifest.get('format')!r} version "
+                          f"{manifest.get('version')!r}; this cellforge reads {FORMAT} version {VERSION}")
+    listed = manifest.get("files", {})
+    missing = [f for f in FILES if f not in listed]
+    if missing:
+        raise BundleError(f"bundle {path}: manifest does not list {missing}")
+    for name, digest in listed.items():
+        f = path / name
+        if not f.is_file():
+            raise BundleError(f"bundle {path}: {name} is missing")
+        if sha256(f) != digest:
+            raise BundleError(f"bundle {path}: {name} does not match its sha256 in manifest.json — "
+                              "the bundle was modified or is corrupt; refusing to load it")
+    return manifest
+
+
+def read(path: str | Path) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """Verify and read a bundle: (spec, weights, preprocessing state, metrics)."""
+    from safetensors.numpy import load_file
+
+    from cellforge.backends import param_shapes
+
+    path = Path(path)
+    verify(path)
+    spec = ModelSpec.from_json((path / "spec.json").read_text())
+    weights = load_file(str(path / "weights.safetensors"))
+    expected = param_shapes(spec)
+    bad = {k: (v.shape, expected.get(k)) for k, v in weights.items() if expected.get(k) != v.shape}
+    if bad or set(expected) != set(weights):
+        raise BundleError(f"bundle {path}: weights do not match spec.json: {bad or sorted(set(expected) ^ set(weights))}")
+    return spec, weights, json.loads((path / "preprocessing.json").read_text()), json.loads((path / "metrics.json").read_text())

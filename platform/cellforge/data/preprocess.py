@@ -1,0 +1,247 @@
+"""Preprocessing fitted on the training split: scalers, vocabulary, labels, windows.
+
+The state is plain JSON (``Preprocessor.state``) so a bundle carries it without pickle,
+and ``Preprocessor.transform`` turns the same raw inputs a user has (strings, raw
+values) into model arrays at predict time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from cellforge.spec import ModelSpec, SpecError
+
+PAD, UNK = "<pad>", "<unk>"
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+class Preprocessor:
+    """Raw inputs <-> model arrays, from a JSON-able ``state``."""
+
+    def __init__(self, state: dict[str, Any]):
+        self.state = state
+        self._index = {t: i for i, t in enumerate(state.get("vocab", []))}
+
+    # inputs -------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[str]:
+        s = self.state
+        text = text.lower() if s["lowercase"] else text
+        return list(text) if s["tokenizer"] == "char" else _WORD.findall(text)
+
+    def transform(self, raw: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Raw inputs -> (padded x, lengths). Text: strings; numeric: (N,T,F) or a list of (T_i,F)."""
+        s = self.state
+        if s["input_type"] == "text":
+            if isinstance(raw, str):
+                raise SpecError([("inputs", "expected a list of strings, got one string")], what="input")
+            seqs = []
+            for i, t in enumerate(raw):
+                if not isinstance(t, str):
+                    raise SpecError([(f"inputs.{i}", f"expected a string, got {type(t).__name__}")], what="input")
+                ids = [self._index.get(tok, 1) for tok in self.tokenize(t)] or [1]
+                seqs.append(np.asarray(ids, np.int64))
+            return pad(seqs, s.get("max_length"), np.int64)
+        seqs = as_sequences(raw, s["num_features"])
+        if s["kind"] == "series":
+            seqs = [q[-s["window"]:] for q in seqs]
+        return pad([scale(q, s["scaler"]) for q in seqs], s.get("max_length"), np.float32)
+
+    # targets ------------------------------------------------------------------
+    def encode_y(self, y: Any, lengths: np.ndarray | None = None) -> np.ndarray:
+        s = self.state
+        if s["task"] == "classify":
+            index = {c: i for i, c in enumerate(s["classes"])}
+            return np.asarray([index[_key(v)] for v in np.asarray(y).tolist()], np.int64)
+        if s["task"] == "tag":
+            index = {c: i for i, c in enumerate(s["classes"])}
+            out = np.full((len(y), int(lengths.max())), -100, np.int64)  # -100: ignored by the loss
+            for i, tags in enumerate(y):
+                ids = [index[_key(v)] for v in list(tags)[: lengths[i]]]
+                out[i, : len(ids)] = ids
+            return out
+        y = np.asarray(y, np.float64).reshape(len(y), -1)
+        return scale(y, s["target_scaler"]).astype(np.float32)
+
+    def decode(self, outputs: np.ndarray, lengths: np.ndarray | None = None) -> dict[str, Any]:
+        """Network outputs -> user-facing predictions (labels / probabilities / values)."""
+        s = self.state
+        if s["task"] in ("classify", "tag"):
+            z = outputs - outputs.max(-1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(-1, keepdims=True)
+            labels = np.asarray(s["classes"], dtype=object)[p.argmax(-1)]
+            if s["task"] == "tag":
+                return {"labels": [lab[: n].tolist() for lab, n in zip(labels, lengths)],
+                        "probabilities": [q[: n] for q, n in zip(p, lengths)]}
+            return {"labels": labels.tolist(), "probabilities": p}
+        values = unscale(outputs.reshape(len(outputs), -1, s["num_targets"]), s["target_scaler"])
+        if s["task"] == "regress":
+            values = values[:, 0]
+        return {"values": values[..., 0] if s["num_targets"] == 1 else values}
+
+
+def _key(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def as_sequences(raw: Any, num_features: int | None) -> list[np.ndarray]:
+    """A (N,T,F)/(N,T) array or list of (T_i,F)/(T_i,) sequences -> list of float arrays."""
+    if isinstance(raw, np.ndarray) and raw.dtype != object and raw.ndim in (2, 3):
+        seqs = list(raw[..., None] if raw.ndim == 2 else raw)
+    else:
+        try:
+            seqs = [np.asarray(q, np.float64) for q in raw]
+        except (TypeError, ValueError) as e:
+            raise SpecError([("inputs", f"expected numeric sequences, {e}")], what="input") from None
+    out = []
+    for i, q in enumerate(seqs):
+        q = np.asarray(q, np.float64)
+        q = q[:, None] if q.ndim == 1 else q
+        if q.ndim != 2 or len(q) == 0:
+            raise SpecError([(f"inputs.{i}", f"expected a non-empty (steps, features) sequence, got shape {q.shape}")],
+                            what="input")
+        if num_features is not None and q.shape[1] != num_features:
+            raise SpecError([(f"inputs.{i}", f"expected {num_features} features per step, got {q.shape[1]}")],
+                            what="input")
+        if not np.isfinite(q).all():
+            raise SpecError([(f"inputs.{i}", "contains NaN or infinity")], what="input")
+        out.append(q)
+    return out
+
+
+def pad(seqs: list[np.ndarray], max_length: int | None, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to the longest sequence (keeping the first ``max_length`` steps)."""
+    if not seqs:
+        raise SpecError([("inputs", "empty batch: send at least one sequence")], what="input")
+    seqs = [q[:max_length] if max_length else q for q in seqs]
+    lengths = np.asarray([len(q) for q in seqs], np.int64)
+    shape = (len(seqs), int(lengths.max()), *seqs[0].shape[1:])
+    x = np.zeros(shape, dtype)
+    for i, q in enumerate(seqs):
+        x[i, : len(q)] = q
+    return x, lengths
+
+
+def fit_scaler(values: np.ndarray, kind: str) -> dict[str, list[float]]:
+    if kind == "none":
+        return {"shift": [0.0] * values.shape[-1], "scale": [1.0] * values.shape[-1]}
+    if kind == "minmax":
+        lo, hi = values.min(0), values.max(0)
+        return {"shift": lo.tolist(), "scale": np.where(hi > lo, hi - lo, 1.0).tolist()}
+    sd = values.std(0)
+    return {"shift": values.mean(0).tolist(), "scale": np.where(sd > 0, sd, 1.0).tolist()}
+
+
+def scale(v: np.ndarray, sc: dict) -> np.ndarray:
+    return (v - np.asarray(sc["shift"])) / np.asarray(sc["scale"])
+
+
+def unscale(v: np.ndarray, sc: dict) -> np.ndarray:
+    return v * np.asarray(sc["scale"]) + np.asarray(sc["shift"])
+
+
+def split_indices(n: int, val: float, test: float, seed: int, shuffle: bool) -> dict[str, np.ndarray]:
+    idx = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    n_test, n_val = int(round(n * test)), int(round(n * val))
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise SpecError([("training.val_fraction", f"no training data left from {n} examples")], what="data")
+    return {"train": idx[:n_train], "val": idx[n_train: n_train + n_val], "test": idx[n_train + n_val:]}
+
+
+def fit_preprocessor(spec: ModelSpec, src) -> tuple[ModelSpec, Any]:
+    from cellforge.data import Prepared, Series
+
+    if isinstance(src, Series):
+        return _fit_series(spec, src)
+    t, inp = spec.training, spec.input
+    n = len(src.x)
+    if len(src.y) != n:
+        raise SpecError([("data", f"{n} inputs but {len(src.y)} targets")], what="data")
+    parts = split_indices(n, t.val_fraction, t.test_fraction, t.seed, shuffle=True)
+    state: dict[str, Any] = {"kind": "sequences", "task": spec.task, "input_type": inp.type,
+                             "max_length": inp.max_length}
+    if inp.type == "text":
+        if not all(isinstance(s, str) for s in src.x):
+            raise SpecError([("input.type", "text input needs strings")], what="data")
+        state.update(tokenizer=inp.tokenizer, lowercase=inp.lowercase, vocab=[])
+        pre = Preprocessor(state)
+        counts = Counter(tok for i in parts["train"] for tok in pre.tokenize(src.x[i]))
+        kept = sorted((c for c in counts.items() if c[1] >= inp.min_freq), key=lambda c: (-c[1], c[0]))
+        state["vocab"] = [PAD, UNK, *[tok for tok, _ in kept[: inp.max_vocab - 2]]]
+        spec = spec.updated(**{"input.vocab_size": len(state["vocab"])})
+    else:
+        seqs = as_sequences(src.x, None)
+        widths = {q.shape[1] for q in seqs}
+        if len(widths) != 1:
+            raise SpecError([("data", f"sequences have different feature counts: {sorted(widths)}")], what="data")
+        state["num_features"] = widths.pop()
+        train_rows = np.concatenate([seqs[i][: inp.max_length or None] for i in parts["train"]])
+        state["scaler"] = fit_scaler(train_rows, inp.scale)
+        spec = spec.updated(**{"input.num_features": state["num_features"]})
+    if spec.task in ("classify", "tag"):
+        flat = [_key(v) for ys in src.y for v in (ys if spec.task == "tag" else [ys])]
+        classes = sorted(set(flat), key=lambda v: (str(type(v)), v))
+        if len(classes) < 2:
+            raise SpecError([("data", f"need at least 2 classes, found {classes}")], what="data")
+        state["classes"] = classes
+        spec = spec.updated(num_classes=len(classes))
+    else:
+        y = np.asarray(src.y, np.float64).reshape(n, -1)
+        state["num_targets"] = y.shape[1]
+        state["target_scaler"] = fit_scaler(y[parts["train"]], inp.scale)
+        spec = spec.updated(num_outputs=y.shape[1])
+    pre = Preprocessor(state)
+    x, lengths = pre.transform(src.x)
+    y = pre.encode_y(src.y if spec.task != "tag" else list(src.y), lengths)
+    splits = {k: {"x": x[i], "lengths": lengths[i], "y": y[i]} for k, i in parts.items()}
+    raw_test = [src.x[i] for i in parts["test"]]
+    return spec, Prepared(splits, pre, raw_test)
+
+
+def _fit_series(spec: ModelSpec, src) -> tuple[ModelSpec, Any]:
+    from cellforge.data import Prepared
+
+    inp, t = spec.input, spec.training
+    values = src.values
+    names = _targets(spec, src)
+    tcols = [src.columns.index(c) for c in names]
+    n_windows = len(values) - inp.window - spec.horizon + 1
+    if n_windows < 3:
+        raise SpecError([("horizon", f"window ({inp.window}) + horizon ({spec.horizon}) needs a series longer than "
+                          f"{inp.window + spec.horizon + 1} steps, got {len(values)}")], what="data")
+    if not np.isfinite(values).all():
+        raise SpecError([("data", "the series contains NaN or infinity")], what="data")
+    parts = split_indices(n_windows, t.val_fraction, t.test_fraction, t.seed, shuffle=False)
+    train_rows = values[: parts["train"][-1] + inp.window + spec.horizon]
+    scaler = fit_scaler(train_rows, inp.scale)
+    state = {"kind": "series", "task": "forecast", "input_type": "numeric", "max_length": None,
+             "num_features": values.shape[1], "window": inp.window, "horizon": spec.horizon,
+             "columns": list(src.columns), "targets": names, "num_targets": len(tcols), "scaler": scaler,
+             "target_scaler": {k: [v[c] for c in tcols] for k, v in scaler.items()}}
+    spec = spec.updated(**{"input.num_features": values.shape[1], "num_outputs": len(tcols)})
+    pre = Preprocessor(state)
+    starts = np.arange(n_windows)
+    xs = np.stack([values[s: s + inp.window] for s in starts])
+    ys = np.stack([values[s + inp.window: s + inp.window + spec.horizon][:, tcols] for s in starts])
+    x = scale(xs, scaler).astype(np.float32)
+    y = scale(ys, state["target_scaler"]).reshape(n_windows, -1).astype(np.float32)
+    lengths = np.full(n_windows, inp.window, np.int64)
+    splits = {k: {"x": x[i], "lengths": lengths[i], "y": y[i]} for k, i in parts.items()}
+    test = parts["test"]
+    naive = np.repeat(xs[test][:, -1:, tcols], spec.horizon, axis=1)
+    baseline = {"naive_rmse": float(np.sqrt(np.mean((naive - ys[test]) ** 2)))} if len(test) else {}
+    return spec, Prepared(splits, pre, [xs[i] for i in test], baseline)
+
+
+def _targets(spec: ModelSpec, src) -> list[str]:
+    tgt = spec.input.target
+    names = src.columns if tgt is None else [tgt] if isinstance(tgt, str) else list(tgt)
+    bad = [c for c in names if c not in src.columns]
+    if bad:
+        raise SpecError([("input.target", f"{bad} not among the series' columns {src.columns}")], what="data")
+    return list(names)

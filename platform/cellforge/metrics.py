@@ -1,0 +1,70 @@
+"""Metrics from sufficient statistics, so per-epoch metrics sum exactly over all ranks.
+
+``stats`` turns one shard's outputs into a flat float64 vector; summing the vectors of
+every rank (an all-reduce) and calling ``finalize`` gives the metrics of the whole split.
+
+    >>> import numpy as np
+    >>> s = stats("classify", np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([0, 0]), 2)
+    >>> finalize("classify", s, 2)["accuracy"]
+    0.5
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# which way is better, for early stopping and sweeps
+MODES = {"loss": "min", "accuracy": "max", "macro_f1": "max", "mae": "min", "rmse": "min", "mape": "min"}
+
+
+def stats(task: str, out: np.ndarray, y: np.ndarray, num_classes: int | None = None,
+          target_scaler: dict | None = None) -> np.ndarray:
+    """Sufficient statistics of one shard. ``out`` are raw network outputs; ``y`` encoded targets."""
+    out = np.asarray(out, np.float64)
+    if task in ("classify", "tag"):
+        z = out.reshape(-1, out.shape[-1])
+        t = np.asarray(y).reshape(-1)
+        keep = t != -100
+        z, t = z[keep], t[keep]
+        m = z.max(-1, keepdims=True)
+        logp = z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+        loss = -logp[np.arange(len(t)), t].sum()
+        conf = np.zeros((num_classes, num_classes))
+        np.add.at(conf, (t, z.argmax(-1)), 1)
+        return np.concatenate([[loss, len(t)], conf.ravel()])
+    y = np.asarray(y, np.float64)
+    loss = ((out - y) ** 2).sum()  # MSE in the scaled space, as trained
+    if target_scaler is not None:
+        k = len(target_scaler["scale"])
+        sc, sh = np.asarray(target_scaler["scale"]), np.asarray(target_scaler["shift"])
+        out = out.reshape(len(out), -1, k) * sc + sh
+        y = y.reshape(len(y), -1, k) * sc + sh
+    err = out - y
+    nz = np.abs(y) > 1e-8  # MAPE skips true zeros, where it is undefined
+    return np.array([loss, err.size, np.abs(err).sum(), (err ** 2).sum(),
+                     (np.abs(err)[nz] / np.abs(y)[nz]).sum(), nz.sum()])
+
+
+def finalize(task: str, s: np.ndarray, num_classes: int | None = None) -> dict[str, float]:
+    """Metrics of a split from its summed statistics."""
+    n = max(s[1], 1)
+    if task in ("classify", "tag"):
+        conf = s[2:].reshape(num_classes, num_classes)
+        tp = np.diag(conf)
+        prec = np.divide(tp, conf.sum(0), out=np.zeros_like(tp), where=conf.sum(0) > 0)
+        rec = np.divide(tp, conf.sum(1), out=np.zeros_like(tp), where=conf.sum(1) > 0)
+        f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
+        present = (conf.sum(0) + conf.sum(1)) > 0  # macro over classes seen in truth or prediction
+        return {"loss": float(s[0] / n), "accuracy": float(tp.sum() / n),
+                "macro_f1": float(f1[present].mean()) if present.any() else 0.0}
+    return {"loss": float(s[0] / n), "mae": float(s[2] / n), "rmse": float(np.sqrt(s[3] / n)),
+            "mape": float(s[4] / max(s[5], 1))}
+
+
+def evaluate(task: str, out: np.ndarray, y: np.ndarray, num_classes=None, target_scaler=None) -> dict[str, float]:
+    return finalize(task, stats(task, out, y, num_classes, target_scaler), num_classes)
+
+
+def mode_of(metric: str) -> str:
+    """'min' or 'max' for a metric name such as 'val_accuracy'."""
+    return MODES.get(metric.split("_", 1)[-1] if metric.startswith(("val_", "train_", "test_")) else metric, "min")

@@ -1,0 +1,35 @@
+"""Where Ray runs: an embedded local Ray by default, a cluster when an address is given."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# a Tune trial plus its Train workers (or Serve replicas) each hold a logical CPU; on a
+# small machine they would deadlock waiting for cores, so the embedded Ray advertises more
+# logical CPUs than cores (the OS time-slices them). Override with CELLFORGE_NUM_CPUS.
+MIN_LOGICAL_CPUS = 8
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray bound to 127.0.0.1.
+
+    Does nothing when Ray is already initialised in this process (a notebook, a test session).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    # Ray Train's controller collects results every 2 s by default and a worker's report()
+    # blocks until the previous one is collected: short epochs would wait on it. Poll faster.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # Train V2 also routes print() through its logger, which shows each line twice
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+        return
+    cpus = int(os.environ.get("CELLFORGE_NUM_CPUS", max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)))
+    ray.init(num_cpus=cpus, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+             logging_level=logging.WARNING, configure_logging=True)

@@ -1,0 +1,156 @@
+"""``fit``: a spec and data in; metrics, history and a verified bundle out — on Ray Train.
+
+    >>> import cellforge as cf
+    >>> spec = cf.ModelSpec(task="classify", cell="lstm", hidden_size=64)
+    >>> result = cf.fit(spec, cf.datasets.load("digits"), workers=2, epochs=10)   # doctest: +SKIP
+    >>> result.metrics["test_accuracy"]                                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellforge import bundle as _bundle
+from cellforge import metrics as _metrics
+from cellforge.data import prepare
+from cellforge.spec import ModelSpec, SpecError
+
+
+def runs_dir() -> Path:
+    """Where runs and checkpoints go: $CELLFORGE_RUNS, or ./runs."""
+    return Path(os.environ.get("CELLFORGE_RUNS", "runs")).resolve()
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: the completed spec, test metrics, per-epoch history and the bundle path."""
+
+    spec: ModelSpec
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    bundle: Path
+    run_dir: Path
+    examples: list[dict[str, Any]] = field(default_factory=list)  # a few test predictions next to the truth
+
+    def history_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.history).set_index("epoch")
+
+
+def _trainer(spec: ModelSpec, config: dict, workers: int, use_gpu: bool, run_config):
+    import ray.train
+
+    scaling = ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1})
+    if spec.framework == "torch":
+        from ray.train.torch import TorchTrainer
+
+        return TorchTrainer(_worker_entry, train_loop_config=config, scaling_config=scaling, run_config=run_config)
+    from cellforge.backends.keras_backend import make_trainer
+
+    return make_trainer(_worker_entry, config, scaling, run_config)
+
+
+def _worker_entry(config):
+    from cellforge.loop import worker_loop
+
+    worker_loop(config)
+
+
+def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = False, epochs: int | None = None,
+        name: str | None = None, storage_path: str | Path | None = None, bundle_path: str | Path | None = None,
+        address: str | None = None, max_failures: int = 0, verbose: bool = True) -> FitResult:
+    """Train ``spec`` on ``data`` with ``workers`` Ray Train workers and save a bundle.
+
+    Args:
+        spec: a ModelSpec or a dict of its fields.
+        data: (X, y), a built-in data set, a DataFrame, a CSV/Parquet path or a Ray Dataset.
+        workers: data-parallel Ray Train workers; the global batch is split between them.
+        use_gpu: one GPU per worker (CUDA), when the cluster has them.
+        epochs: overrides ``spec.training.epochs``.
+        name: the run's name; running again under the same name resumes from its last checkpoint.
+        storage_path: where runs live (default ``$CELLFORGE_RUNS`` or ``./runs``).
+        bundle_path: where to save the bundle (default ``<storage>/<name>/bundle``).
+        address: a Ray cluster; default ``$RAY_ADDRESS`` or an embedded local Ray.
+        max_failures: worker failures to recover from (from the last checkpoint).
+
+    Returns:
+        FitResult with ``metrics`` (``test_*``), ``history`` and ``bundle``.
+
+    Raises:
+        SpecError: the spec or the data is invalid (every problem listed, field paths included).
+    """
+    import ray
+    import ray.train
+
+    from cellforge.cells import custom_cells
+    from cellforge.loop import final_weights
+    from cellforge.runtime import ensure_ray
+
+    spec = ModelSpec.parse(spec.model_dump() if isinstance(spec, ModelSpec) else spec)
+    if epochs is not None:
+        spec = spec.updated(**{"training.epochs": epochs})
+    if not isinstance(workers, int) or workers < 1:
+        raise SpecError([("workers", f"expected a positive integer, got {workers!r}")], what="fit arguments")
+    spec, prepared = prepare(spec, data)
+    name = name or f"{spec.task}-{spec.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise SpecError([("name", f"use letters, digits, '.', '_' or '-', got {name!r}")], what="fit arguments")
+    storage = Path(storage_path).resolve() if storage_path else runs_dir()
+    ensure_ray(address)
+    config = {"spec": spec.model_dump(), "data": ray.put(prepared.splits), "use_gpu": use_gpu,
+              "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": custom_cells()}
+    run_config = ray.train.RunConfig(
+        name=name, storage_path=str(storage),
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"))  # our epoch line says it all
+    result = _trainer(spec, config, workers, use_gpu, run_config).fit()
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        weights, state = final_weights(Path(d))
+    test_metrics, examples = _test(spec, weights, prepared)
+    summary = {**test_metrics, **prepared.baseline}
+    path = _bundle.save(bundle_path or storage / name / "bundle", spec, weights, prepared.preprocessor.state,
+                        {"test": summary, "history": state["history"], "best_epoch": state.get("best_epoch")})
+    if verbose:
+        print(f"[cellforge] test {'  '.join(f'{k} {v:.4g}' for k, v in summary.items())}\n"
+              f"[cellforge] bundle saved to {path}")
+    return FitResult(spec, summary, state["history"], path, storage / name, examples)
+
+
+def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Test-split metrics with the final weights, plus a few predictions beside the truth."""
+    from cellforge.backends import get_backend
+
+    test = prepared.splits["test"]
+    if not len(test["y"]):
+        return {}, []
+    backend = get_backend(spec.framework)
+    out = backend.predict(backend.build(spec, weights), test["x"], test["lengths"])
+    if spec.task == "tag":
+        width = test["y"].shape[1]
+        out = out[:, :width]
+    scaler = prepared.preprocessor.state.get("target_scaler")
+    m = _metrics.evaluate(spec.task, out, test["y"], spec.num_classes, scaler)
+    pre = prepared.preprocessor
+    shown = pre.decode(out[:5], test["lengths"][:5])
+    truth = pre.decode(_one_hot_or_values(spec, test["y"][:5]), test["lengths"][:5])
+    key = "values" if "values" in shown else "labels"
+    examples = [{"prediction": np.asarray(p).tolist(), "truth": np.asarray(t).tolist()}
+                for p, t in zip(shown[key], truth[key])]
+    return {f"test_{k}": v for k, v in m.items()}, examples
+
+
+def _one_hot_or_values(spec, y):
+    if spec.task in ("classify", "tag"):
+        return np.eye(spec.num_classes)[np.where(y < 0, 0, y)]
+    return y
