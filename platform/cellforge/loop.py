@@ -100,11 +100,14 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
+    # Train logs "Reporting training result ..." per report (its logger is named by file path);
+    # our own epoch line says it all
+    from ray.train.v2._internal.execution import context as _train_ctx
+
     from cellforge.backends import get_backend
     from cellforge.cells import load_cells
 
-    # Train's "Reporting training result ..." line per report; our own epoch line says it all
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    logging.getLogger(_train_ctx.__file__).setLevel(logging.WARNING)
     load_cells(config.get("cells", {}))
     spec = ModelSpec.parse(config["spec"])
     data = config["data"]

@@ -87,28 +87,46 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     Raises:
         SpecError: the spec or the data is invalid (every problem listed, field paths included).
     """
-    import ray
-    import ray.train
-
-    from cellforge.cells import custom_cells
-    from cellforge.loop import final_weights
     from cellforge.runtime import ensure_ray
 
     spec = ModelSpec.parse(spec.model_dump() if isinstance(spec, ModelSpec) else spec)
     if epochs is not None:
         spec = spec.updated(**{"training.epochs": epochs})
-    if not isinstance(workers, int) or workers < 1:
-        raise SpecError([("workers", f"expected a positive integer, got {workers!r}")], what="fit arguments")
+    check_workers(workers)
     spec, prepared = prepare(spec, data)
-    name = name or f"{spec.task}-{spec.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise SpecError([("name", f"use letters, digits, '.', '_' or '-', got {name!r}")], what="fit arguments")
+    name = check_name(name or f"{spec.task}-{spec.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage = Path(storage_path).resolve() if storage_path else runs_dir()
     ensure_ray(address)
+    weights, state = run(spec, prepared, workers=workers, use_gpu=use_gpu, name=name, storage=storage,
+                         max_failures=max_failures)
+    return finish(spec, prepared, weights, state, bundle_path or storage / name / "bundle", storage / name, verbose)
+
+
+def check_workers(workers: Any) -> None:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise SpecError([("workers", f"expected a positive integer, got {workers!r}")], what="fit arguments")
+
+
+def check_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise SpecError([("name", f"use letters, digits, '.', '_' or '-', got {name!r}")], what="fit arguments")
+    return name
+
+
+def run(spec: ModelSpec, prepared, *, workers: int, use_gpu: bool, name: str, storage: Path,
+        max_failures: int = 0, callbacks: list | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Run the Ray Train job for prepared data; returns the final weights and the loop's state
+    (history, best epoch). Resumes from the last checkpoint of a run with the same name and storage."""
+    import ray
+    import ray.train
+
+    from cellforge.cells import custom_cells
+    from cellforge.loop import final_weights
+
     config = {"spec": spec.model_dump(), "data": ray.put(prepared.splits), "use_gpu": use_gpu,
               "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": custom_cells()}
     run_config = ray.train.RunConfig(
-        name=name, storage_path=str(storage),
+        name=name, storage_path=str(storage), callbacks=callbacks,
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         logging_config=ray.train.LoggingConfig(log_level="WARNING"))  # our epoch line says it all
@@ -116,15 +134,20 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:
-        weights, state = final_weights(Path(d))
+        return final_weights(Path(d))
+
+
+def finish(spec: ModelSpec, prepared, weights, state, bundle_path: str | Path, run_dir: Path,
+           verbose: bool = True) -> FitResult:
+    """Evaluate the final weights on the test split and save the bundle."""
     test_metrics, examples = _test(spec, weights, prepared)
     summary = {**test_metrics, **prepared.baseline}
-    path = _bundle.save(bundle_path or storage / name / "bundle", spec, weights, prepared.preprocessor.state,
+    path = _bundle.save(bundle_path, spec, weights, prepared.preprocessor.state,
                         {"test": summary, "history": state["history"], "best_epoch": state.get("best_epoch")})
     if verbose:
         print(f"[cellforge] test {'  '.join(f'{k} {v:.4g}' for k, v in summary.items())}\n"
               f"[cellforge] bundle saved to {path}")
-    return FitResult(spec, summary, state["history"], path, storage / name, examples)
+    return FitResult(spec, summary, state["history"], path, run_dir, examples)
 
 
 def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[dict[str, Any]]]:
