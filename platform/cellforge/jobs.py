@@ -102,22 +102,30 @@ def parse_job(source: str | Path | dict) -> tuple[Job, list[tuple[str, BaseModel
         if kind not in STEPS:
             problems.append((f"{where}.{kind}", f"unknown step kind; known kinds: {sorted(STEPS)}"))
             continue
+        body = body or {}
         try:
-            step = STEPS[kind].model_validate(body or {})
+            step = STEPS[kind].model_validate(body)
+            steps.append((kind, step))
         except ValidationError as e:
             problems += problems_of(e, f"{where}.{kind}")
-            continue
-        if isinstance(step, TrainStep):
-            try:
-                ModelSpec.parse(step.spec, prefix=f"{where}.{kind}.spec")
-            except SpecError as e:
-                problems += e.problems
-            if step.data.path and not (base / step.data.path).exists():
-                problems.append((f"{where}.{kind}.data.path", f"file not found: {base / step.data.path}"))
-        steps.append((kind, step))
+        problems += _check_contents(body, base, f"{where}.{kind}")
     if problems:
         raise SpecError(problems, what="job file")
     return job, steps, base
+
+
+def _check_contents(body: dict[str, Any], base: Path, where: str) -> list[tuple[str, str]]:
+    """What a step's schema cannot see: the spec inside it, files it names."""
+    problems = []
+    if isinstance(body.get("spec"), dict):
+        try:
+            ModelSpec.parse(body["spec"], prefix=f"{where}.spec")
+        except SpecError as e:
+            problems += e.problems
+    data = body.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and not (base / data["path"]).exists():
+        problems.append((f"{where}.data.path", f"file not found: {base / data['path']}"))
+    return problems
 
 
 def run_job(source: str | Path | dict, address: str | None = None) -> dict[str, dict[str, Any]]:

@@ -142,7 +142,7 @@ class ModelSpec(_Strict):
         if t.early_stopping is not None and t.val_fraction == 0:
             problems.append("training.early_stopping: needs a validation split (val_fraction > 0)")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError(" || ".join(problems))  # split back into field paths by parse()
         return self
 
     # construction that reports every problem at once -------------------------
@@ -157,11 +157,11 @@ class ModelSpec(_Strict):
             return cls.model_validate(data)
         except ValidationError as err:
             problems = problems_of(err, prefix)
-            # the cross-field check joins its problems with '; ' and names their own paths
+            # the cross-field check joins its problems with " || ", each naming its own path
             flat = []
             for path, msg in problems:
                 if path in (prefix, "") and ": " in msg:
-                    for part in msg.split("; "):
+                    for part in msg.split(" || "):
                         p, _, m = part.partition(": ")
                         flat.append((".".join(x for x in (prefix, p) if x), m))
                 else:
