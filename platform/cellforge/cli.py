@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list = []
 
 
+def _jobs_commands(sub) -> None:
+    """``cellforge submit`` and ``cellforge jobs``: Ray jobs on a cluster (cellforge.submit)."""
+    from cellforge.submit import register
+
+    register(sub)
+
+
+EXTRA_COMMANDS.append(_jobs_commands)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

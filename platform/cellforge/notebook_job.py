@@ -1,0 +1,54 @@
+"""Run a notebook top to bottom with papermill, as a Ray job's entrypoint (what
+``cellforge submit NOTEBOOK -p name=value`` runs on the cluster).
+
+    python -m cellforge.notebook_job notebooks/01_quickstart.ipynb runs/notebooks/out.ipynb -p epochs=3
+
+Parameters are injected after the notebook's ``parameters`` cell; the executed notebook, with
+its outputs, is written to the output path (a local path or any URL papermill writes, s3://...)
+even when a cell fails, and cell outputs stream into the job's logs as they come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# the kernel of the Python running this module: on a cluster node that is the Python with
+# cellforge and Ray, whatever kernel name the notebook was saved with
+KERNEL = "python3"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import papermill
+
+    from cellforge.submit import parse_pairs
+
+    p = argparse.ArgumentParser(prog="python -m cellforge.notebook_job")
+    p.add_argument("notebook")
+    p.add_argument("output")
+    p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE")
+    args = p.parse_args(argv)
+    params = parse_pairs(args.param, "params", as_yaml=True)
+    nb = Path(args.notebook).resolve()
+    if "://" not in args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    print(f"[cellforge] executing {args.notebook} with {params or 'its default parameters'}", flush=True)
+    try:
+        papermill.execute_notebook(str(nb), args.output, parameters=params, kernel_name=KERNEL, cwd=str(nb.parent),
+                                   progress_bar=False, stdout_file=sys.stdout,
+                                   stderr_file=sys.stderr)
+    except papermill.PapermillExecutionError as e:
+        print(f"[cellforge] notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue}", flush=True)
+        print(f"[cellforge] executed notebook (up to the failure): {_shown(args.output)}", flush=True)
+        return 1
+    print(f"[cellforge] executed notebook: {_shown(args.output)}", flush=True)
+    return 0
+
+
+def _shown(output: str) -> str:
+    return output if "://" in output else str(Path(output).resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
