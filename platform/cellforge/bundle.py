@@ -113,10 +113,26 @@ def read(path: str | Path) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, 
 
     path = Path(path)
     verify(path)
-    spec = ModelSpec.from_json((path / "spec.json").read_text())
+    text = (path / "spec.json").read_text()
+    _check_cell(path, text)
+    spec = ModelSpec.from_json(text)
     weights = load_file(str(path / "weights.safetensors"))
     expected = param_shapes(spec)
     bad = {k: (v.shape, expected.get(k)) for k, v in weights.items() if expected.get(k) != v.shape}
     if bad or set(expected) != set(weights):
         raise BundleError(f"bundle {path}: weights do not match spec.json: {bad or sorted(set(expected) ^ set(weights))}")
     return spec, weights, json.loads((path / "preprocessing.json").read_text()), json.loads((path / "metrics.json").read_text())
+
+
+def _check_cell(path: Path, spec_text: str) -> None:
+    """A bundle stores only its cell's name: a custom cell must be registered before loading."""
+    from cellforge.cells import CELLS
+
+    try:
+        cell = json.loads(spec_text).get("cell", "lstm")
+    except (json.JSONDecodeError, AttributeError):
+        return  # ModelSpec.from_json reports it
+    if isinstance(cell, str) and cell not in CELLS:
+        raise BundleError(f"bundle {path}: its model uses the cell {cell!r}, which is not registered in this "
+                          f"process (known cells: {sorted(CELLS)}); define that cell and call "
+                          f"cellforge.register_cell(Cell({cell!r}, ...)) before loading the bundle")

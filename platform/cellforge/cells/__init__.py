@@ -112,8 +112,29 @@ BUILTIN = frozenset(CELLS)
 
 
 def custom_cells() -> dict[str, Cell]:
-    """Cells registered in this process, to ship to Ray workers (Ray pickles them by value)."""
-    return {name: cell for name, cell in CELLS.items() if name not in BUILTIN}
+    """Cells registered in this process, to ship to Ray workers.
+
+    Ray pickles a cell written in ``__main__`` (a notebook) by value; a cell from a module of
+    your own would be pickled by reference, and a worker that cannot import that module would
+    fail, so such modules are registered to be pickled by value too.
+    """
+    cells = {name: cell for name, cell in CELLS.items() if name not in BUILTIN}
+    for cell in cells.values():
+        _pickle_by_value(cell.step)
+    return cells
+
+
+def _pickle_by_value(fn: Callable[..., Any]) -> None:
+    import sys
+
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    if module is None or module.__name__ == "__main__" or module.__name__.split(".")[0] in ("cellforge", "builtins"):
+        return
+    try:
+        from ray import cloudpickle
+    except ImportError:  # no Ray in this process: nothing will be shipped
+        return
+    cloudpickle.register_pickle_by_value(module)
 
 
 def load_cells(cells: dict[str, Cell]) -> None:

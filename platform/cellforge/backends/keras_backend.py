@@ -1,0 +1,233 @@
+"""Keras 3 (TensorFlow) backend: keras LSTM/GRU/SimpleRNN for built-in cells, a generic
+keras RNN cell for cells of your own, and converters to and from the canonical weights.
+
+Training (the per-worker ``Fitter`` and ``make_trainer``) lives in ``keras_train``.
+
+    >>> from cellforge.backends import get_backend, numpy_backend
+    >>> spec = ModelSpec(task="regress", cell="gru", hidden_size=8, input={"num_features": 3})
+    >>> params = numpy_backend.init_params(spec)
+    >>> kb = get_backend("tensorflow")
+    >>> kb.predict(kb.build(spec, params), np.zeros((2, 5, 3), np.float32), np.array([5, 2])).shape
+    (2, 1)
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter
+
+from types import SimpleNamespace  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+from cellforge.backends import directions, param_shapes  # noqa: E402
+from cellforge.cells import get_cell  # noqa: E402
+from cellforge.spec import ModelSpec  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(f"framework 'tensorflow' needs Keras on the TensorFlow backend, but Keras was imported with "
+                      f"KERAS_BACKEND={keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow before importing keras")
+
+
+def _linear(x, w, b=None):
+    y = ops.matmul(x, ops.transpose(w))  # canonical layout: y = x @ w.T + b
+    return y if b is None else y + b
+
+
+OPS = SimpleNamespace(
+    linear=_linear,
+    sigmoid=ops.sigmoid,
+    tanh=ops.tanh,
+    relu=ops.relu,
+    split=lambda x, n: ops.split(x, n, axis=-1),
+    concat=lambda xs: ops.concatenate(xs, axis=-1),
+)
+GRU_ORDER = [1, 0, 2]  # canonical (r, z, n) <-> Keras (z, r, h); the permutation is its own inverse
+
+
+class GenericCell(keras.layers.Layer):
+    """A registered cell as a Keras RNN cell; its weights keep the canonical names and layout."""
+
+    def __init__(self, cell_name: str, input_size: int, hidden: int, **kwargs):
+        super().__init__(**kwargs)
+        self.cell = get_cell(cell_name)
+        self.state_size = [hidden] * len(self.cell.state)
+        self.output_size = hidden
+        bound = 1.0 / np.sqrt(hidden)  # PyTorch's RNN init
+        self.p = {name: self.add_weight(shape=shape, name=name, initializer=keras.initializers.RandomUniform(-bound, bound))
+                  for name, shape in self.cell.shapes(input_size, hidden).items()}
+
+    def call(self, x, states):
+        h, new = self.cell.step(OPS, self.p, x, tuple(states if isinstance(states, (list, tuple)) else [states]))
+        return h, list(new)
+
+
+def make_rnn(cell_name: str, input_size: int, hidden: int) -> keras.layers.RNN:
+    """One direction of one layer; masked steps keep the state and output zeros."""
+    kw = {"return_sequences": True, "zero_output_for_mask": True}
+    fused = get_cell(cell_name).fused
+    if fused == "lstm":
+        layer = keras.layers.LSTM(hidden, **kw)
+    elif fused == "gru":
+        layer = keras.layers.GRU(hidden, reset_after=True, **kw)
+    elif fused == "rnn":
+        layer = keras.layers.SimpleRNN(hidden, **kw)
+    else:
+        layer = keras.layers.RNN(GenericCell(cell_name, input_size, hidden), **kw)
+    layer.build((None, None, input_size))
+    return layer
+
+
+class Net(keras.Model):
+    """The network of backends/__init__.py in Keras. ``net(x, lengths, training, full)``;
+    ``full=True`` promises every sequence fills all steps (no masking: faster)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.embedding = None
+        if spec.input.type == "text":
+            self.embedding = keras.layers.Embedding(spec.input.vocab_size, spec.input.embedding_dim)
+            self.embedding.build((None, None))
+        self.rnns = []
+        in_size = spec.rnn_input_size
+        for _ in range(spec.num_layers):
+            self.rnns.append([make_rnn(spec.cell, in_size, spec.hidden_size) for _ in directions(spec)])
+            in_size = spec.hidden_size * spec.num_directions
+        self.drop = keras.layers.Dropout(spec.dropout)
+        self.head = keras.layers.Dense(spec.output_size)
+        self.head.build((None, in_size))
+
+    def call(self, x, lengths, training=False, full=False):
+        spec, hidden = self.spec, self.spec.hidden_size
+        h = self.embedding(x) if self.embedding is not None else x
+        steps = tf.shape(h)[1]
+        lengths = tf.cast(lengths, tf.int32)
+        mask = None if full else tf.sequence_mask(lengths, steps)
+        if not full:  # reverse each sequence's valid part, keep padding in place
+            t = tf.range(steps)[None, :]
+            rev = tf.where(mask, lengths[:, None] - 1 - t, t)
+        for layer, rnns in enumerate(self.rnns):
+            if layer and spec.dropout:
+                h = self.drop(h, training=training)
+            outs = [rnns[0](h, mask=mask, training=training)]
+            if spec.bidirectional:
+                if full:
+                    outs.append(tf.reverse(rnns[1](tf.reverse(h, [1]), training=training), [1]))
+                else:
+                    o = rnns[1](tf.gather(h, rev, batch_dims=1), mask=mask, training=training)
+                    outs.append(tf.gather(o, rev, batch_dims=1))
+            h = tf.concat(outs, -1) if len(outs) > 1 else outs[0]
+        if spec.task == "tag":
+            return self.head(h)
+        last = h[:, -1, :hidden] if full else tf.gather(h[..., :hidden], tf.maximum(lengths - 1, 0), batch_dims=1)
+        summary = tf.concat([last, h[:, 0, hidden:]], -1) if spec.bidirectional else last
+        return self.head(summary)
+
+
+# canonical <-> Keras ----------------------------------------------------------------
+def _blocks(a: np.ndarray, order: list[int]) -> np.ndarray:
+    return np.concatenate([np.split(a, len(order), axis=0)[i] for i in order], axis=0)
+
+
+def _rnn_weights(net: Net, canonical: str):
+    layer, d = int(canonical.split(".")[1]), canonical.split(".")[2]
+    return net.rnns[layer][directions(net.spec).index(d)].cell
+
+
+def to_canonical(net: Net) -> dict[str, np.ndarray]:
+    """The network's weights under canonical names, layout and gate order (float32 numpy)."""
+    out, fused = {}, get_cell(net.spec.cell).fused
+    for name in param_shapes(net.spec):
+        param = name.split(".")[-1]
+        if name == "embedding.weight":
+            v = net.embedding.embeddings.numpy()
+        elif name == "head.weight":
+            v = net.head.kernel.numpy().T
+        elif name == "head.bias":
+            v = net.head.bias.numpy()
+        elif fused is None:
+            v = _rnn_weights(net, name).p[param].numpy()
+        else:
+            v = _fused_canonical(_rnn_weights(net, name), fused, param)
+        out[name] = np.ascontiguousarray(v, np.float32)
+    return out
+
+
+def _fused_canonical(c, fused: str, param: str) -> np.ndarray:
+    """One canonical parameter from a Keras LSTM/GRU/SimpleRNN cell."""
+    gates = c.kernel.shape[1] // c.units
+    order = GRU_ORDER if fused == "gru" else list(range(gates))
+    bias = c.bias.numpy()
+    if param in ("w_ih", "w_hh"):
+        return _blocks((c.kernel if param == "w_ih" else c.recurrent_kernel).numpy().T, order)
+    if fused == "gru":  # Keras' reset_after GRU keeps [input bias, recurrent bias]
+        return _blocks(bias[0 if param == "b_ih" else 1], order)
+    return bias if param == "b_ih" else np.zeros_like(bias)  # one Keras bias: all of it goes to b_ih
+
+
+def from_canonical(net: Net, params: dict[str, np.ndarray]) -> Net:
+    """Load canonical weights into ``net`` (shapes checked against the spec)."""
+    shapes, fused = param_shapes(net.spec), get_cell(net.spec.cell).fused
+    for name, v in params.items():
+        if name not in shapes:
+            raise ValueError(f"weight {name}: not a parameter of this model; expected {sorted(shapes)}")
+        if tuple(v.shape) != shapes[name]:
+            raise ValueError(f"weight {name}: expected shape {shapes[name]}, got {tuple(v.shape)}")
+    p = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    if net.embedding is not None:
+        net.embedding.embeddings.assign(p["embedding.weight"])
+    net.head.kernel.assign(p["head.weight"].T)
+    net.head.bias.assign(p["head.bias"])
+    for layer in range(net.spec.num_layers):
+        for d in directions(net.spec):
+            pre = f"rnn.{layer}.{d}."
+            c = _rnn_weights(net, pre)
+            if fused is None:
+                for param, var in c.p.items():
+                    var.assign(p[pre + param])
+                continue
+            order = GRU_ORDER if fused == "gru" else list(range(p[pre + "w_ih"].shape[0] // net.spec.hidden_size))
+            c.kernel.assign(_blocks(p[pre + "w_ih"], order).T)
+            c.recurrent_kernel.assign(_blocks(p[pre + "w_hh"], order).T)
+            b_ih, b_hh = _blocks(p[pre + "b_ih"], order), _blocks(p[pre + "b_hh"], order)
+            c.bias.assign(np.stack([b_ih, b_hh]) if fused == "gru" else b_ih + b_hh)
+    return net
+
+
+def build(spec: ModelSpec, params: dict[str, np.ndarray] | None = None) -> Net:
+    net = Net(spec)
+    if params is not None:
+        from_canonical(net, params)
+    return net
+
+
+def forward_fn(net: Net, x_dtype, x_rank: int, full: bool):
+    """A compiled inference function for inputs of this dtype and rank (cached on the net)."""
+    cache = net.__dict__.setdefault("_cf_predict", {})
+    key = (np.dtype(x_dtype).name, x_rank, full)
+    if key not in cache:
+        sig = [tf.TensorSpec([None] * x_rank, tf.as_dtype(np.dtype(x_dtype))), tf.TensorSpec([None], tf.int64)]
+        cache[key] = tf.function(lambda x, lengths: net(x, lengths, training=False, full=full), input_signature=sig)
+    return cache[key]
+
+
+def predict(net: Net, x: np.ndarray, lengths: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Network outputs for numpy inputs, in float32 numpy."""
+    x = np.asarray(x)
+    x = x.astype(np.float32) if x.dtype.kind == "f" else x.astype(np.int64)
+    lengths = np.asarray(lengths, np.int64)
+    outs = []
+    for s in range(0, len(x), batch_size):
+        xb, lb = x[s: s + batch_size], lengths[s: s + batch_size]
+        fn = forward_fn(net, xb.dtype, xb.ndim, bool((lb == xb.shape[1]).all()))
+        outs.append(fn(xb, lb).numpy().astype(np.float32))
+    return np.concatenate(outs) if outs else np.zeros((0, net.spec.output_size), np.float32)
+
+
+from cellforge.backends.keras_train import Fitter, make_trainer  # noqa: E402,F401  (the training half)
