@@ -9,11 +9,13 @@ sweep it with Ray Tune, serve it with Ray Serve.
 
 from cellforge.bundle import BundleError
 from cellforge.cells import Cell, register_cell
+from cellforge.client import Client
 from cellforge.data import Sequences, Series, datasets
 from cellforge.model import Model, load
+from cellforge.serving import deploy
 from cellforge.spec import ModelSpec, SpecError
 from cellforge.train import FitResult, fit
 
-__all__ = ["BundleError", "Cell", "FitResult", "Model", "ModelSpec", "Sequences", "Series", "SpecError",
-           "datasets", "fit", "load", "register_cell"]
+__all__ = ["BundleError", "Cell", "Client", "FitResult", "Model", "ModelSpec", "Sequences", "Series", "SpecError",
+           "datasets", "deploy", "fit", "load", "register_cell"]
 __version__ = "0.1.0"

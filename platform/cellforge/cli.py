@@ -63,6 +63,16 @@ def _jobs_commands(sub) -> None:
 EXTRA_COMMANDS.append(_jobs_commands)
 
 
+def _serving_commands(sub) -> None:
+    """``cellforge deploy`` and ``cellforge predict`` (cellforge.serving.cli)."""
+    from cellforge.serving.cli import register
+
+    register(sub)
+
+
+EXTRA_COMMANDS.append(_serving_commands)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -324,3 +324,9 @@ def run_predict(step: PredictStep, base: Path, address: str | None) -> dict[str,
 
 
 RUNNERS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict}
+
+# the deploy step lives with the serving code (cellforge.serving.jobstep)
+from cellforge.serving.jobstep import DeployStep, run_deploy  # noqa: E402
+
+STEPS["deploy"] = DeployStep
+RUNNERS["deploy"] = run_deploy

@@ -1,0 +1,235 @@
+"""The Ray Serve applications: one per model (``/v1/models/<name>``) and an index (``/``).
+
+    serve run serve/digits.yaml          # the builders below, named by a Serve config file
+
+``build_app(args)`` turns a deploy config (a dict, e.g. a Serve YAML's ``args``) into a model
+application; ``build_index()`` answers ``/healthz``, ``GET /v1/models`` and — since Serve routes
+by the longest route prefix — every request for a model name no application has claimed (404).
+Its OpenAPI page (``/docs``) documents the whole API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from ray import serve
+
+from cellforge.serving.config import INDEX_APP, DeployConfig
+from cellforge.serving.engine import Engine
+from cellforge.serving.http import BodyLimit, bearer_check, install_errors, unknown
+from cellforge.serving.schema import (
+    ApiError,
+    ModelInfo,
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+    SessionCreated,
+    StepRequest,
+    StepResponse,
+)
+from cellforge.serving.sessions import get_store
+
+FLUSH_EVERY_S = 0.25  # how often a replica sends its batch statistics to the store
+
+
+@serve.deployment(name="Model")
+@serve.ingress()
+class ModelServer:
+    """One replica of a model endpoint; all per-session state lives in the store actor."""
+
+    async def __init__(self, config: dict[str, Any]):
+        self.cfg = DeployConfig.parse(config)
+        self.name = self.cfg.name
+        self.engine = Engine(self.cfg)
+        self.store = get_store()
+        await self.store.register.remote(self.name, self.engine.info(self.name))
+        self._batched.set_max_batch_size(self.cfg.batching.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
+        self.sizes: Counter = Counter()
+        self._sent, self._flusher = 0, None
+        self.replica = serve.get_replica_context().replica_id.unique_id
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return model_api(self)
+
+    # predictions -------------------------------------------------------------------
+    async def predict(self, inputs: list[Any]) -> dict[str, Any]:
+        x, lengths = self.engine.prepare(inputs)  # bad input is refused here, before any batch
+        if self.cfg.batching.enabled:
+            out = await self._batched((x, lengths))
+        else:
+            out = self.engine.run([(x, lengths)])[0]
+            self._count(1)
+        return {"model": self.name, "version": self.engine.version, "task": self.engine.spec.task,
+                **self.engine.respond(out, lengths)}
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)  # reset from the config in __init__
+    async def _batched(self, items: list[tuple]) -> list:
+        self._count(len(items))
+        return self.engine.run(items)
+
+    def _count(self, size: int) -> None:
+        self.sizes[size] += 1
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            total = sum(self.sizes.values())
+            if total != self._sent:
+                self._sent = total
+                self.store.report.remote(self.name, self.replica, {"batch_sizes": dict(self.sizes)})
+
+    # sessions ----------------------------------------------------------------------
+    async def create_session(self) -> dict[str, Any]:
+        if not self.engine.streams:
+            raise ApiError(400, "unsupported", "model", "a bidirectional model reads whole sequences; "
+                                                        "sessions need a unidirectional one")
+        sid = await self.store.create.remote(self.name, self.engine.version, self.cfg.session_ttl_s)
+        return {"session_id": sid, "model": self.name, "version": self.engine.version,
+                "ttl_s": self.cfg.session_ttl_s}
+
+    async def step(self, sid: str, req: StepRequest) -> dict[str, Any]:
+        x = self.engine.step_inputs(req.inputs)
+        s = await self.store.get.remote(sid, self.name)
+        if s is None:
+            raise ApiError(404, "not_found", "session_id", f"unknown or expired session {sid!r}")
+        if s["version"] != self.engine.version:
+            raise ApiError(409, "conflict", "session_id", f"the session was started on version {s['version']} "
+                                                          f"and {self.name} now serves {self.engine.version}; "
+                                                          "start a new session")
+        if req.offset is not None and req.offset != s["steps"]:
+            raise ApiError(409, "conflict", "offset", f"the session has consumed {s['steps']} steps, "
+                                                      f"got offset {req.offset}")
+        answer, state = self.engine.step(x, s["state"])
+        steps = s["steps"] + x.shape[1]
+        status = await self.store.advance.remote(sid, s["steps"], state, steps)
+        if status != "ok":
+            raise ApiError(409, "conflict", "session_id", "another step on this session ran at the same "
+                                                          "time; retry with 'offset'" if status == "conflict"
+                           else f"session {sid!r} ended while stepping")
+        return {"session_id": sid, "model": self.name, "version": self.engine.version, "steps": steps,
+                **answer}
+
+
+def model_api(server: ModelServer) -> FastAPI:
+    """The HTTP routes of one model app (paths are relative to its route prefix)."""
+    cfg = server.cfg
+    api = FastAPI(title=f"cellforge model {cfg.name}", version=server.engine.version,
+                  dependencies=[Depends(bearer_check(cfg.api_key))])
+    install_errors(api)
+    api.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+
+    @api.get("", response_model=ModelInfo)
+    @api.get("/", response_model=ModelInfo, include_in_schema=False)
+    async def info():
+        return server.engine.info(cfg.name)
+
+    @api.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
+    async def predict(req: PredictRequest):
+        return await server.predict(req.inputs)
+
+    @api.post("/sessions", response_model=SessionCreated)
+    async def create_session():
+        return await server.create_session()
+
+    @api.post("/sessions/{session_id}/step", response_model=StepResponse, response_model_exclude_none=True)
+    async def step(session_id: str, req: StepRequest):
+        return await server.step(session_id, req)
+
+    @api.delete("/sessions/{session_id}")
+    async def end_session(session_id: str):
+        if not await server.store.delete.remote(session_id, cfg.name):
+            raise ApiError(404, "not_found", "session_id", f"unknown or expired session {session_id!r}")
+        return {"session_id": session_id, "deleted": True}
+
+    @api.get("/metrics")
+    async def metrics():
+        """Batch sizes formed so far (summed over replicas) and the number of live sessions."""
+        stats = await server.store.batch_stats.remote(cfg.name)
+        return {"model": cfg.name, "version": server.engine.version, **stats,
+                "sessions": await server.store.count.remote(cfg.name)}
+
+    return api
+
+
+@serve.deployment(name="Index", num_replicas=1, ray_actor_options={"num_cpus": 0.1})
+@serve.ingress()
+class Index:
+    """Health, the model list, and 404s for model names nobody serves."""
+
+    def __init__(self):
+        self.store = get_store()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return index_api(self)
+
+    async def models(self) -> list[dict[str, Any]]:
+        registered = await self.store.registered.remote()
+        live = (await asyncio.to_thread(serve.status)).applications
+        return [info for name, info in sorted(registered.items())
+                if name in live and live[name].status in ("RUNNING", "DEPLOYING")]
+
+
+def index_api(index: Index) -> FastAPI:
+    api = FastAPI(title="cellforge", description="Recurrent models served by Ray Serve. Each deployed "
+                  "model answers under /v1/models/{name}; a request for a name not deployed gets 404.")
+    install_errors(api, unknown_model=True)
+
+    async def missing(name: str):
+        raise unknown(name, [m["name"] for m in await index.models()])
+
+    @api.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @api.get("/v1/models", response_model=ModelList)
+    async def list_models():
+        return {"models": await index.models()}
+
+    # documented here, answered by each model's own app; reaching these means no such model
+    @api.get("/v1/models/{name}", response_model=ModelInfo)
+    async def model_info(name: str):
+        await missing(name)
+
+    @api.post("/v1/models/{name}/predict", response_model=PredictResponse)
+    async def predict(name: str, req: PredictRequest):
+        await missing(name)
+
+    @api.post("/v1/models/{name}/sessions", response_model=SessionCreated)
+    async def create_session(name: str):
+        await missing(name)
+
+    @api.post("/v1/models/{name}/sessions/{session_id}/step", response_model=StepResponse)
+    async def step(name: str, session_id: str, req: StepRequest):
+        await missing(name)
+
+    @api.delete("/v1/models/{name}/sessions/{session_id}")
+    async def end_session(name: str, session_id: str):
+        await missing(name)
+
+    @api.get("/v1/models/{name}/metrics")
+    async def metrics(name: str):
+        await missing(name)
+
+    return api
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """A model application from deploy-config fields (what a Serve YAML passes as ``args``)."""
+    from cellforge.serving.deploy import resolve_bundle
+
+    cfg = DeployConfig.parse({**args, "bundle": str(resolve_bundle(args.get("bundle", "")))})
+    return ModelServer.options(**cfg.serve_options()).bind(cfg.model_dump())
+
+
+def build_index(args: dict[str, Any] | None = None) -> serve.Application:
+    """The index application (serve it at route prefix ``/`` under the name ``cellforge``)."""
+    return Index.bind()
+
+
+__all__ = ["INDEX_APP", "ModelServer", "Index", "build_app", "build_index"]

@@ -1,0 +1,113 @@
+"""What a deployment is: one validated config, the same from a notebook, the CLI, a job or a Serve YAML.
+
+    >>> cfg = DeployConfig(bundle="runs/quickstart/bundle", name="digits",
+    ...                    autoscaling={"min_replicas": 1, "max_replicas": 4})
+    >>> cfg.batching.max_batch_size
+    64
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cellforge.spec import SpecError, problems_of
+
+INDEX_APP = "cellforge"  # the Serve application that answers /healthz, /v1/models and unknown names
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Autoscaling(_Strict):
+    """A subset of Serve's ``autoscaling_config``; the delays are short so a small machine reacts."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, gt=0)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(8, gt=0)  # in-flight requests per replica the autoscaler aims for
+    upscale_delay_s: float = Field(3.0, ge=0)  # Serve's default is 30 s
+    downscale_delay_s: float = Field(60.0, ge=0)  # Serve's default is 600 s
+    look_back_period_s: float = Field(3.0, gt=0)  # Serve's default is 30 s
+    metrics_interval_s: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
+        return self
+
+
+class Batching(_Strict):
+    """Dynamic batching with ``@serve.batch``: requests that arrive together run as one forward pass."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(64, gt=0)  # requests per batch (each may carry several sequences)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)  # how long a lone request waits for company
+
+
+class DeployConfig(_Strict):
+    """One model endpoint: the bundle, its name, and how it scales, batches and guards itself."""
+
+    bundle: str
+    name: str
+    version: str | None = None  # default: the first 12 hex digits of the bundle manifest's sha256
+    num_replicas: int | None = Field(None, gt=0)  # fixed replicas; give this or autoscaling, not both
+    autoscaling: Autoscaling | None = None
+    batching: Batching = Field(default_factory=Batching)
+    num_cpus: float = Field(0.5, gt=0)  # per replica; fractions let several replicas share a small machine
+    num_gpus: float = Field(0, ge=0)  # > 0 runs the network with torch on CUDA
+    runtime: Literal["numpy", "torch"] = "numpy"  # numpy is fastest for small recurrent nets on a CPU
+    max_length: int = Field(1000, gt=0)  # longest sequence accepted (steps or tokens); longer -> 422
+    max_inputs: int = Field(1024, gt=0)  # sequences per request
+    max_body_bytes: int = Field(1 << 20, gt=0)  # larger request bodies -> 413
+    session_ttl_s: float = Field(600, gt=0)  # idle sessions expire after this long
+    api_key: str | None = Field(None, min_length=8)  # when set, requests need 'Authorization: Bearer <key>'
+    max_ongoing_requests: int | None = Field(None, gt=0)  # per replica; default 2 x max_batch_size
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.fullmatch(v) or v == INDEX_APP:
+            raise ValueError(f"use 1-63 letters, digits, '.', '_' or '-' (not {INDEX_APP!r}), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _scaling(self):
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError("num_replicas: give either num_replicas or autoscaling, not both")
+        if self.num_gpus and self.runtime != "torch":
+            raise ValueError("runtime: GPU replicas (num_gpus > 0) need runtime 'torch'")
+        return self
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], prefix: str = "") -> DeployConfig:
+        """Validate a plain dict; raise one SpecError listing every problem with its field path."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            problems = []
+            for path, msg in problems_of(e, prefix):
+                field, sep, rest = msg.partition(": ")  # cross-field checks name their own field
+                if sep and path == prefix and field in cls.model_fields:
+                    path, msg = ".".join(p for p in (prefix, field) if p), rest
+                problems.append((path, msg))
+            raise SpecError(problems, what="deploy config") from None
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        opts: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": self.max_ongoing_requests or 2 * self.batching.max_batch_size,
+            # replacing a bundle drains old replicas; requests in flight get this long to finish
+            "graceful_shutdown_timeout_s": 30,
+        }
+        if self.autoscaling is not None:
+            opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+        else:
+            opts["num_replicas"] = self.num_replicas or 1
+        return opts

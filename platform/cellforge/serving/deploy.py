@@ -1,0 +1,105 @@
+"""``deploy``: a bundle in, an autoscaling HTTP endpoint out — on the embedded Ray or a cluster.
+
+    >>> import cellforge as cf
+    >>> ep = cf.deploy("runs/quickstart/bundle", name="digits",
+    ...                autoscaling={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
+    ...                batching={"max_batch_size": 64, "batch_wait_timeout_s": 0.005})   # doctest: +SKIP
+    >>> cf.Client(ep.base_url).predict("digits", images[:2].tolist())                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cellforge.serving.config import INDEX_APP, DeployConfig
+
+DEFAULT_PORT = 8000  # Ray Serve's own default
+
+
+@dataclass
+class Endpoint:
+    """Where a deployed model answers: ``url`` is the model's own prefix, ``base_url`` the server's."""
+
+    name: str
+    version: str
+    base_url: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/v1/models/{self.name}"
+
+    def client(self, api_key: str | None = None):
+        from cellforge.client import Client
+
+        return Client(self.base_url, api_key=api_key)
+
+
+def resolve_bundle(bundle: str | Path) -> Path:
+    """A bundle path as given, else relative to ``$CELLFORGE_HOME`` (where relative Serve-YAML paths
+    are meant to start: the directory ``serve run`` was started in, which Ray workers may not share)."""
+    p = Path(bundle).expanduser()
+    if not p.is_absolute() and not p.exists() and os.environ.get("CELLFORGE_HOME"):
+        p = Path(os.environ["CELLFORGE_HOME"]) / p
+    return p.resolve()
+
+
+def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+           address: str | None = None, **config: Any) -> Endpoint:
+    """Serve ``bundle`` at ``/v1/models/<name>``; deploying again under a name replaces that model
+    with a rolling update that lets requests in flight finish.
+
+    Args:
+        bundle: a bundle directory (from ``cf.fit`` or a job).
+        name: the model's name in URLs.
+        host, port: where Serve's HTTP proxy listens, if this call starts Serve (127.0.0.1 by default;
+            a Serve already running keeps its own).
+        address: a Ray cluster; default ``$RAY_ADDRESS`` or an embedded local Ray.
+        **config: any ``DeployConfig`` field: ``autoscaling``, ``num_replicas``, ``batching``,
+            ``num_cpus``, ``num_gpus``, ``runtime``, ``max_length``, ``max_inputs``,
+            ``max_body_bytes``, ``session_ttl_s``, ``api_key``, ``version``.
+
+    Returns:
+        An ``Endpoint`` (name, version, url, base_url).
+
+    Raises:
+        SpecError: an invalid config (every problem named). BundleError: a bundle that does not verify.
+    """
+    from ray import serve
+
+    from cellforge import bundle as _bundle
+    from cellforge.runtime import ensure_ray
+    from cellforge.serving.app import build_app, build_index
+
+    cfg = DeployConfig.parse({**config, "bundle": str(resolve_bundle(bundle)), "name": name})
+    _bundle.read(cfg.bundle)  # refuse a bad bundle here, not in a replica that restarts forever
+    ensure_ray(address)
+    serve.start(http_options={"host": host, "port": port})
+    if INDEX_APP not in serve.status().applications:
+        serve.run(build_index(), name=INDEX_APP, route_prefix="/")
+    serve.run(build_app(cfg.model_dump()), name=cfg.name, route_prefix=f"/v1/models/{cfg.name}")
+    return Endpoint(cfg.name, version_of(cfg), base_url())
+
+
+def undeploy(name: str) -> None:
+    """Remove one model's application (the index and other models keep serving)."""
+    from ray import serve
+
+    serve.delete(name)
+
+
+def version_of(cfg: DeployConfig) -> str:
+    import hashlib
+
+    return cfg.version or hashlib.sha256((Path(cfg.bundle) / "manifest.json").read_bytes()).hexdigest()[:12]
+
+
+def base_url() -> str:
+    """The URL of the running Serve's HTTP proxy (0.0.0.0 is reached through 127.0.0.1)."""
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
+    return f"http://{host}:{http.port}"

@@ -1,0 +1,192 @@
+"""The model behind an endpoint, without Serve: validate raw inputs, run batches, step sessions.
+
+    >>> engine = Engine(DeployConfig(bundle="runs/quickstart/bundle", name="digits"))   # doctest: +SKIP
+    >>> x, lengths = engine.prepare(images[:2].tolist())                                # doctest: +SKIP
+    >>> engine.respond(engine.run([(x, lengths)])[0], lengths)["labels"]                # doctest: +SKIP
+    [0, 1]
+
+Numbers come from ``cellforge.model.Model`` (numpy or torch runtime) and, for sessions, from the
+numpy reference's ``step``, so an endpoint answers what ``cf.load(bundle).predict`` answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import Field, TypeAdapter, ValidationError
+
+from cellforge.data.preprocess import scale
+from cellforge.serving.config import DeployConfig
+from cellforge.serving.schema import ApiError, Problem
+from cellforge.spec import SpecError
+
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # ints pass; bools, strings, NaN do not
+STEPS = TypeAdapter(list[Finite | list[Finite]])
+NUMERIC = TypeAdapter(list[list[Finite | list[Finite]]])
+MAX_PROBLEMS = 5  # a NaN-filled batch would otherwise list every value
+TEXT = TypeAdapter(list[Annotated[str, Field(strict=True)]])
+
+
+class InputError(Exception):
+    """Raw inputs that do not fit the model: 422 with every problem's field."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+        self.problems = problems
+
+
+def _type_problems(err: ValidationError, prefix: str) -> list[Problem]:
+    """Pydantic errors -> one problem per field; union branch tags dropped, the deepest path kept."""
+    found: dict[str, str] = {}
+    for e in err.errors():
+        path = ".".join([prefix, *(str(p) for p in e["loc"] if isinstance(p, int))])
+        msg = e["msg"]
+        if "input" in e and not isinstance(e["input"], (list, dict)):
+            msg += f" (got {e['input']!r})"
+        found.setdefault(path, msg)
+    deepest = [(p, m) for p, m in found.items() if not any(q.startswith(p + ".") for q in found)]
+    shown = [Problem(field=p, message=m) for p, m in deepest[:MAX_PROBLEMS]]
+    if len(deepest) > MAX_PROBLEMS:
+        shown.append(Problem(field=prefix, message=f"... and {len(deepest) - MAX_PROBLEMS} more problems"))
+    return shown
+
+
+class Engine:
+    """A loaded bundle plus the limits of one deployment."""
+
+    def __init__(self, cfg: DeployConfig):
+        from cellforge.model import load
+
+        self.cfg = cfg
+        self.model = load(cfg.bundle, framework=cfg.runtime)
+        if cfg.num_gpus and self.model._net is not None:
+            self.model._net.cuda()
+        self.spec, self.pre = self.model.spec, self.model.preprocessor
+        self.state = self.pre.state
+        self.text = self.state["input_type"] == "text"
+        digest = hashlib.sha256((Path(cfg.bundle) / "manifest.json").read_bytes()).hexdigest()
+        self.version = cfg.version or digest[:12]  # as deploy.version_of
+
+    # requests -> arrays ----------------------------------------------------------
+    def prepare(self, inputs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Validate a predict request's ``inputs`` and preprocess them like the bundle does."""
+        if not inputs:
+            raise InputError([Problem(field="inputs", message="empty batch: send at least one input")])
+        if len(inputs) > self.cfg.max_inputs:
+            raise InputError([Problem(field="inputs", message=f"at most {self.cfg.max_inputs} inputs per "
+                                                              f"request, got {len(inputs)}")])
+        try:
+            (TEXT if self.text else NUMERIC).validate_python(inputs)
+        except ValidationError as e:
+            hint = "a string per input" if self.text else "a list of steps per input"
+            raise InputError(_type_problems(e, "inputs") + [Problem(field="inputs", message=f"expected {hint}")]) from None
+        problems = []
+        for i, seq in enumerate(inputs):
+            n = len(self.pre.tokenize(seq)) if self.text else len(seq)
+            if n > self.cfg.max_length:
+                problems.append(Problem(field=f"inputs.{i}", message=f"{n} steps is longer than the maximum "
+                                                                     f"{self.cfg.max_length}"))
+            elif not self.text:
+                problems += self._widths(seq, f"inputs.{i}")
+        if problems:
+            raise InputError(problems)
+        try:
+            return self.pre.transform(inputs)
+        except SpecError as e:
+            raise InputError([Problem(field=f, message=m) for f, m in e.problems]) from None
+
+    def _widths(self, steps: list[Any], where: str) -> list[Problem]:
+        width = self.state["num_features"]
+        for j, s in enumerate(steps):
+            w = len(s) if isinstance(s, list) else 1
+            if w != width:
+                return [Problem(field=f"{where}.{j}", message=f"expected {width} feature value"
+                                                              f"{'s' * (width != 1)} per step, got {w}")]
+        return []
+
+    # arrays -> answers -----------------------------------------------------------
+    def run(self, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """One forward pass for several requests' arrays; returns each request's raw outputs."""
+        steps = max(x.shape[1] for x, _ in items)
+        xs = [np.pad(x, [(0, 0), (0, steps - x.shape[1])] + [(0, 0)] * (x.ndim - 2)) for x, _ in items]
+        out = self.model.outputs(np.concatenate(xs), np.concatenate([n for _, n in items]))
+        parts = np.split(out, np.cumsum([len(x) for x, _ in items])[:-1])
+        return [p[:, : x.shape[1]] if self.spec.task == "tag" else p for p, (x, _) in zip(parts, items)]
+
+    def respond(self, outputs: np.ndarray, lengths: np.ndarray) -> dict[str, Any]:
+        """Raw outputs -> the JSON fields of a prediction (labels + probabilities, or values)."""
+        d = self.pre.decode(outputs, lengths)
+        if "values" in d:
+            return {"values": np.asarray(d["values"]).tolist()}
+        probs = d["probabilities"]
+        probs = [np.asarray(p).tolist() for p in probs] if isinstance(probs, list) else probs.tolist()
+        return {"labels": list(d["labels"]), "probabilities": probs, "classes": list(self.state["classes"])}
+
+    # sessions ----------------------------------------------------------------------
+    @property
+    def streams(self) -> bool:
+        return not self.spec.bidirectional
+
+    def step_inputs(self, raw: list[Any] | str) -> np.ndarray:
+        """A session step's new steps -> a (1, t, F) array (token ids (1, t) for text)."""
+        if self.text:
+            if not isinstance(raw, str):
+                raise InputError([Problem(field="inputs", message="expected text (a string) for a text model")])
+            ids = [self.pre._index.get(tok, 1) for tok in self.pre.tokenize(raw)]
+            if not ids:
+                raise InputError([Problem(field="inputs", message="no tokens in the text")])
+            arr = np.asarray([ids], np.int64)
+        else:
+            if isinstance(raw, str):
+                raise InputError([Problem(field="inputs", message="expected a list of steps, got a string")])
+            try:
+                STEPS.validate_python(raw)
+            except ValidationError as e:
+                raise InputError(_type_problems(e, "inputs")) from None
+            if not raw:
+                raise InputError([Problem(field="inputs", message="send at least one step")])
+            problems = self._widths(raw, "inputs")
+            if problems:
+                raise InputError(problems)
+            q = np.asarray(raw, np.float64).reshape(len(raw), -1)
+            arr = scale(q, self.state["scaler"]).astype(np.float32)[None]
+        if arr.shape[1] > self.cfg.max_length:
+            raise InputError([Problem(field="inputs", message=f"{arr.shape[1]} steps is longer than the "
+                                                              f"maximum {self.cfg.max_length}")])
+        return arr
+
+    def step(self, x: np.ndarray, state: list | None) -> tuple[dict[str, Any], list]:
+        """Run new steps from ``state``; the answer for each step and the state to keep."""
+        from cellforge.backends.numpy_backend import step
+
+        if not self.streams:
+            raise ApiError(400, "unsupported", "model", "a bidirectional model reads whole sequences; "
+                                                        "sessions need a unidirectional one")
+        out, new_state = step(self.spec, self.model.weights, x, state)
+        steps = out.shape[1]
+        if self.spec.task == "tag":
+            d = self.respond(out, np.asarray([steps]))
+            return {k: (v[0] if k != "classes" else v) for k, v in d.items()}, new_state
+        return self.respond(out[0], np.full(steps, 1)), new_state
+
+    # description -------------------------------------------------------------------
+    def info(self, name: str) -> dict[str, Any]:
+        s, st = self.spec, self.state
+        inp: dict[str, Any] = {"type": s.input.type, "max_length": self.cfg.max_length,
+                               "max_inputs": self.cfg.max_inputs}
+        if self.text:
+            inp.update(tokenizer=st["tokenizer"], vocab_size=len(st["vocab"]),
+                       example=["a sentence to classify"])
+        else:
+            inp.update(num_features=st["num_features"], example=[[[0.0] * st["num_features"]]])
+            if st["kind"] == "series":
+                inp.update(window=st["window"], columns=st["columns"])
+        out: dict[str, Any] = {"classes": st["classes"]} if "classes" in st else {
+            "targets": st.get("targets", st.get("num_targets")), "horizon": st.get("horizon", 1)}
+        return {"name": name, "version": self.version, "task": s.task, "framework": s.framework,
+                "runtime": self.cfg.runtime, "cell": s.cell, "hidden_size": s.hidden_size,
+                "num_layers": s.num_layers, "bidirectional": s.bidirectional, "sessions": self.streams,
+                "input": inp, "output": out}

@@ -1,0 +1,106 @@
+"""FastAPI pieces shared by the model and index apps: error handlers, body limit, bearer auth."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from cellforge.serving.schema import ApiError, ErrorBody, Problem, validation_problems
+from cellforge.spec import SpecError
+
+CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
+         413: "too_large", 415: "unsupported_media_type", 422: "invalid_input"}
+
+
+def problems_response(status: int, problems: list[Problem], code: str | None = None,
+                      headers: dict[str, str] | None = None) -> JSONResponse:
+    what = "; ".join(f"{p.field}: {p.message}" for p in problems)
+    body = ErrorBody(error=code or CODES.get(status, "error"), message=what, problems=problems)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def install_errors(api: FastAPI, unknown_model: bool = False) -> None:
+    """Every error becomes ``ErrorBody`` JSON. ``unknown_model``: the index app answers 404 for any
+    model route, whatever the body, since it only sees names no deployed app has claimed."""
+    from cellforge.serving.engine import InputError
+
+    @api.exception_handler(ApiError)
+    async def _api(request: Request, e: ApiError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @api.exception_handler(InputError)
+    async def _input(request: Request, e: InputError):
+        return problems_response(422, e.problems)
+
+    @api.exception_handler(SpecError)
+    async def _spec(request: Request, e: SpecError):
+        return problems_response(422, [Problem(field=f or "body", message=m) for f, m in e.problems])
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation(request: Request, e: RequestValidationError):
+        if unknown_model and request.path_params.get("name"):
+            return await _api(request, unknown(request.path_params["name"]))
+        return problems_response(422, validation_problems(e.errors()))
+
+    @api.exception_handler(HTTPException)
+    async def _http(request: Request, e: HTTPException):
+        field = "path" if e.status_code in (404, 405) else "body"
+        return problems_response(e.status_code, [Problem(field=field, message=str(e.detail))],
+                                 headers=getattr(e, "headers", None))
+
+
+def unknown(name: str, known: list[str] | None = None) -> ApiError:
+    tail = f"; deployed models: {sorted(known)}" if known is not None else ""
+    return ApiError(404, "not_found", "name", f"unknown model {name!r}{tail}")
+
+
+class BodyLimit:
+    """ASGI middleware: bodies larger than ``max_bytes`` get 413, whether or not they declare a length."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(scope, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # FastAPI re-raises an HTTPException met while reading the body; our handler formats it
+                    raise HTTPException(413, f"the request body is larger than {self.max_bytes} bytes")
+            return message
+
+        return await self.app(scope, limited, send)
+
+    async def _refuse(self, scope, send):
+        response = problems_response(413, [Problem(field="body", message=f"the request body is larger than "
+                                                                         f"{self.max_bytes} bytes")])
+        await response(scope, None, send)
+
+
+def bearer_check(api_key: str | None):
+    """A FastAPI dependency that requires ``Authorization: Bearer <api_key>`` when a key is set."""
+
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
+            reason = "missing" if not token else "incorrect"
+            raise ApiError(401, "unauthorized", "Authorization",
+                           f"{reason} bearer token: send the header 'Authorization: Bearer <api_key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    return check

@@ -1,0 +1,125 @@
+"""The HTTP contract: request and response bodies (pydantic, ``extra="forbid"``) and the error shape.
+
+Every error is one JSON object a client can act on::
+
+    {"error": "invalid_input", "message": "invalid input (1 problem): ...",
+     "problems": [{"field": "inputs.0.3", "message": "Input should be a finite number (got nan)"}]}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(_Strict):
+    field: str
+    message: str
+
+
+class ErrorBody(_Strict):
+    error: str  # invalid_input, unauthorized, not_found, too_large, conflict, unsupported
+    message: str
+    problems: list[Problem] = Field(default_factory=list)
+
+
+class ApiError(Exception):
+    """An HTTP error with a field to blame: ``ApiError(404, "not_found", "session_id", "unknown session 'x'")``."""
+
+    def __init__(self, status: int, code: str, field: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.field, self.message, self.headers = status, code, field, message, headers
+
+    def body(self) -> dict[str, Any]:
+        return ErrorBody(error=self.code, message=f"{self.field}: {self.message}",
+                         problems=[Problem(field=self.field, message=self.message)]).model_dump()
+
+
+INPUTS_DOC = ("A batch of raw inputs: strings for text models; for numeric models a list of sequences, "
+              "each a list of steps, each step a list of feature values (or one number when the model "
+              "has one feature).")
+
+
+class PredictRequest(_Strict):
+    inputs: list[Any] = Field(description=INPUTS_DOC, examples=[[[0.0, 1.0], [2.0, 3.0]]])
+
+
+class PredictResponse(_Strict):
+    model: str
+    version: str
+    task: str
+    labels: list[Any] | None = None  # classify: one per input; tag: one list per input
+    probabilities: list[Any] | None = None  # aligned with ``classes``
+    classes: list[Any] | None = None
+    values: list[Any] | None = None  # regress / forecast, in the data's own units
+
+
+class SessionCreated(_Strict):
+    session_id: str
+    model: str
+    version: str
+    ttl_s: float  # idle time after which the session expires
+
+
+class StepRequest(_Strict):
+    inputs: list[Any] | str = Field(description="New time steps: a list of steps (each a list of feature "
+                                                "values or one number), or text whose tokens are the steps.")
+    offset: int | None = Field(None, ge=0, description="Steps the session has consumed so far; when given, "
+                                                      "a mismatch answers 409 instead of applying the "
+                                                      "steps twice (safe retries).")
+
+
+class StepResponse(_Strict):
+    session_id: str
+    model: str
+    version: str
+    steps: int  # total steps consumed by the session
+    labels: list[Any] | None = None  # one per new step
+    probabilities: list[Any] | None = None
+    classes: list[Any] | None = None
+    values: list[Any] | None = None
+
+
+class ModelInfo(_Strict):
+    name: str
+    version: str
+    task: str
+    framework: str  # what it was trained in
+    runtime: str  # what serves it
+    cell: str
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    sessions: bool  # streaming sessions need a unidirectional model
+    input: dict[str, Any]  # the input schema: type, num_features / vocab, max_length, window
+    output: dict[str, Any]  # classes, or targets and horizon
+
+
+class ModelList(_Strict):
+    models: list[ModelInfo]
+
+
+def validation_problems(errors: list[dict[str, Any]]) -> list[Problem]:
+    """FastAPI/pydantic errors -> problems with dotted field paths (``body.`` dropped)."""
+    out = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path"):
+            loc = loc[1:]
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        elif e.get("type") == "json_invalid":
+            msg = f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'parse error')})"
+            loc = []
+        elif e.get("type") == "missing":
+            msg = "field required"
+        elif "input" in e and not isinstance(e["input"], (dict, list)):
+            msg += f" (got {e['input']!r})"
+        out.append(Problem(field=".".join(loc) or "body", message=msg))
+    return out

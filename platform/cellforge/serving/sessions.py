@@ -1,0 +1,105 @@
+"""State that outlives a replica: streaming sessions, the model registry and batch statistics.
+
+One detached, named Ray actor holds them, so a session's recurrent state (h, c) survives
+autoscaling and the loss of the replica that served its last step: any replica can take the
+next step. Idle sessions expire after their deployment's ``session_ttl_s``.
+
+    >>> store = get_store()                                              # doctest: +SKIP
+    >>> sid = ray.get(store.create.remote("digits", "3f2a9c", 600.0))    # doctest: +SKIP
+
+If the store actor itself dies, Ray restarts it empty: sessions then answer 404 and clients
+start new ones (the state is in memory only, by design: it is cheap to rebuild from the stream).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import ray
+
+STORE_NAME, NAMESPACE = "cellforge-state", "cellforge"
+SWEEP_EVERY_S = 1.0  # how often expired sessions are looked for (each call checks the clock)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class StateStore:
+    """Sessions (id -> model, version, state, steps, expiry), registered models and batch stats."""
+
+    def __init__(self):
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.models: dict[str, dict[str, Any]] = {}
+        self.stats: dict[str, dict[str, dict[str, Any]]] = {}  # app -> replica -> cumulative counters
+        self._swept = time.monotonic()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._swept >= SWEEP_EVERY_S:
+            self._swept = now
+            for sid in [k for k, s in self.sessions.items() if s["expires"] <= now]:
+                del self.sessions[sid]
+
+    # sessions ----------------------------------------------------------------------
+    def create(self, model: str, version: str, ttl_s: float) -> str:
+        self._sweep()
+        sid = uuid.uuid4().hex
+        self.sessions[sid] = {"model": model, "version": version, "state": None, "steps": 0, "ttl": ttl_s,
+                              "expires": time.monotonic() + ttl_s}
+        return sid
+
+    def get(self, sid: str, model: str) -> dict[str, Any] | None:
+        """The session (touching its expiry), or None if unknown, expired or another model's."""
+        self._sweep()
+        s = self.sessions.get(sid)
+        if s is None or s["model"] != model or s["expires"] <= time.monotonic():
+            return None
+        s["expires"] = time.monotonic() + s["ttl"]
+        return {k: s[k] for k in ("version", "state", "steps")}
+
+    def advance(self, sid: str, expected_steps: int, state: Any, steps: int) -> str:
+        """Store new state if nobody advanced the session meanwhile: 'ok', 'gone' or 'conflict'."""
+        s = self.sessions.get(sid)
+        if s is None:
+            return "gone"
+        if s["steps"] != expected_steps:
+            return "conflict"
+        s.update(state=state, steps=steps, expires=time.monotonic() + s["ttl"])
+        return "ok"
+
+    def delete(self, sid: str, model: str) -> bool:
+        s = self.sessions.get(sid)
+        if s is None or s["model"] != model:
+            return False
+        del self.sessions[sid]
+        return True
+
+    def count(self, model: str) -> int:
+        self._sweep()
+        return sum(s["model"] == model for s in self.sessions.values())
+
+    # registry and statistics -------------------------------------------------------
+    def register(self, name: str, info: dict[str, Any]) -> None:
+        self.models[name] = info
+
+    def registered(self) -> dict[str, dict[str, Any]]:
+        return dict(self.models)
+
+    def report(self, app: str, replica: str, counters: dict[str, Any]) -> None:
+        self.stats.setdefault(app, {})[replica] = counters
+
+    def batch_stats(self, app: str) -> dict[str, Any]:
+        """Batch sizes (requests per forward pass) summed over every replica that served ``app``."""
+        sizes: Counter = Counter()
+        for c in self.stats.get(app, {}).values():
+            sizes.update({int(k): v for k, v in c["batch_sizes"].items()})
+        return {"replicas_reported": len(self.stats.get(app, {})),
+                "batches": sum(sizes.values()), "requests": sum(k * v for k, v in sizes.items()),
+                "max_batch_size": max(sizes, default=0), "batch_sizes": {str(k): sizes[k] for k in sorted(sizes)}}
+
+
+def get_store():
+    """The store actor, created on first use (detached: it outlives the replica that made it)."""
+    return StateStore.options(name=STORE_NAME, namespace=NAMESPACE, lifetime="detached",
+                              get_if_exists=True).remote()
