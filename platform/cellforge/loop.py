@@ -127,6 +127,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         if info.rank == 0:
             print(f"[cellforge] resuming after epoch {state['epoch'] + 1} from {ckpt.path}", flush=True)
 
+    state.setdefault("starts", []).append(state["epoch"] + 1)  # epochs each (re)start began at
     train = splits["train"]
     n_local = len(train["y"]) // info.world  # equal shards: DDP needs the same number of steps per rank
     local_bs = max(1, t.batch_size // info.world)
@@ -159,6 +160,8 @@ def worker_loop(config: dict[str, Any]) -> None:
                 improved = True
             else:
                 state["bad"] += 1
+        # every rank projects its own weights onto one fixed random vector; after DDP they must agree
+        row["rank_weight_spread"] = _rank_spread(fitter, info)
         weights = fitter.get_weights() if info.rank == 0 else None
         if improved:
             best_weights = weights
@@ -174,6 +177,18 @@ def worker_loop(config: dict[str, Any]) -> None:
             ray.train.report({k: v for k, v in row.items()} | {"stopped_early": stop}, checkpoint=checkpoint)
         if stop:
             break
+
+
+def _rank_spread(fitter, info: WorkerInfo) -> float:
+    if info.world == 1:
+        return 0.0
+    w = fitter.get_weights()
+    rng = np.random.default_rng(12345)
+    digest = sum(float(rng.standard_normal(v.size) @ v.ravel().astype(np.float64)) for _, v in sorted(w.items()))
+    slots = np.zeros(info.world)
+    slots[info.rank] = digest
+    slots = fitter.allreduce(slots)
+    return float(slots.max() - slots.min())
 
 
 def _save(fitter, d: Path, weights, best_weights, state) -> None:

@@ -31,5 +31,18 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
         return
     cpus = int(os.environ.get("CELLFORGE_NUM_CPUS", max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)))
-    ray.init(num_cpus=cpus, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-             logging_level=logging.WARNING, configure_logging=True)
+    # Ray resolves _node_ip_address="127.0.0.1" to the machine's reachable IP unless cluster mode is
+    # off, as on macOS; turning it off keeps the embedded Ray's node on the loopback address.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # for the processes Ray starts
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    for attempt in (1, 2):
+        try:
+            ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+                     logging_level=logging.WARNING)
+            return
+        except Exception as e:  # Ray waits 30 s for its raylet; a busy small machine can miss that once
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
+            ray.shutdown()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ class FitResult:
     bundle: Path
     run_dir: Path
     examples: list[dict[str, Any]] = field(default_factory=list)  # a few test predictions next to the truth
+    starts: list[int] = field(default_factory=list)  # epochs each (re)start began at: [0, 3] = resumed after 3
 
     def history_frame(self):
         import pandas as pd
@@ -97,9 +99,21 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     name = check_name(name or f"{spec.task}-{spec.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage = Path(storage_path).resolve() if storage_path else runs_dir()
     ensure_ray(address)
+    use_gpu = _gpu_or_cpu(use_gpu, address)
     weights, state = run(spec, prepared, workers=workers, use_gpu=use_gpu, name=name, storage=storage,
                          max_failures=max_failures)
     return finish(spec, prepared, weights, state, bundle_path or storage / name / "bundle", storage / name, verbose)
+
+
+def _gpu_or_cpu(use_gpu: bool, address: str | None) -> bool:
+    """CUDA when asked for and present. On the embedded Ray, no GPU means CPU (with a warning);
+    on a cluster the autoscaler may still add GPU nodes, so the request stands."""
+    import ray
+
+    if use_gpu and not (address or os.environ.get("RAY_ADDRESS")) and not ray.cluster_resources().get("GPU"):
+        warnings.warn("use_gpu=True but this machine's Ray has no GPU: training on CPU", stacklevel=3)
+        return False
+    return use_gpu
 
 
 def check_workers(workers: Any) -> None:
@@ -143,11 +157,12 @@ def finish(spec: ModelSpec, prepared, weights, state, bundle_path: str | Path, r
     test_metrics, examples = _test(spec, weights, prepared)
     summary = {**test_metrics, **prepared.baseline}
     path = _bundle.save(bundle_path, spec, weights, prepared.preprocessor.state,
-                        {"test": summary, "history": state["history"], "best_epoch": state.get("best_epoch")})
+                        {"test": summary, "history": state["history"], "best_epoch": state.get("best_epoch"),
+                         "starts": state.get("starts", [])})
     if verbose:
         print(f"[cellforge] test {'  '.join(f'{k} {v:.4g}' for k, v in summary.items())}\n"
               f"[cellforge] bundle saved to {path}")
-    return FitResult(spec, summary, state["history"], path, run_dir, examples)
+    return FitResult(spec, summary, state["history"], path, run_dir, examples, state.get("starts", []))
 
 
 def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[dict[str, Any]]]:
