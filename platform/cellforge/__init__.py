@@ -15,7 +15,9 @@ from cellforge.model import Model, load
 from cellforge.serving import deploy
 from cellforge.spec import ModelSpec, SpecError
 from cellforge.train import FitResult, fit
+from cellforge.tune import choice, grid, loguniform, randint, sweep, uniform
 
 __all__ = ["BundleError", "Cell", "Client", "FitResult", "Model", "ModelSpec", "Sequences", "Series", "SpecError",
-           "datasets", "deploy", "fit", "load", "register_cell"]
+           "choice", "datasets", "deploy", "fit", "grid", "load", "loguniform", "randint", "register_cell", "sweep",
+           "uniform"]
 __version__ = "0.1.0"

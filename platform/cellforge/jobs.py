@@ -330,3 +330,9 @@ from cellforge.serving.jobstep import DeployStep, run_deploy  # noqa: E402
 
 STEPS["deploy"] = DeployStep
 RUNNERS["deploy"] = run_deploy
+
+# the sweep step lives with the Tune driver (cellforge.tune)
+from cellforge.tune import SweepStep, run_sweep  # noqa: E402
+
+STEPS["sweep"] = SweepStep
+RUNNERS["sweep"] = run_sweep

@@ -1,0 +1,333 @@
+"""``sweep``: search a spec's hyperparameters with Ray Tune; each trial is a Ray Train run.
+
+    >>> import cellforge as cf
+    >>> space = {"cell": cf.choice(["lstm", "gru"]), "hidden_size": cf.choice([32, 64]),
+    ...          "training.lr": cf.loguniform(1e-3, 2e-2)}
+    >>> s = cf.sweep(cf.ModelSpec(task="classify", training={"epochs": 4}), cf.datasets.load("digits"),
+    ...              space, trials=12, name="digits-sweep")                  # doctest: +SKIP
+    >>> s.leaderboard()                                                       # doctest: +SKIP
+    >>> cf.load(s.best_bundle).predict(images)                                # doctest: +SKIP
+
+Layout under ``<storage>/<name>/``: Tune's experiment (one folder per trial), ``train/`` (the
+trials' Train runs), ``sweep.json`` (what was asked, to resume safely) and ``best/bundle``.
+Running ``sweep`` again under the same name resumes: finished trials are kept, unfinished
+ones continue from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cellforge import metrics as _metrics
+from cellforge.spec import ModelSpec, SpecError
+from cellforge.tune_space import (  # noqa: F401 - the public API
+    Dim,
+    affects_data,
+    as_space,
+    check_space,
+    choice,
+    grid,
+    loguniform,
+    randint,
+    uniform,
+)
+
+if TYPE_CHECKING:  # importing it pulls in Ray Tune; job-file validation stays light without it
+    from cellforge.tune_result import Sweep
+
+__all__ = ["SweepStep", "choice", "grid", "loguniform", "randint", "run_sweep", "sweep", "uniform"]
+
+SCHEDULERS = ("asha", "pbt", "fifo")
+SEARCHES = ("random", "grid", "optuna")
+PBT_FIELDS = ("training.lr", "dropout")  # what PBT perturbs, when the space has them
+
+
+def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: int | None = None,
+          metric: str | None = None, scheduler: str = "asha", search: str = "random", workers_per_trial: int = 1,
+          use_gpu: bool = False, epochs: int | None = None, name: str | None = None,
+          storage_path: str | Path | None = None, address: str | None = None, max_concurrent: int | None = None,
+          grace_period: int = 1, reduction_factor: int = 2, seed: int = 0, verbose: bool = True) -> Sweep:
+    """Run (or resume) a hyperparameter sweep; every trial is a Ray Train run of ``workers_per_trial`` workers.
+
+    Args:
+        spec: the base ModelSpec (or a dict of its fields); the space's fields override it per trial.
+        data: anything ``fit`` takes.
+        space: spec field (dotted path, e.g. ``"training.lr"``) -> ``choice``/``grid``/``uniform``/
+            ``loguniform``/``randint``, a job-file mapping such as ``{"choice": [32, 64]}``, or a fixed value.
+        trials: how many trials (default 16; with ``search="grid"`` every combination once).
+        metric: what ranks trials, reported every epoch (default ``val_accuracy`` for classify/tag,
+            ``val_rmse`` otherwise); min or max is known per metric.
+        scheduler: ``asha`` (stops weak trials early), ``pbt`` (perturbs ``training.lr``/``dropout``,
+            carrying checkpoints over) or ``fifo`` (every trial runs all its epochs).
+        search: ``random``, ``grid`` (every combination of the finite dimensions) or ``optuna``.
+        workers_per_trial: Ray Train workers per trial (one CPU each, or one GPU with ``use_gpu``).
+        epochs: overrides ``spec.training.epochs``.
+        name: the sweep's name; a second call with the same name resumes it.
+        max_concurrent: trials at once (default: as many as the cluster's CPUs/GPUs hold).
+        grace_period: epochs every trial runs before ASHA may stop it.
+        reduction_factor: ASHA keeps the best 1/reduction_factor of the trials at each rung.
+        seed: seeds the search.
+
+    Returns:
+        Sweep: ``leaderboard()``, ``plot()``, ``best`` and ``best_bundle`` (a verified bundle).
+
+    Raises:
+        SpecError: the spec, the space, the data or an argument is invalid — before any trial starts.
+    """
+    import ray
+    from ray import tune
+
+    from cellforge.cells import custom_cells
+    from cellforge.data import prepare
+    from cellforge.runtime import ensure_ray
+    from cellforge.train import check_name, runs_dir
+    from cellforge.tune_progress import Progress
+    from cellforge.tune_result import Sweep
+    from cellforge.tune_trial import Trial
+
+    spec = ModelSpec.parse(spec.model_dump() if isinstance(spec, ModelSpec) else spec)
+    if epochs is not None:
+        spec = spec.updated(**{"training.epochs": epochs})
+    dims, problems = as_space(space)
+    problems += check_space(spec, dims)
+    problems += _check_args(spec, dims, trials, metric, scheduler, search, workers_per_trial, grace_period,
+                            reduction_factor)
+    if problems:
+        raise SpecError(problems, what="sweep")
+    metric = metric or default_metric(spec.task)
+    mode = _metrics.mode_of(metric)
+    n_trials = _n_trials(dims, trials, search)
+    name = check_name(name or f"sweep-{spec.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    storage = Path(storage_path).resolve() if storage_path else runs_dir()
+    spec, prepared = prepare(spec, data)  # the data's problems surface here, before any trial
+    ensure_ray(address)
+    workers_cpu = workers_per_trial  # one CPU per Train worker (see train._trainer)
+    if max_concurrent is None:
+        res = ray.cluster_resources()
+        max_concurrent = max(1, int(res.get("CPU", 1)) // (1 + workers_cpu))  # a trial's own slot + its workers
+        if use_gpu and res.get("GPU"):
+            max_concurrent = max(1, min(max_concurrent, int(res["GPU"]) // workers_per_trial))
+    # a loaded machine can take more than Train's default 60 s to start a trial's workers
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+    # Tune warns when trials checkpoint often; each epoch is a checkpoint here, by design
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    exp = storage / name
+    asked = {"spec": spec.model_dump(mode="json"), "space": {k: [d.kind, list(d.values)] for k, d in dims.items()},
+             "trials": n_trials, "metric": metric, "scheduler": scheduler, "search": search, "seed": seed}
+    _check_same(exp, asked)
+    per_trial_data = affects_data(dims)
+    ctx = {"spec": spec.model_dump(), "prepared": None if per_trial_data else prepared,
+           "data": data if per_trial_data else None, "workers": workers_per_trial, "use_gpu": use_gpu,
+           "train_storage": str(exp / "train"), "cells": custom_cells()}
+    trainable = tune.with_resources(tune.with_parameters(Trial, ctx=ctx), {"cpu": 1})
+    max_epochs = max([spec.training.epochs, *dims["training.epochs"].probes()] if "training.epochs" in dims
+                     else [spec.training.epochs])
+    progress = Progress(name, list(dims), metric, mode, n_trials, max_epochs, out=None if verbose else _Null())
+    run_config = tune.RunConfig(
+        name=name, storage_path=str(storage), verbose=0, callbacks=[progress],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1),
+        failure_config=tune.FailureConfig(max_failures=0))  # a failing trial is reported, not retried
+    if tune.Tuner.can_restore(str(exp)):
+        print(f"[cellforge] resuming sweep {name} from {exp}", flush=True) if verbose else None
+        tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=False)
+        tuner._local_tuner._run_config.callbacks = [progress]  # restore keeps the old callbacks otherwise
+    else:
+        exp.mkdir(parents=True, exist_ok=True)
+        (exp / "sweep.json").write_text(json.dumps(asked, indent=1))
+        tuner = tune.Tuner(trainable, param_space=_param_space(dims, search), run_config=run_config,
+                           tune_config=tune.TuneConfig(
+                               metric=metric, mode=mode, num_samples=n_trials // _grid_size(dims, search),
+                               max_concurrent_trials=max_concurrent,
+                               scheduler=_scheduler(scheduler, dims, max_epochs, grace_period, reduction_factor),
+                               search_alg=_search(search, seed), trial_dirname_creator=lambda t: t.trial_id))
+        if verbose:
+            print(f"[cellforge] sweep {name}: {n_trials} trials x {workers_per_trial} worker(s), {scheduler} on "
+                  f"{metric} ({mode}), {max_concurrent} at a time; results in {exp}", flush=True)
+    grid_ = tuner.fit()
+    result = Sweep(name, exp, list(dims), metric, mode, grid_, spec, prepared, data if per_trial_data else None)
+    if verbose:
+        print(result.summary(), flush=True)
+    return result
+
+
+def default_metric(task: str) -> str:
+    return "val_accuracy" if task in ("classify", "tag") else "val_rmse"
+
+
+def reported_metrics(task: str) -> list[str]:
+    """What the training loop reports every epoch (see loop.worker_loop)."""
+    per_task = ["accuracy", "macro_f1"] if task in ("classify", "tag") else ["mae", "rmse", "mape"]
+    return ["loss", "val_loss", *[f"val_{m}" for m in per_task]]
+
+
+def _check_args(spec, dims, trials, metric, scheduler, search, workers, grace, rf) -> list[tuple[str, str]]:
+    p = []
+    if scheduler not in SCHEDULERS:
+        p.append(("scheduler", f"expected one of {list(SCHEDULERS)}, got {scheduler!r}"))
+    if search not in SEARCHES:
+        p.append(("search", f"expected one of {list(SEARCHES)}, got {search!r}"))
+    if metric is not None and metric not in reported_metrics(spec.task):
+        p.append(("metric", f"{metric!r} is not reported for task {spec.task!r}; reported: "
+                            f"{reported_metrics(spec.task)}"))
+    if (metric or default_metric(spec.task)).startswith("val_") and spec.training.val_fraction == 0:
+        p.append(("metric", "validation metrics need training.val_fraction > 0"))
+    for field, v in (("workers_per_trial", workers), ("grace_period", grace)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            p.append((field, f"expected a positive integer, got {v!r}"))
+    if not isinstance(rf, int) or rf < 2:
+        p.append(("reduction_factor", f"expected an integer >= 2, got {rf!r}"))
+    if trials is not None and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 1):
+        p.append(("trials", f"expected a positive integer, got {trials!r}"))
+    elif dims and search in SEARCHES:
+        p += _check_counts(dims, trials, search)
+    if scheduler == "pbt" and not any(f in dims for f in PBT_FIELDS):
+        p.append(("scheduler", f"pbt perturbs {list(PBT_FIELDS)}: put at least one of them in the space"))
+    if search == "optuna":
+        if any(d.kind == "grid" for d in dims.values()):
+            p.append(("space", "optuna search does not take grid dimensions; use choice"))
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            p.append(("search", "optuna is not installed: pip install 'cellforge[optuna]'"))
+    return p
+
+
+def _grid_size(dims: dict[str, Dim], search: str) -> int:
+    size = 1
+    for d in dims.values():
+        if d.kind == "grid" or (search == "grid" and d.kind == "choice"):
+            size *= len(d.values)
+    return size
+
+
+def _check_counts(dims, trials, search) -> list[tuple[str, str]]:
+    if search == "grid":
+        continuous = [k for k, d in dims.items() if not d.finite]
+        if continuous:
+            return [("search", f"grid search needs finite dimensions (choice/grid); continuous: {continuous}")]
+    g = _grid_size(dims, search)
+    if trials is not None and trials % g:
+        return [("trials", f"the grid has {g} combinations, so trials must be a multiple of {g}, got {trials}")]
+    return []
+
+
+def _n_trials(dims, trials, search) -> int:
+    return trials if trials is not None else (_grid_size(dims, search) if search == "grid" else 16)
+
+
+def _param_space(dims: dict[str, Dim], search: str) -> dict[str, Any]:
+    return {k: d.to_tune(as_grid=search == "grid") for k, d in dims.items()}
+
+
+def _scheduler(kind, dims, max_epochs, grace, rf):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if kind == "asha":  # rungs at grace, grace*rf, ... epochs, ranked on the validation metric
+        return ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(grace, max_epochs),
+                             reduction_factor=rf)
+    if kind == "pbt":
+        return PopulationBasedTraining(
+            time_attr="epoch", perturbation_interval=max(1, grace),
+            hyperparam_mutations={k: dims[k].to_tune() for k in PBT_FIELDS if k in dims})
+    return FIFOScheduler()
+
+
+def _search(kind, seed):
+    if kind == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=seed)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed)
+
+
+def _check_same(exp: Path, asked: dict) -> None:
+    f = exp / "sweep.json"
+    if not f.exists():
+        return
+    before = json.loads(f.read_text())
+    diff = sorted(k for k in asked if before.get(k) != json.loads(json.dumps(asked[k])))
+    if diff:
+        raise SpecError([("name", f"a sweep named {exp.name!r} already exists at {exp} with different {diff}; "
+                                  "use another name to start a new sweep, or the same arguments to resume it")],
+                        what="sweep")
+
+
+class _Null:
+    def write(self, s):
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+class SweepStep(BaseModel):
+    """A job file's ``sweep`` step: the same fields as ``cellforge.sweep``. Outputs: ``bundle`` (the best
+    trial's, at ``<storage>/<name>/best/bundle``), ``best`` (its parameters and metrics), ``leaderboard``."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    data: Any  # a jobs.DataRef (validated below: jobs imports this module, not the other way round)
+    spec: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Any]
+    trials: int | None = Field(None, gt=0)
+    metric: str | None = None
+    scheduler: Literal["asha", "pbt", "fifo"] = "asha"
+    search: Literal["random", "grid", "optuna"] = "random"
+    workers_per_trial: int = Field(1, gt=0)
+    use_gpu: bool = False
+    epochs: int | None = Field(None, gt=0)
+    name: str | None = None  # rerunning the job resumes the sweep of this name
+    max_concurrent: int | None = Field(None, gt=0)
+    grace_period: int = Field(1, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        """The data reference, and the space against the step's spec as ``sweep`` checks it (the space
+        check is skipped when the spec holds ${refs}); every problem at once."""
+        from cellforge.jobs import DataRef
+
+        problems = []
+        try:
+            self.data = DataRef.model_validate(self.data)
+        except ValidationError as e:
+            problems += [(".".join(["data", *map(str, x["loc"])]), x["msg"].removeprefix("Value error, "))
+                         for x in e.errors()]
+        problems += self._space_problems()
+        if problems:
+            raise ValueError("; ".join(f"{p}: {m}" for p, m in problems))
+        return self
+
+    def _space_problems(self) -> list[tuple[str, str]]:
+        if "${" in json.dumps(self.spec, default=str):
+            return []
+        try:
+            spec = ModelSpec.parse(self.spec)
+            if self.epochs is not None:
+                spec = spec.updated(**{"training.epochs": self.epochs})
+        except SpecError:
+            return []  # jobs.py reports the spec's own problems
+        dims, problems = as_space(self.space)
+        problems += check_space(spec, dims)
+        return problems + _check_args(spec, dims, self.trials, self.metric, self.scheduler, self.search,
+                                      self.workers_per_trial, self.grace_period, 2)
+
+
+def run_sweep(step: SweepStep, base: Path, address: str | None) -> dict[str, Any]:
+    """The job runner for ``sweep`` steps."""
+    data = step.data.load(base)
+    s = sweep(ModelSpec.parse(step.spec), data, step.space, trials=step.trials, metric=step.metric,
+              scheduler=step.scheduler, search=step.search, workers_per_trial=step.workers_per_trial,
+              use_gpu=step.use_gpu, epochs=step.epochs, name=step.name, address=address,
+              max_concurrent=step.max_concurrent, grace_period=step.grace_period, seed=step.seed)
+    board = s.leaderboard()
+    return {"bundle": str(s.best_bundle), "best": s.best,
+            "leaderboard": json.loads(board.reset_index().to_json(orient="records"))}

@@ -1,0 +1,132 @@
+"""Sweep progress: one table updated in place in a notebook, a few plain lines in a terminal.
+
+Ray Tune's own table is switched off (``verbose=0``); ``Progress`` is a Tune callback that
+keeps each trial's epochs and shows them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from ray import tune
+
+TERMINAL_HEARTBEAT_S = 60  # a status line at most this often while trials run, so a terminal never looks stuck
+NOTEBOOK_REFRESH_S = 1.0  # the notebook table redraws at most this often
+
+
+def trial_number(trial_id: str) -> int:
+    """Tune numbers trials '<experiment>_00003'; shown 1-based."""
+    return int(trial_id.rsplit("_", 1)[-1]) + 1
+
+
+def in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class Progress(tune.Callback):
+    """Shows a sweep as it runs. ``params``: the space's field names; ``metric``/``mode``: what ranks trials."""
+
+    def __init__(self, name: str, params: list[str], metric: str, mode: str, total: int, epochs: int,
+                 notebook: bool | None = None, out=None):
+        self.name, self.params, self.metric, self.mode = name, params, metric, mode
+        self.total, self.epochs = total, epochs
+        self.notebook = in_notebook() if notebook is None else notebook
+        self.out = out  # None: sys.stdout at print time (this object is pickled with the experiment)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.handle = None
+        self.last_draw = self.last_beat = 0.0
+        self.best: float | None = None
+
+    # Tune callback hooks ---------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._row(trial)["status"] = "running"
+        self._draw(force=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = self._row(trial)
+        row.update(status="running", epochs=result.get("epoch"), **{self.metric: result.get(self.metric)})
+        self._draw()
+        self._heartbeat()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        row = self._row(trial)
+        row["status"] = "completed" if last.get("complete") else "early-stopped"
+        value = last.get(self.metric)
+        mark = ""
+        if value is not None and (self.best is None or (value > self.best if self.mode == "max" else value < self.best)):
+            self.best, mark = value, "  (best so far)"
+        self._line(f"trial {trial_number(trial.trial_id)}/{self.total} {row['status']} after "
+                   f"{last.get('epoch', 0)}/{self.epochs} epochs: {self.metric} {fmt(value)}{mark}  "
+                   f"[{self._params(trial)}]")
+        self._draw(force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        row = self._row(trial)
+        row["status"] = "error"
+        err = str(getattr(trial, "error_message", None) or "").strip().splitlines()
+        reason = next((ln for ln in reversed(err) if ln.strip()), "see the leaderboard")
+        self._line(f"trial {trial_number(trial.trial_id)}/{self.total} error: {reason[:200]}  [{self._params(trial)}]")
+        self._draw(force=True)
+
+    def on_experiment_end(self, trials, **info):
+        self._draw(force=True)
+
+    def __getstate__(self):
+        return {**self.__dict__, "handle": None}
+
+    # display ------------------------------------------------------------------------------
+    def _row(self, trial) -> dict[str, Any]:
+        if trial.trial_id not in self.rows:
+            self.rows[trial.trial_id] = {"trial": trial_number(trial.trial_id),
+                                         **{p: trial.config.get(p) for p in self.params},
+                                         "status": "pending", "epochs": 0, self.metric: None}
+        return self.rows[trial.trial_id]
+
+    def _params(self, trial) -> str:
+        return " ".join(f"{p}={fmt(trial.config.get(p))}" for p in self.params)
+
+    def _line(self, text: str) -> None:
+        if not self.notebook:
+            print(f"[cellforge] {text}", file=self.out or sys.stdout, flush=True)
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if self.notebook or now - self.last_beat < TERMINAL_HEARTBEAT_S:
+            return
+        self.last_beat = now
+        counts: dict[str, int] = {}
+        for r in self.rows.values():
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        self._line(f"sweep {self.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                   + (f"; best {self.metric} {fmt(self.best)}" if self.best is not None else ""))
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.notebook:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_draw < NOTEBOOK_REFRESH_S:
+            return
+        self.last_draw = now
+        import pandas as pd
+        from IPython.display import display
+
+        df = pd.DataFrame(sorted(self.rows.values(), key=lambda r: r["trial"])).set_index("trial")
+        if self.handle is None:
+            self.handle = display(df, display_id=True)
+        else:
+            self.handle.update(df)

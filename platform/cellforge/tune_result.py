@@ -1,0 +1,174 @@
+"""What ``sweep`` returns: a leaderboard, learning-curve plots and the best trial's verified bundle."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from cellforge import metrics as _m
+from cellforge.spec import ModelSpec
+from cellforge.tune_progress import fmt, trial_number
+
+
+class Sweep:
+    """A finished (or interrupted) sweep.
+
+    Attributes:
+        name, path: the sweep's name and folder (``<storage>/<name>``).
+        metric, mode: what ranks trials, and whether higher (``max``) or lower (``min``) is better.
+        best: the best trial's number, parameters and last metrics (None if no trial reported).
+        best_bundle: ``<path>/best/bundle``, built from the best trial's last checkpoint and verified.
+    """
+
+    def __init__(self, name: str, path: Path, params: list[str], metric: str, mode: str, grid, spec: ModelSpec,
+                 prepared, raw_data=None):
+        self.name, self.path, self.params, self.metric, self.mode = name, Path(path), params, metric, mode
+        self._spec, self._prepared, self._raw = spec, prepared, raw_data
+        self.trials = [_trial(r, params, metric) for r in grid]
+        self.trials.sort(key=lambda t: t["trial"])
+        self._bundle: Path | None = None
+
+    # tables -------------------------------------------------------------------------------
+    def leaderboard(self):
+        """A row per trial, best first: parameters, last and best metric, epochs run, status, error.
+
+        Status is ``completed`` (every epoch, or the spec's own early stopping), ``early-stopped``
+        (the scheduler stopped it) or ``error`` (with the message in ``error``)."""
+        import pandas as pd
+
+        rows = [{"trial": t["trial"], **t["params"], self.metric: t["last"].get(self.metric),
+                 f"best_{self.metric}": t["best"], "val_loss": t["last"].get("val_loss"), "epochs": t["epochs"],
+                 "status": t["status"], "error": t["error"]} for t in self.trials]
+        df = pd.DataFrame(rows).set_index("trial")
+        return df.sort_values(self.metric, ascending=self.mode == "min", na_position="last")
+
+    @property
+    def trial_epochs(self) -> int:
+        """Epochs run over all trials: the sweep's cost."""
+        return sum(t["epochs"] for t in self.trials)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        ranked = [t for t in self.trials if t["last"].get(self.metric) is not None and t["status"] != "error"]
+        if not ranked:
+            return None
+        sign = -1 if self.mode == "max" else 1
+        t = min(ranked, key=lambda t: sign * t["last"][self.metric])
+        return {"trial": t["trial"], "params": t["params"], "metrics": t["last"], "epochs": t["epochs"]}
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for t in self.trials:
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        b = self.best
+        best = (f"best trial {b['trial']}: {self.metric} {fmt(b['metrics'][self.metric])} "
+                f"[{' '.join(f'{k}={fmt(v)}' for k, v in b['params'].items())}]") if b else "no trial reported"
+        return (f"[cellforge] sweep {self.name}: {len(self.trials)} trials ("
+                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                + f"), {self.trial_epochs} trial-epochs; {best}")
+
+    # the best model -------------------------------------------------------------------------
+    @property
+    def best_bundle(self) -> Path:
+        """The best trial's bundle at ``<path>/best/bundle`` (test metrics included), built once and verified."""
+        from cellforge import bundle as _bundle
+        from cellforge.data import prepare
+        from cellforge.loop import final_weights
+        from cellforge.train import finish
+
+        if self._bundle is not None:
+            return self._bundle
+        b = self.best
+        if b is None:
+            raise RuntimeError(f"sweep {self.name}: no trial reported {self.metric}, so there is no best "
+                               "model; see leaderboard() for the errors")
+        t = next(t for t in self.trials if t["trial"] == b["trial"])
+        spec = self._spec.updated(**t["params"])
+        prepared = self._prepared
+        if self._raw is not None:
+            spec, prepared = prepare(spec, self._raw)
+        if t["checkpoint"] is None:
+            raise RuntimeError(f"sweep {self.name}: trial {t['trial']} left no checkpoint")
+        with t["checkpoint"].as_directory() as d:
+            weights, state = final_weights(Path(d))
+        path = finish(spec, prepared, weights, state, self.path / "best" / "bundle", self.path, verbose=False).bundle
+        _bundle.verify(path)
+        self._bundle = path
+        return path
+
+    # plots ----------------------------------------------------------------------------------
+    def plot(self, params: list[str] | None = None):
+        """Learning curves of every trial (the metric per epoch), then the metric against each parameter.
+
+        Returns the matplotlib Figure (a notebook shows it)."""
+        import matplotlib.pyplot as plt
+
+        params = params or self.params
+        fig, axes = plt.subplots(1, 1 + len(params), figsize=(5 * (1 + len(params)), 3.8), squeeze=False)
+        ax = axes[0][0]
+        best = (self.best or {}).get("trial")
+        for t in self.trials:
+            h = t["history"]
+            if h:
+                ax.plot([r["epoch"] for r in h], [r.get(self.metric) for r in h], marker=".",
+                        lw=2.5 if t["trial"] == best else 1, alpha=1 if t["trial"] == best else 0.6,
+                        label=f"trial {t['trial']}" + (" (best)" if t["trial"] == best else ""))
+        ax.set(xlabel="epoch", ylabel=self.metric, title=f"{self.name}: learning curves")
+        if len(self.trials) <= 12:
+            ax.legend(fontsize=7)
+        for ax, p in zip(axes[0][1:], params):
+            pts = [(t["params"].get(p), t["last"].get(self.metric), t["status"]) for t in self.trials
+                   if t["last"].get(self.metric) is not None]
+            xs = [x for x, _, _ in pts]
+            numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+            labels = sorted({str(x) for x in xs}) if not numeric else None
+            for status, marker in (("completed", "o"), ("early-stopped", "x")):
+                sel = [(x, y) for x, y, s in pts if s == status]
+                ax.scatter([x if numeric else labels.index(str(x)) for x, _ in sel], [y for _, y in sel],
+                           marker=marker, label=status)
+            if numeric and xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+                ax.set_xscale("log")
+            if labels:
+                ax.set_xticks(range(len(labels)), labels)
+            ax.set(xlabel=p, ylabel=f"last {self.metric}")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        return fig
+
+    def __repr__(self) -> str:
+        return f"Sweep({self.name!r}, {len(self.trials)} trials, metric={self.metric!r})"
+
+
+def _trial(result, params: list[str], metric: str) -> dict[str, Any]:
+    """One trial's record from a Tune Result: parameters, per-epoch history, status and error."""
+    last = dict(result.metrics or {})
+    df = result.metrics_dataframe
+    keep = ["epoch", "loss", "lr", "time_s"] + [c for c in (df.columns if df is not None else [])
+                                                 if str(c).startswith("val_")]
+    history = [] if df is None or df.empty else df[[c for c in keep if c in df.columns]].to_dict("records")
+    values = [r.get(metric) for r in history if r.get(metric) is not None and not _nan(r.get(metric))]
+    best = (max(values) if _m.mode_of(metric) == "max" else min(values)) if values else None
+    error = None
+    if result.error is not None:
+        error = _message(result.error)
+    status = "error" if error else ("completed" if last.get("complete") else "early-stopped" if history else "not run")
+    tid = last.get("trial_id") or Path(result.path).name
+    return {"trial": trial_number(tid), "params": {p: (result.config or {}).get(p) for p in params},
+            "last": {k: v for k, v in last.items() if k in ("epoch", "loss", "val_loss") or k.startswith("val_")},
+            "best": best, "epochs": len(history), "status": status, "error": error, "history": history,
+            "checkpoint": result.checkpoint}
+
+
+def _nan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _message(err: BaseException) -> str:
+    """The worker's own error line (e.g. 'FloatingPointError: training loss became nan ...')."""
+    text = str(err).strip().splitlines()
+    for line in reversed(text):
+        line = line.strip()
+        if line and not line.startswith(("File ", "^", "~")) and ("Error" in line or "Exception" in line):
+            return line[:300]
+    return (text[-1] if text else type(err).__name__)[:300]

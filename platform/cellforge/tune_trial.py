@@ -1,0 +1,206 @@
+"""One sweep trial: a Ray Tune trainable that runs one Ray Train run and relays its epochs.
+
+Tune calls ``step()`` once per epoch. The Train run (controller + data-parallel workers) runs
+in a thread of the trial actor; two Train callbacks pass each epoch's metrics and checkpoint
+path, and the controller's handle, back through a Ray queue. A class trainable (not a
+function) because Tune calls its ``cleanup()`` before the actor exits: a trial that ASHA or
+PBT stops aborts its Train run there, which shuts its workers down and removes their
+placement group without relying on Train's dashboard-based cleaner (that cleaner cannot find
+its cluster when several Ray instances share one machine).
+
+Tune checkpoints are copies of the Train run's latest checkpoint. A trial that starts from
+one — a PBT exploit, or a sweep resumed after an interruption — starts a new Train run whose
+workers resume from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2.api.callback import UserCallback
+
+from cellforge.spec import ModelSpec
+
+# Train keeps this many checkpoints per run: Tune copies the newest reported one a moment after
+# it is reported, and the run may have moved on by one or two epochs by then
+TRAIN_CHECKPOINTS_KEPT = 4
+
+
+class _Relay(UserCallback):
+    """Runs in the Train controller: every epoch's metrics (rank 0) and checkpoint path go to the trial."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.queue.put({"metrics": dict(metrics[0]), "checkpoint": checkpoint.path if checkpoint else None})
+
+
+class _ControllerHandle(ControllerCallback):
+    """Runs in the Train controller: hands the trial the controller's handle, so it can abort the run."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_controller_start(self, train_run_context):
+        self.queue.put({"controller": ray.get_runtime_context().current_actor})
+
+
+def _worker_entry(config: dict[str, Any]) -> None:
+    """A Train worker: the shared loop, resuming from ``init_checkpoint`` when the run has none.
+
+    The loop resumes from ``ray.train.get_checkpoint()``, and Train V2 no longer takes a starting
+    checkpoint, so a run started from a Tune checkpoint answers that call with it (this process
+    is the run's own worker actor).
+    """
+    import contextlib
+    import io
+
+    import ray.train
+
+    from cellforge.loop import worker_loop
+
+    init = config.pop("init_checkpoint", None)
+    if init is not None and ray.train.get_checkpoint() is None:
+        ray.train.get_checkpoint = lambda: ray.train.Checkpoint.from_directory(init)
+    with contextlib.redirect_stdout(io.StringIO()):  # the sweep's progress shows epochs, not each worker
+        worker_loop(config)
+
+
+class Trial(tune.Trainable):
+    """A Tune trainable over one Train run. ``ctx`` (from ``tune.with_parameters``) holds the base
+    spec, the prepared data (or raw data when a dimension changes preprocessing), workers, GPU use
+    and where Train runs are stored."""
+
+    def setup(self, config: dict[str, Any], ctx: dict[str, Any] | None = None):
+        from cellforge.cells import load_cells
+
+        for name in ("ray.tune", "ray.train"):  # not a line per checkpoint saved
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.ctx = ctx
+        load_cells(ctx["cells"])
+        self.params = dict(config)
+        self.init_checkpoint: str | None = None
+        self.last: dict[str, Any] = {}
+        self.thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        from ray.util.queue import Queue
+
+        from cellforge.data import prepare
+        from cellforge.train import _trainer
+
+        ctx = self.ctx
+        spec = ModelSpec.parse(ctx["spec"]).updated(**self.params)
+        prepared = ctx["prepared"]
+        if prepared is None:  # a dimension changes preprocessing: prepare this trial's own data
+            spec, prepared = prepare(spec, ctx["data"])
+        self.spec, self.epochs = spec, spec.training.epochs
+        self.queue = Queue(actor_options={"num_cpus": 0})  # unbounded: the controller never blocks on it
+        config = {"spec": spec.model_dump(), "data": ray.put(prepared.splits), "use_gpu": ctx["use_gpu"],
+                  "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": ctx["cells"],
+                  "init_checkpoint": self.init_checkpoint}
+        run_config = ray.train.RunConfig(
+            name=f"{self.trial_id}-{time.time_ns()}",  # a fresh run per start; it resumes from init_checkpoint
+            storage_path=ctx["train_storage"], callbacks=[_Relay(self.queue), _ControllerHandle(self.queue)],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=TRAIN_CHECKPOINTS_KEPT),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"))
+        trainer = _trainer(spec, config, ctx["workers"], ctx["use_gpu"], run_config)
+        trainer.train_loop_per_worker = _worker_entry
+        self.error: BaseException | None = None
+        self.controller = None
+
+        def target():
+            try:
+                trainer.fit()
+            except BaseException as e:  # noqa: BLE001 - handed to step(), which raises it in Tune
+                self.error = e
+
+        self.thread = threading.Thread(target=target, name="cellforge-train-run", daemon=True)
+        self.thread.start()
+
+    def step(self) -> dict[str, Any]:
+        from ray.util.queue import Empty
+
+        if self.thread is None:
+            self._start()
+        while True:
+            try:
+                item = self.queue.get(timeout=0.5)
+            except Empty:
+                if not self.thread.is_alive() and self.queue.empty():
+                    raise (_unwrap(self.error) if self.error else RuntimeError(
+                        "the Train run ended without reporting its last epoch")) from None
+                continue
+            if "controller" in item:
+                self.controller = item["controller"]
+                continue
+            m = item["metrics"]
+            self.last = {"checkpoint": item["checkpoint"], "epoch": m["epoch"]}
+            # 'complete': the run ended by itself (every epoch, or the spec's own early stopping), as
+            # opposed to a scheduler stopping it (Tune marks both 'done')
+            done = bool(m.get("stopped_early")) or m["epoch"] >= self.epochs
+            return {**m, "complete": done, "done": done}
+
+    def save_checkpoint(self, checkpoint_dir: str) -> dict | None:
+        src = self.last.get("checkpoint")
+        if src and Path(src).is_dir():
+            shutil.copytree(src, checkpoint_dir, dirs_exist_ok=True)
+        return None
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        """Start the next Train run from this checkpoint, at this trial's own learning rate (PBT
+        may have perturbed it, and the loop would otherwise restore the old one)."""
+        d = Path(checkpoint_dir)
+        if not (d / "state.json").exists():
+            return
+        copy = Path(tempfile.mkdtemp(prefix="cellforge-init-"))
+        shutil.copytree(d, copy, dirs_exist_ok=True)
+        state = json.loads((copy / "state.json").read_text())
+        lr = ModelSpec.parse(self.ctx["spec"]).updated(**self.params).training.lr
+        if "lr" in state and self.params.get("training.lr") is not None:
+            state["lr"].update(value=lr, best=None, bad=0)
+        (copy / "state.json").write_text(json.dumps(state))
+        self.init_checkpoint = str(copy)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        return False  # a new config means a new Train run: let Tune start a fresh actor
+
+    def cleanup(self) -> None:
+        """Abort a Train run that is still going (Tune stopped this trial); wait for one that is ending."""
+        if self.thread is None or not self.thread.is_alive():
+            return
+        if self.controller is None:  # the run may still be starting: wait a little for its handle
+            deadline = time.monotonic() + 30
+            while self.controller is None and self.thread.is_alive() and time.monotonic() < deadline:
+                try:
+                    item = self.queue.get(timeout=0.5)
+                    self.controller = item.get("controller", self.controller)
+                except Exception:  # noqa: BLE001 - queue empty: keep waiting
+                    pass
+        if self.controller is not None:
+            try:
+                ray.get(self.controller.abort.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - abort ends the controller's process, which ray.get sees as an error
+                pass
+        self.thread.join(timeout=30)
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    """The worker's own exception (e.g. FloatingPointError) rather than Train's wrapper around it."""
+    for attr in ("worker_failures", "_worker_failures"):
+        failures = getattr(err, attr, None)
+        if isinstance(failures, dict) and failures:
+            inner = next(iter(failures.values()))
+            return inner if isinstance(inner, BaseException) else err
+    return err
