@@ -26,5 +26,12 @@ test-unit: $(BIN)/cellforge
 lint: $(BIN)/cellforge
 	$(BIN)/ruff check platform tests benchmarks
 
+# a kernel named "cellforge" that runs this venv's Python, then JupyterLab on the loopback
+# address only (it prints a URL with its login token); LAB_PORT=8899 make lab for another port
+LAB_PORT ?= 8888
+lab: $(BIN)/cellforge
+	$(BIN)/python -m ipykernel install --sys-prefix --name cellforge --display-name "Python 3 (cellforge)"
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir=notebooks --no-browser
+
 clean:
 	rm -rf runs .pytest_cache
