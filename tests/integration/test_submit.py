@@ -97,8 +97,3 @@ def test_a_notebook_runs_as_a_job_and_the_executed_notebook_is_kept(cluster, tmp
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in code for o in c.outputs)  # the plots are in it
 
-
-def test_unknown_notebook_parameter_is_refused_before_submitting(cluster):
-    out = cellforge("submit", "notebooks/01_quickstart.ipynb", "--address", cluster.address, "-p", "epoch=1",
-                    env=cluster.cli_env())
-    assert out.returncode == 2 and "params.epoch: not a parameter of 01_quickstart.ipynb" in out.stderr
