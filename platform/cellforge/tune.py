@@ -52,7 +52,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
           metric: str | None = None, scheduler: str = "asha", search: str = "random", workers_per_trial: int = 1,
           use_gpu: bool = False, epochs: int | None = None, name: str | None = None,
           storage_path: str | Path | None = None, address: str | None = None, max_concurrent: int | None = None,
-          grace_period: int = 1, reduction_factor: int = 2, seed: int = 0, verbose: bool = True) -> Sweep:
+          grace_period: int = 1, reduction_factor: int = 3, seed: int = 0, verbose: bool = True) -> Sweep:
     """Run (or resume) a hyperparameter sweep; every trial is a Ray Train run of ``workers_per_trial`` workers.
 
     Args:
@@ -145,7 +145,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
                                metric=metric, mode=mode, num_samples=n_trials // _grid_size(dims, search),
                                max_concurrent_trials=max_concurrent,
                                scheduler=_scheduler(scheduler, dims, max_epochs, grace_period, reduction_factor),
-                               search_alg=_search(search, seed), trial_dirname_creator=lambda t: t.trial_id))
+                               search_alg=_search(search, seed, max_concurrent), trial_dirname_creator=lambda t: t.trial_id))
         if verbose:
             print(f"[cellforge] sweep {name}: {n_trials} trials x {workers_per_trial} worker(s), {scheduler} on "
                   f"{metric} ({mode}), {max_concurrent} at a time; results in {exp}", flush=True)
@@ -238,14 +238,15 @@ def _scheduler(kind, dims, max_epochs, grace, rf):
     return FIFOScheduler()
 
 
-def _search(kind, seed):
-    if kind == "optuna":
+def _search(kind, seed, max_concurrent):
+    if kind == "optuna":  # Tune wraps a Searcher in a ConcurrencyLimiter of max_concurrent_trials
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(seed=seed)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed)
+    # Tune ignores max_concurrent_trials for a generator passed in: it takes its own limit
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
 
 
 def _check_same(exp: Path, asked: dict) -> None:
