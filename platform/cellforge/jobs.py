@@ -109,7 +109,7 @@ STEPS: dict[str, type[BaseModel]] = {"train": TrainStep, "evaluate": EvaluateSte
 # declare a ``outputs`` class attribute)
 OUTPUTS: dict[str, tuple[str, ...]] = {
     "train": ("bundle", "metrics"), "evaluate": ("metrics",), "predict": ("output", "rows"),
-    "sweep": ("bundle", "best", "leaderboard"), "deploy": ("name", "url"),
+    "sweep": ("bundle", "best", "leaderboard"), "deploy": ("name", "url", "version"),
 }
 REF = re.compile(r"\$\{\s*([A-Za-z_][\w-]*)\.([A-Za-z_][\w.-]*?)\s*\}")
 
