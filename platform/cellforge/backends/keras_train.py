@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from cellforge.backends.keras_backend import Net, from_canonical, predict, to_canonical
 from cellforge.loop import LRSchedule, WorkerInfo
@@ -44,15 +45,56 @@ def loss_fn(spec: ModelSpec, out, y):
     return tf.reduce_mean(tf.square(out - y))
 
 
+class TorchAdam(keras.optimizers.Adam):
+    """Keras' Adam with PyTorch's update: eps is added to the bias-corrected sqrt(v)."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        dt = variable.dtype
+        lr, g, t = ops.cast(learning_rate, dt), ops.cast(gradient, dt), ops.cast(self.iterations + 1, dt)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, (g - m) * (1 - self.beta_1))
+        self.assign_add(v, (ops.square(g) - v) * (1 - self.beta_2))
+        bc1, bc2 = 1 - ops.power(ops.cast(self.beta_1, dt), t), 1 - ops.power(ops.cast(self.beta_2, dt), t)
+        self.assign_sub(variable, lr / bc1 * m / (ops.sqrt(v) / ops.sqrt(bc2) + self.epsilon))
+
+
+class TorchRMSprop(keras.optimizers.RMSprop):
+    """PyTorch's RMSprop: eps outside the square root; momentum buffers the scaled gradient."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr, g = ops.cast(learning_rate, variable.dtype), ops.cast(gradient, variable.dtype)
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign(v, self.rho * v + (1 - self.rho) * ops.square(g))
+        step = g / (ops.sqrt(v) + self.epsilon)
+        if self.momentum > 0:
+            buf = self._momentums[self._get_variable_index(variable)]
+            self.assign(buf, self.momentum * buf + step)
+            step = buf
+        self.assign_sub(variable, lr * step)
+
+
+class TorchSGD(keras.optimizers.SGD):
+    """PyTorch's SGD: the momentum buffer holds gradients, the learning rate applies after it."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr, g = ops.cast(learning_rate, variable.dtype), ops.cast(gradient, variable.dtype)
+        if self.momentum != 0:
+            buf = self.momentums[self._get_variable_index(variable)]
+            self.assign(buf, self.momentum * buf + g)
+            g = buf
+        self.assign_sub(variable, lr * g)
+
+
 def make_optimizer(spec: ModelSpec) -> keras.optimizers.Optimizer:
-    """Keras optimizers set to PyTorch's defaults (eps 1e-8, RMSprop alpha 0.99); weight decay is
-    added to the gradient by the Fitter, as torch's Adam/SGD/RMSprop do."""
+    """Keras optimizers with PyTorch's update rules and defaults (eps 1e-8, RMSprop alpha 0.99);
+    weight decay is added to the gradient by the Fitter, as torch's Adam/SGD/RMSprop do."""
     t = spec.training
     if t.optimizer == "adam":
-        return keras.optimizers.Adam(t.lr, epsilon=1e-8)
+        return TorchAdam(t.lr, epsilon=1e-8)
     if t.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(t.lr, rho=0.99, momentum=t.momentum, epsilon=1e-8)
-    return keras.optimizers.SGD(t.lr, momentum=t.momentum)
+        return TorchRMSprop(t.lr, rho=0.99, momentum=t.momentum, epsilon=1e-8)
+    return TorchSGD(t.lr, momentum=t.momentum)
 
 
 def _dist():
