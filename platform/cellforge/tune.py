@@ -117,6 +117,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     # Tune warns when trials checkpoint often; each epoch is a checkpoint here, by design
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's newer output prints a box even at verbose=0
     exp = storage / name
     asked = {"spec": spec.model_dump(mode="json"), "space": {k: [d.kind, list(d.values)] for k, d in dims.items()},
              "trials": n_trials, "metric": metric, "scheduler": scheduler, "search": search, "seed": seed}
@@ -134,7 +135,8 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1),
         failure_config=tune.FailureConfig(max_failures=0))  # a failing trial is reported, not retried
     if tune.Tuner.can_restore(str(exp)):
-        print(f"[cellforge] resuming sweep {name} from {exp}", flush=True) if verbose else None
+        if verbose:
+            print(f"[cellforge] resuming sweep {name} from {exp}", flush=True)
         tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=False)
         tuner._local_tuner._run_config.callbacks = [progress]  # restore keeps the old callbacks otherwise
     else:
@@ -143,7 +145,8 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
         tuner = tune.Tuner(trainable, param_space=_param_space(dims, search), run_config=run_config,
                            tune_config=tune.TuneConfig(
                                metric=metric, mode=mode, num_samples=n_trials // _grid_size(dims, search),
-                               max_concurrent_trials=max_concurrent,
+                               # the random/grid generator takes the limit itself (see _search)
+                               max_concurrent_trials=max_concurrent if search == "optuna" else None,
                                scheduler=_scheduler(scheduler, dims, max_epochs, grace_period, reduction_factor),
                                search_alg=_search(search, seed, max_concurrent), trial_dirname_creator=lambda t: t.trial_id))
         if verbose:
