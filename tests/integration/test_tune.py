@@ -1,0 +1,142 @@
+"""Sweeps on the session's Ray: ASHA on digits, resume after a kill, a failing trial, no leaks."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import cellforge as cf
+from cellforge.jobs import run_job
+
+SWEEP_ACTORS = {"Trial", "TrainController", "RayTrainWorker", "_QueueActor", "PlacementGroupCleaner"}
+
+
+def _alive(ray, classes=SWEEP_ACTORS):
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=1000)
+    return sorted(a.class_name for a in actors if a.class_name in classes)
+
+
+def _created_pgs(ray):
+    return {k for k, v in ray.util.placement_group_table().items() if v["state"] == "CREATED"}
+
+
+def _eventually(fn, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if not value or time.monotonic() > deadline:
+            return value
+        time.sleep(1)
+
+
+def test_asha_sweep_on_digits_beats_the_default_and_stops_half_early(ray_session, runs):
+    """12 trials x 2 Train workers each; ASHA must stop at least half, and the best trial's bundle must
+    test at least as well as the default spec trained for the same epochs."""
+    data = cf.datasets.load("digits")
+    base = cf.ModelSpec(task="classify", training={"epochs": 4})
+    pgs_before = _created_pgs(ray_session)
+    space = {"cell": cf.choice(["lstm", "gru"]), "hidden_size": cf.choice([16, 32, 64]),
+             "training.lr": cf.loguniform(1e-3, 3e-2)}
+    s = cf.sweep(base, data, space, trials=12, scheduler="asha", metric="val_accuracy", workers_per_trial=2,
+                 name="digits-asha", seed=3)
+    board = s.leaderboard()
+    print(board.to_string())
+    assert len(board) == 12 and set(board.status) <= {"completed", "early-stopped"}, board
+    assert (board.status == "early-stopped").sum() >= 6
+    assert s.trial_epochs < 12 * 4
+    assert s.best_bundle == runs / "digits-asha" / "best" / "bundle"
+    best_test = json.loads((s.best_bundle / "metrics.json").read_text())["test"]["test_accuracy"]
+    default = cf.fit(base, data, workers=1, name="default", verbose=False)
+    print(f"best trial test accuracy {best_test:.4f}, default spec {default.metrics['test_accuracy']:.4f}")
+    assert best_test >= default.metrics["test_accuracy"]
+    model = cf.load(s.best_bundle)  # verified on load
+    assert model.spec.cell == s.best["params"]["cell"] and model.spec.hidden_size == s.best["params"]["hidden_size"]
+    fig = s.plot()
+    assert len(fig.axes) == 4
+    # stopped trials tore their Train runs down: no trial, controller or worker left, no placement group
+    assert _eventually(lambda: _alive(ray_session)) == []
+    assert _eventually(lambda: _created_pgs(ray_session) - pgs_before) == set()
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import sys
+    import cellforge as cf
+    from cellforge.runtime import ensure_ray
+    from resume_args import ARGS
+    ensure_ray(sys.argv[1])
+    cf.sweep(cf.ModelSpec(task="classify", training={"epochs": 2}), cf.datasets.load("digits"),
+             storage_path=sys.argv[2], **ARGS)
+""")
+RESUME_ARGS = dict(space={"hidden_size": [16, 24, 32], "training.lr": {"loguniform": [3e-3, 3e-2]}}, trials=6,
+                   scheduler="fifo", name="resumable", max_concurrent=2, seed=5)
+
+
+def _finished(exp: Path) -> set[str]:
+    states = sorted(glob.glob(str(exp / "experiment_state-*.json")))
+    if not states:
+        return set()
+    try:
+        trials = json.loads(Path(states[-1]).read_text())["trial_data"]
+    except (json.JSONDecodeError, KeyError):
+        return set()  # being written
+    return {s["trial_id"] for s in (json.loads(t[0]) for t in trials) if s["status"] == "TERMINATED"}
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_session, runs, tmp_path):
+    exp = runs / "resumable"
+    (tmp_path / "resume_args.py").write_text(f"ARGS = {RESUME_ARGS!r}\n")
+    (tmp_path / "run_sweep.py").write_text(RESUME_SCRIPT)
+    log = open(tmp_path / "sweep.log", "w")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run_sweep.py"),
+                             ray_session.get_runtime_context().gcs_address, str(runs)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 400
+    while len(_finished(exp)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = _finished(exp)
+    assert 2 <= len(finished) < 6, (tmp_path / "sweep.log").read_text()[-3000:]
+    runs_before = {t: sorted(p.name for p in (exp / "train").glob(f"{t}-*")) for t in finished}
+    results_before = {t: (exp / t / "result.json").read_text() for t in finished}
+
+    s = cf.sweep(cf.ModelSpec(task="classify", training={"epochs": 2}), cf.datasets.load("digits"), **RESUME_ARGS)
+    board = s.leaderboard()
+    assert len(board) == 6 and (board.status == "completed").all(), board
+    for t in finished:  # no new Train run, no new result for a trial that had finished
+        assert sorted(p.name for p in (exp / "train").glob(f"{t}-*")) == runs_before[t]
+        assert (exp / t / "result.json").read_text() == results_before[t]
+    assert s.best_bundle.is_dir()
+    # the same name with a different space is refused rather than mixed in
+    changed = {**RESUME_ARGS, "trials": 9}
+    try:
+        cf.sweep(cf.ModelSpec(task="classify", training={"epochs": 2}), cf.datasets.load("digits"), **changed)
+    except cf.SpecError as e:
+        assert e.problems[0][0] == "name"
+    else:
+        raise AssertionError("a changed sweep under an existing name was accepted")
+
+
+def test_failing_trial_is_reported_and_the_sweep_goes_on(ray_session, runs):
+    """From a job file: SGD at lr 10 with momentum turns the loss into inf/NaN; that trial shows its error, the other wins."""
+    job = {"name": "failing", "steps": [{"sweep": {
+        "id": "search", "name": "failing", "data": {"dataset": "adding", "args": {"n": 300, "length": 10}},
+        "spec": {"task": "regress", "hidden_size": 16, "training": {"optimizer": "sgd", "momentum": 0.9, "epochs": 3}},
+        "space": {"training.lr": {"grid": [0.05, 10.0]}}, "trials": 2, "scheduler": "fifo", "metric": "val_rmse"}}]}
+    out = run_job(job)["search"]
+    rows = {r["training.lr"]: r for r in out["leaderboard"]}
+    assert rows[10.0]["status"] == "error" and "FloatingPointError" in rows[10.0]["error"], rows[10.0]
+    assert rows[0.05]["status"] == "completed"
+    assert out["best"]["params"] == {"training.lr": 0.05}
+    assert Path(out["bundle"]) == runs / "failing" / "best" / "bundle"
+    assert cf.load(out["bundle"]).spec.training.lr == 0.05
