@@ -1,0 +1,150 @@
+"""Training throughput: cellforge vs a hand-written loop in each framework, in one run.
+
+    .venv/bin/python benchmarks/train_throughput.py            # about 5-10 minutes on 2 cores
+
+One LSTM (T=50, 8 features, hidden 128, batch 64, synthetic regression data) trained by
+  (a) a hand-written PyTorch loop        (b) cellforge torch, 1 worker   (c) 2 workers
+  (d) a plain Keras ``model.fit``        (e) cellforge tensorflow, 1 worker   (f) 2 workers
+Throughput is sequences/second in steady state: epoch 1 (tracing, warm-up) is excluded, and so
+is Ray's start-up (reported on its own). cellforge's figures come from the per-epoch ``time_s``
+in the run history, with no validation split so that it times training only. The machine may be
+shared: compare the ratios, which are measured in the same run, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+T, F, H, BATCH = 50, 8, 128, 64
+
+
+def make_data(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, T, F)).astype(np.float32)
+    y = (x[:, :, 0].mean(1, keepdims=True) + 0.1 * x[:, -1, 1:2]).astype(np.float32)
+    return x, y
+
+
+def steady(epoch_times: list[float], n: int) -> float:
+    """Sequences/second over all epochs but the first."""
+    return n * (len(epoch_times) - 1) / sum(epoch_times[1:])
+
+
+def torch_loop(x, y, epochs: int) -> float:
+    """(a) the loop a PyTorch user would write by hand."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.LSTM(F, H, batch_first=True), nn.Linear(H, 1)
+
+        def forward(self, xb):
+            _, (h, _) = self.rnn(xb)
+            return self.head(h[-1])
+
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    times = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        order = torch.from_numpy(np.random.default_rng(epoch).permutation(len(x)))
+        for s in range(0, len(x), BATCH):
+            idx = order[s: s + BATCH]
+            loss = nn.functional.mse_loss(net(xt[idx]), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - start)
+    return steady(times, len(x))
+
+
+def keras_fit(x, y, epochs: int) -> float:
+    """(d) a plain Keras ``model.fit`` of the same model."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((T, F)), keras.layers.LSTM(H), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0, callbacks=[Timer()])
+    return steady(times, len(x))
+
+
+def cellforge_fit(framework: str, workers: int, x, y, epochs: int, storage: str) -> tuple[float, float]:
+    """(b, c, e, f) cf.fit; returns (steady sequences/s, seconds of the run outside the epochs)."""
+    import cellforge as cf
+
+    spec = cf.ModelSpec(framework=framework, task="regress", cell="lstm", hidden_size=H,
+                        input={"scale": "none"},
+                        training={"lr": 1e-3, "batch_size": BATCH, "epochs": epochs, "val_fraction": 0.0,
+                                  "test_fraction": 0.02, "seed": 0})
+    start = time.perf_counter()
+    result = cf.fit(spec, (x, y), workers=workers, storage_path=storage, verbose=False,
+                    name=f"bench-{framework}-{workers}w")
+    wall = time.perf_counter() - start
+    n_train = len(x) - int(round(len(x) * 0.02))
+    n_epoch = n_train // workers * workers  # equal shards
+    times = [row["time_s"] for row in result.history]
+    return steady(times, n_epoch), wall - sum(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sequences", type=int, default=4096, help="training sequences per epoch")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per run (the first is not timed)")
+    args = parser.parse_args()
+    x, y = make_data(args.sequences)
+    xb, yb = make_data(args.sequences + int(round(args.sequences / 0.98 * 0.02)))  # + cellforge's test split
+
+    from cellforge.runtime import ensure_ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    start = time.perf_counter()
+    ensure_ray()
+    ray_start = time.perf_counter() - start
+    rows = {}
+    with tempfile.TemporaryDirectory() as storage:
+        rows["a"] = (torch_loop(x, y, args.epochs), None)
+        rows["b"] = cellforge_fit("torch", 1, xb, yb, args.epochs, storage)
+        rows["c"] = cellforge_fit("torch", 2, xb, yb, args.epochs, storage)
+        rows["d"] = (keras_fit(x, y, args.epochs), None)
+        rows["e"] = cellforge_fit("tensorflow", 1, xb, yb, args.epochs, storage)
+        rows["f"] = cellforge_fit("tensorflow", 2, xb, yb, args.epochs, storage)
+    names = {"a": "hand-written PyTorch loop", "b": "cellforge torch, 1 worker", "c": "cellforge torch, 2 workers",
+             "d": "plain Keras model.fit", "e": "cellforge tensorflow, 1 worker",
+             "f": "cellforge tensorflow, 2 workers"}
+    print(f"\nLSTM T={T} features={F} hidden={H} batch={BATCH}, {args.sequences} sequences/epoch, "
+          f"{args.epochs} epochs (epoch 1 not timed), {os.cpu_count()} cores")
+    print(f"Ray start-up: {ray_start:.1f} s (not counted)\n")
+    print(f"{'':4}{'run':34}{'seq/s':>10}{'outside epochs (s)':>22}")
+    for k, (rate, outside) in rows.items():
+        print(f"({k}) {names[k]:34}{rate:10.0f}{'' if outside is None else f'{outside:22.1f}'}")
+    print()
+    for num, den, target in (("b", "a", 0.97), ("c", "a", None), ("e", "d", 1.0), ("f", "d", None)):
+        ratio = rows[num][0] / rows[den][0]
+        goal = f"   (target >= {target:.2f}: {'met' if ratio >= target else 'MISSED'})" if target else ""
+        print(f"{num}/{den} = {ratio:.2f}{goal}")
+
+
+if __name__ == "__main__":
+    main()
