@@ -174,3 +174,13 @@ def test_keras_optimizer_state_resumes_exactly(tmp_path):
         f.train_epoch(1, batches(data, np.arange(24), 8))
     a, b = one.get_weights(), two.get_weights()
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_keras_dropout_acts_between_layers_in_training_only():
+    spec = make_spec("lstm", 2, False, "forecast", dropout=0.5)
+    x, lengths = padded_batch(spec)
+    net = get_backend("tensorflow").build(spec, ref.init_params(spec))
+    np.testing.assert_allclose(run("tensorflow", net, x, lengths), ref.forward(spec, ref.init_params(spec), x, lengths),
+                               atol=ATOL, rtol=0)
+    a, b = (net(x, lengths, training=True).numpy() for _ in range(2))
+    assert np.abs(a - b).max() > 1e-3

@@ -33,6 +33,10 @@ if keras.backend.backend() != "tensorflow":
     raise ImportError(f"framework 'tensorflow' needs Keras on the TensorFlow backend, but Keras was imported with "
                       f"KERAS_BACKEND={keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow before importing keras")
 
+# full float32 matmuls on GPUs too (TF would use TF32 on Ampere and later): the 1e-5 parity with
+# the numpy reference and torch needs them
+tf.config.experimental.enable_tensor_float_32_execution(False)
+
 
 def _linear(x, w, b=None):
     y = ops.matmul(x, ops.transpose(w))  # canonical layout: y = x @ w.T + b
