@@ -289,7 +289,7 @@ def run_train(step: TrainStep, base: Path, address: str | None) -> dict[str, Any
     import cellforge as cf
 
     result = cf.fit(ModelSpec.parse(step.spec), step.data.load(base), workers=step.workers, use_gpu=step.use_gpu,
-                    epochs=step.epochs, name=step.name, bundle_path=(base / step.bundle) if step.bundle else None,
+                    epochs=step.epochs, name=step.name, bundle_path=(base / step.bundle).resolve() if step.bundle else None,
                     address=address, max_failures=step.max_failures)
     model = cf.load(result.bundle)  # reload from disk: what a user would deploy
     if step.show and result.examples:
