@@ -120,7 +120,10 @@ def worker_loop(config: dict[str, Any]) -> None:
     es = t.early_stopping
     state = {"epoch": -1, "history": [], "best": None, "bad": 0, "best_epoch": None}
     best_weights = None
+    # a run resumes from its own last checkpoint; a new run may start from another's (Tune: PBT, restore)
     ckpt = ray.train.get_checkpoint()
+    if ckpt is None and config.get("init_checkpoint"):
+        ckpt = ray.train.Checkpoint.from_directory(config["init_checkpoint"])
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state, best_weights = _restore(fitter, Path(d))

@@ -57,22 +57,13 @@ class _ControllerHandle(ControllerCallback):
 
 
 def _worker_entry(config: dict[str, Any]) -> None:
-    """A Train worker: the shared loop, resuming from ``init_checkpoint`` when the run has none.
-
-    The loop resumes from ``ray.train.get_checkpoint()``, and Train V2 no longer takes a starting
-    checkpoint, so a run started from a Tune checkpoint answers that call with it (this process
-    is the run's own worker actor).
-    """
+    """A Train worker: the shared loop (which starts from ``config["init_checkpoint"]`` when the
+    run has no checkpoint of its own), with per-worker epoch lines silenced."""
     import contextlib
     import io
 
-    import ray.train
-
     from cellforge.loop import worker_loop
 
-    init = config.pop("init_checkpoint", None)
-    if init is not None and ray.train.get_checkpoint() is None:
-        ray.train.get_checkpoint = lambda: ray.train.Checkpoint.from_directory(init)
     with contextlib.redirect_stdout(io.StringIO()):  # the sweep's progress shows epochs, not each worker
         worker_loop(config)
 
