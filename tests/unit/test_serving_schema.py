@@ -48,6 +48,7 @@ def text_bundle(path):
 def bundles(tmp_path_factory):
     d = tmp_path_factory.mktemp("bundles")
     return {"classify": numeric_bundle(d / "c"), "forecast": numeric_bundle(d / "f", task="forecast"),
+            "keras": numeric_bundle(d / "k", framework="tensorflow"),
             "bidir": numeric_bundle(d / "b", bidirectional=True), "text": text_bundle(d / "t")}
 
 
@@ -119,8 +120,9 @@ def test_bad_text_inputs_name_the_field(bundles):
 
 
 # engine: numbers ---------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["classify", "forecast", "bidir", "text"])
+@pytest.mark.parametrize("kind", ["classify", "forecast", "bidir", "text", "keras"])
 def test_batched_predictions_equal_cf_load(bundles, kind):
+    """Served by numpy or torch, whatever the bundle was trained in; cf.load runs the training framework."""
     rng = np.random.default_rng(1)
     if kind == "text":
         reqs = [["the movie was good", "bad plot"], ["an unknown word"]]

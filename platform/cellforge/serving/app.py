@@ -50,6 +50,7 @@ class ModelServer:
         self._batched.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
         self.sizes: Counter = Counter()
         self._sent, self._flusher = 0, None
+        self.inflight = 0  # predict requests inside this replica's HTTP app, counted by InFlight
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -58,7 +59,10 @@ class ModelServer:
     # predictions -------------------------------------------------------------------
     async def predict(self, inputs: list[Any]) -> dict[str, Any]:
         x, lengths = self.engine.prepare(inputs)  # bad input is refused here, before any batch
-        if self.cfg.batching.enabled:
+        await asyncio.sleep(0)  # let requests that arrived with this one be counted
+        # a lone request runs at once: waiting batch_wait_timeout_s for company nobody brings would
+        # only add latency; with other predictions in flight (see InFlight) it joins their batch
+        if self.cfg.batching.enabled and self.inflight > 1:
             out = await self._batched((x, lengths))
         else:
             out = self.engine.run([(x, lengths)])[0]
@@ -116,6 +120,23 @@ class ModelServer:
                 **answer}
 
 
+class InFlight:
+    """ASGI middleware counting predict requests from the moment they enter the app (body not yet
+    read), so a request can tell whether others arrived with it and batching is worth a wait."""
+
+    def __init__(self, app, server):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].endswith("/predict"):
+            return await self.app(scope, receive, send)
+        self.server.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.server.inflight -= 1
+
+
 def model_api(server: ModelServer) -> FastAPI:
     """The HTTP routes of one model app (paths are relative to its route prefix)."""
     cfg = server.cfg
@@ -123,6 +144,7 @@ def model_api(server: ModelServer) -> FastAPI:
                   dependencies=[Depends(bearer_check(cfg.api_key))])
     install_errors(api)
     api.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    api.add_middleware(InFlight, server=server)
 
     @api.get("", response_model=ModelInfo)
     @api.get("/", response_model=ModelInfo, include_in_schema=False)

@@ -159,7 +159,12 @@ class Engine:
         return arr
 
     def step(self, x: np.ndarray, state: list | None) -> tuple[dict[str, Any], list]:
-        """Run new steps from ``state``; the answer for each step and the state to keep."""
+        """Run new steps from ``state``; the answer for each step and the state to keep.
+
+        Step t's answer is what ``predict`` gives for the sequence's first t steps. (A forecaster's
+        ``predict`` reads only the last ``window`` steps, a session everything from its start: the
+        two agree while a session is at most ``window`` steps long.)
+        """
         from cellforge.backends.numpy_backend import step
 
         if not self.streams:

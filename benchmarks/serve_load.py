@@ -1,0 +1,244 @@
+"""Serving under load, over real HTTP: cellforge with and without batching, a no-op Serve app (the
+floor of Serve's proxy path), and a plain FastAPI + uvicorn process serving the same model.
+
+    .venv/bin/python benchmarks/serve_load.py                         # a random-weight digits-sized LSTM
+    .venv/bin/python benchmarks/serve_load.py --bundle runs/quickstart/bundle --requests 400
+    .venv/bin/python benchmarks/serve_load.py --ingress proxy         # skip the HAProxy variants
+
+Each Serve ingress mode runs in a child process with its own local Ray on 127.0.0.1 (the mode is read
+when Serve starts): ``proxy`` is Serve's default Python proxy; ``haproxy`` sets
+RAY_SERVE_ENABLE_HA_PROXY=1 (HAProxy in front, replicas take HTTP directly: "direct ingress"; note it
+binds all interfaces); ``optimized`` adds RAY_SERVE_THROUGHPUT_OPTIMIZED=1. Baselines are measured in
+the same run, so compare ratios: the machine may be shared and busy.
+"""
+
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONCURRENCY = (1, 16, 64)
+MODES = {"proxy": {}, "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+         "optimized": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
+PAYLOAD = json.dumps({"inputs": np.random.default_rng(0).uniform(0, 16, (1, 8, 8)).round(2).tolist()})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_bundle(path: Path) -> Path:
+    """A digits-sized model (8 steps x 8 features, LSTM h=64, 10 classes) with random weights."""
+    import cellforge as cf
+    from cellforge import bundle as B
+    from cellforge.backends.numpy_backend import init_params
+
+    spec = cf.ModelSpec(task="classify", cell="lstm", hidden_size=64, num_classes=10, input={"num_features": 8})
+    state = {"kind": "sequences", "task": "classify", "input_type": "numeric", "max_length": None,
+             "num_features": 8, "scaler": {"shift": [8.0] * 8, "scale": [5.0] * 8}, "classes": list(range(10))}
+    return B.save(path, spec, init_params(spec, 0), state, {})
+
+
+# load ------------------------------------------------------------------------------------
+async def _load(url: str, concurrency: int, n: int, payload: str = PAYLOAD) -> dict[str, float]:
+    import aiohttp
+
+    lat: list[float] = []
+    headers = {"content-type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
+        async def worker(k: int, record: bool):
+            for _ in range(k):
+                t = time.perf_counter()
+                async with http.post(url, data=payload, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{url}: HTTP {r.status} {await r.text()}")
+                if record:
+                    lat.append(time.perf_counter() - t)
+
+        await asyncio.gather(*(worker(3, False) for _ in range(concurrency)))  # warm connections
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(n // concurrency, True) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    ms = np.asarray(lat) * 1000
+    return {"rps": len(lat) / wall, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+
+
+def measure(url: str, requests: int) -> dict[int, dict[str, float]]:
+    return {c: asyncio.run(_load(url, c, max(requests, 8 * c))) for c in CONCURRENCY}
+
+
+def session_p50(base: str, name: str, steps: int) -> float:
+    import httpx
+
+    with httpx.Client(base_url=base, timeout=30) as http:
+        sid = http.post(f"/v1/models/{name}/sessions").json()["session_id"]
+        step = {"inputs": json.loads(PAYLOAD)["inputs"][0][:1]}
+        lat = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            assert http.post(f"/v1/models/{name}/sessions/{sid}/step", json=step).status_code == 200
+            lat.append(time.perf_counter() - t)
+    return float(np.percentile(np.asarray(lat[5:]) * 1000, 50))
+
+
+# children ----------------------------------------------------------------------------------
+def serve_child(mode: str, bundle: str, requests: int, out: str) -> None:
+    """One ingress mode: its own Ray and Serve; cellforge batched, unbatched, and a no-op app."""
+    import logging
+
+    import ray
+    from ray import serve
+
+    import cellforge as cf
+
+    for attempt in range(3):  # a busy machine can miss Ray's 30 s node-startup deadline
+        try:
+            ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     logging_level=logging.ERROR, log_to_driver=False)
+            break
+        except Exception as e:
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, logging_config={"log_level": "WARNING"})
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
+    class Noop:
+        async def __call__(self, request):
+            await request.body()
+            return {"ok": True}
+
+    serve.run(Noop.bind(), name="noop", route_prefix="/noop")
+    ep = cf.deploy(bundle, "batched", num_replicas=1, max_ongoing_requests=128,
+                   batching={"max_batch_size": 64, "batch_wait_timeout_s": 0.005})
+    cf.deploy(bundle, "unbatched", num_replicas=1, max_ongoing_requests=128, batching={"enabled": False})
+    base = ep.base_url
+    results = {"noop": measure(f"{base}/noop", requests),
+               "cellforge batched": measure(f"{base}/v1/models/batched/predict", requests),
+               "cellforge unbatched": measure(f"{base}/v1/models/unbatched/predict", requests),
+               "session step p50": session_p50(base, "batched", min(requests, 200)),
+               "batch stats": cf.Client(base).metrics("batched")}
+    Path(out).write_text(json.dumps(results))
+    serve.shutdown()
+    ray.shutdown()
+
+
+def uvicorn_child(bundle: str, port: int) -> None:
+    """The same model behind plain FastAPI + uvicorn: the same validation and arithmetic, no Serve."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from cellforge.serving.config import DeployConfig
+    from cellforge.serving.engine import Engine
+    from cellforge.serving.schema import PredictRequest
+
+    engine = Engine(DeployConfig(bundle=bundle, name="plain"))
+    api = FastAPI()
+
+    @api.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @api.post("/v1/models/plain/predict")
+    async def predict(req: PredictRequest):
+        x, lengths = engine.prepare(req.inputs)
+        return {"model": "plain", "version": engine.version, **engine.respond(engine.run([(x, lengths)])[0], lengths)}
+
+    uvicorn.run(api, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def run_uvicorn(bundle: str, requests: int) -> dict:
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--uvicorn", str(port), "--bundle", bundle])
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        return measure(f"http://127.0.0.1:{port}/v1/models/plain/predict", requests)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def run_mode(mode: str, bundle: str, requests: int, tmp: Path) -> dict | None:
+    out = tmp / f"{mode}.json"
+    env = {**os.environ, **MODES[mode]}
+    if mode != "proxy":  # keep HAProxy's files and ports away from anyone else's
+        hap = tmp / f"haproxy-{mode}"
+        hap.mkdir()
+        env.update(RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(hap / "haproxy.cfg"), RAY_SERVE_HAPROXY_SOCKET_PATH=str(
+            hap / "admin.sock"), RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(hap), RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(
+            hap / "server-state"), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+    t = time.time()
+    r = subprocess.run([sys.executable, __file__, "--child", mode, "--bundle", bundle, "--requests", str(requests),
+                        "--out", str(out)], env=env, timeout=1200)
+    print(f"[bench] mode {mode}: exit {r.returncode} after {time.time() - t:.0f}s", flush=True)
+    return json.loads(out.read_text()) if r.returncode == 0 and out.exists() else None
+
+
+def report(rows: dict[str, dict], sessions: dict[str, float], stats: dict[str, dict]) -> None:
+    head = f"{'':34}" + "".join(f"{'c=' + str(c):>28}" for c in CONCURRENCY)
+    print("\n" + head + "\n" + f"{'':34}" + "".join(f"{'req/s   p50 ms   p99 ms':>28}" for _ in CONCURRENCY))
+    for name, res in rows.items():
+        cells = "".join(f"{res[c]['rps']:>13.0f}{res[c]['p50']:>8.2f}{res[c]['p99']:>8.1f}" for c in CONCURRENCY)
+        print(f"{name:34}{cells}")
+    print()
+    for mode, p50 in sessions.items():
+        print(f"session step p50 [{mode}]: {p50:.2f} ms")
+    for mode in sessions:
+        b, u, n = (rows.get(f"{k} [{mode}]") for k in ("cellforge batched", "cellforge unbatched", "noop"))
+        print(f"[{mode}] batching throughput gain at c=64: {b[64]['rps'] / u[64]['rps']:.2f}x (target >= 3x); "
+              f"cellforge p50 at c=1 minus no-op: {b[1]['p50'] - n[1]['p50']:+.2f} ms (target <= 2 ms); "
+              f"largest batch {stats[mode]['max_batch_size']}")
+    if "plain uvicorn" in rows and "proxy" in sessions:
+        for mode in sessions:
+            n = rows[f"noop [{mode}]"]
+            print(f"no-op Serve [{mode}] p50 at c=1 / plain uvicorn: {n[1]['p50'] / rows['plain uvicorn'][1]['p50']:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle")
+    ap.add_argument("--requests", type=int, default=400, help="requests per measurement (at least 8 x concurrency)")
+    ap.add_argument("--ingress", default="proxy,haproxy,optimized", help=f"modes, from {list(MODES)}")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--uvicorn", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return serve_child(args.child, args.bundle, args.requests, args.out)
+    if args.uvicorn:
+        return uvicorn_child(args.bundle, args.uvicorn)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = args.bundle or str(make_bundle(Path(tmp) / "bundle"))
+        print(f"[bench] bundle {bundle}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", flush=True)
+        rows = {"plain uvicorn": run_uvicorn(bundle, args.requests)}
+        sessions, stats = {}, {}
+        for mode in args.ingress.split(","):
+            res = run_mode(mode, bundle, args.requests, Path(tmp))
+            if res is None:
+                continue
+            for k in ("noop", "cellforge batched", "cellforge unbatched"):
+                rows[f"{k} [{mode}]"] = {int(c): v for c, v in res[k].items()}
+            sessions[mode], stats[mode] = res["session step p50"], res["batch stats"]
+        report(rows, sessions, stats)
+
+
+if __name__ == "__main__":
+    main()
