@@ -169,6 +169,9 @@ def test_session_steps_equal_whole_sequence_predictions(digits, more_models, ser
     x = digits.x[0]  # 8 steps of 8 pixels
     with digits.client.session("digits") as s:
         outs = [s.step(x[a:b]) for a, b in ((0, 3), (3, 4), (4, 8))]
+    with pytest.raises(RequestError) as e:  # leaving the block ended the session
+        s.step(x[:1])
+    assert e.value.status == 404 and e.value.problems[0][0] == "session_id"
     probs = np.concatenate([o["probabilities"] for o in outs])
     want = ref.predict_proba([x[: t + 1] for t in range(8)])
     np.testing.assert_allclose(probs, want, atol=1e-5)

@@ -177,6 +177,38 @@ def test_info_describes_the_input_schema(bundles):
     assert engine(bundles["text"]).info("t")["input"]["vocab_size"] == 8
 
 
+# session store (the class behind the detached actor) ------------------------------------
+def test_store_keeps_state_guards_against_double_steps_and_expires_idle_sessions(monkeypatch):
+    from cellforge.serving import sessions
+
+    store = sessions.Store()
+    sid = store.create("m", "v1", ttl_s=60)
+    assert store.get(sid, "other-model") is None  # a session belongs to one model
+    assert store.advance(sid, 0, ["h"], 3) == "ok"
+    assert store.advance(sid, 0, ["h2"], 3) == "conflict"  # someone already moved it past 0 steps
+    assert store.get(sid, "m") == {"version": "v1", "state": ["h"], "steps": 3}
+    short = store.create("m", "v1", ttl_s=0.05)
+    clock = [sessions.time.monotonic()]
+    monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])
+    clock[0] += 0.1  # idle past its ttl, not past the other's
+    assert store.get(short, "m") is None and store.get(sid, "m") is not None
+    clock[0] += sessions.SWEEP_EVERY_S
+    assert store.count("m") == 1 and short not in store.sessions  # swept
+    assert store.delete(sid, "m") and not store.delete(sid, "m") and store.advance(sid, 3, [], 4) == "gone"
+
+
+def test_store_sums_batch_sizes_over_replicas():
+    from cellforge.serving.sessions import Store
+
+    store = Store()
+    store.report("m", "r1", {"batch_sizes": {1: 3, 4: 2}})
+    store.report("m", "r2", {"batch_sizes": {4: 1, 16: 1}})
+    store.report("m", "r1", {"batch_sizes": {1: 4, 4: 2}})  # cumulative: replaces r1's earlier report
+    stats = store.batch_stats("m")
+    assert stats == {"replicas_reported": 2, "batches": 8, "requests": 4 + 8 + 4 + 16, "max_batch_size": 16,
+                     "batch_sizes": {"1": 4, "4": 3, "16": 1}}
+
+
 # HTTP pieces ---------------------------------------------------------------------------
 def small_app(api_key=None, max_bytes=200):
     api = FastAPI(dependencies=[Depends(bearer_check(api_key))])

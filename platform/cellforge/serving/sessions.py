@@ -24,8 +24,7 @@ STORE_NAME, NAMESPACE = "cellforge-state", "cellforge"
 SWEEP_EVERY_S = 1.0  # how often expired sessions are looked for (each call checks the clock)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
-class StateStore:
+class Store:
     """Sessions (id -> model, version, state, steps, expiry), registered models and batch stats."""
 
     def __init__(self):
@@ -97,6 +96,9 @@ class StateStore:
         return {"replicas_reported": len(self.stats.get(app, {})),
                 "batches": sum(sizes.values()), "requests": sum(k * v for k, v in sizes.items()),
                 "max_batch_size": max(sizes, default=0), "batch_sizes": {str(k): sizes[k] for k in sorted(sizes)}}
+
+
+StateStore = ray.remote(num_cpus=0, max_restarts=-1)(Store)
 
 
 def get_store():
