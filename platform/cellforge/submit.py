@@ -63,10 +63,15 @@ def client(address: str | None = None):
     try:
         return JobSubmissionClient(url, headers=headers)
     except (ConnectionError, RuntimeError) as e:
-        hint = "" if token else (" No Ray auth token was found ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or "
-                                 "~/.ray/auth_token); a cluster with token authentication refuses requests without it.")
-        raise SpecError([("address", f"cannot reach the Ray job server at {url}: {_first_line(e)}{hint}")],
-                        what="cluster address") from None
+        raise cluster_error(url, e, "cannot reach the Ray job server at") from None
+
+
+def cluster_error(url: str, e: Exception, what: str = "the Ray job server at") -> SpecError:
+    """One clear line for a failed request to the job server (unreachable, refused, unknown job)."""
+    hint = "" if auth_token() else (" No Ray auth token was found ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or "
+                                    "~/.ray/auth_token); a cluster with token authentication refuses requests "
+                                    "without it.")
+    return SpecError([("address", f"{what} {url}: {_first_line(e)}{hint}")], what="cluster request")
 
 
 def project_root(path: Path) -> Path:
@@ -186,6 +191,18 @@ def _first_line(e: Exception) -> str:
 
 
 # ------------------------------------------------------------------------- CLI
+def _requests_to_cluster(command):
+    """Turn the job server's refusals (HTTP errors the SDK raises as RuntimeError) into one clear line."""
+    def run(args) -> int:
+        try:
+            return command(args)
+        except (RuntimeError, ConnectionError) as e:
+            raise cluster_error(dashboard_address(args.address), e) from None
+
+    return run
+
+
+@_requests_to_cluster
 def _cmd_submit(args) -> int:
     sid = submit(args.target, args.address, params=parse_pairs(args.param, "params", as_yaml=True),
                  env=parse_pairs(args.env, "env", as_yaml=False), output=args.output)
@@ -198,6 +215,7 @@ def _cmd_submit(args) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
 
+@_requests_to_cluster
 def _cmd_jobs(args) -> int:
     jc = client(args.address)
     if args.action == "list":
