@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -103,13 +104,13 @@ def serve_child(mode: str, bundle: str, requests: int, out: str) -> None:
 
     import cellforge as cf
 
-    for attempt in range(3):  # a busy machine can miss Ray's 30 s node-startup deadline
+    for attempt in range(5):  # a busy machine can miss Ray's 30 s node-startup deadline
         try:
             ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
                      logging_level=logging.ERROR, log_to_driver=False)
             break
         except Exception as e:
-            if "timed out during startup" not in str(e) or attempt == 2:
+            if "timed out during startup" not in str(e) or attempt == 4:
                 raise
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, logging_config={"log_level": "WARNING"})
 
@@ -178,10 +179,9 @@ def run_uvicorn(bundle: str, requests: int) -> dict:
 
 def run_mode(mode: str, bundle: str, requests: int, tmp: Path) -> dict | None:
     out = tmp / f"{mode}.json"
-    env = {**os.environ, **MODES[mode]}
+    env, hap = {**os.environ, **MODES[mode]}, None
     if mode != "proxy":  # keep HAProxy's files and ports away from anyone else's
-        hap = tmp / f"haproxy-{mode}"
-        hap.mkdir()
+        hap = Path(tempfile.mkdtemp(prefix=f"cf-{mode[:3]}-", dir="/tmp"))  # HAProxy: socket paths <= 97 chars
         env.update(RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(hap / "haproxy.cfg"), RAY_SERVE_HAPROXY_SOCKET_PATH=str(
             hap / "admin.sock"), RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(hap), RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(
             hap / "server-state"), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
@@ -189,6 +189,8 @@ def run_mode(mode: str, bundle: str, requests: int, tmp: Path) -> dict | None:
     r = subprocess.run([sys.executable, __file__, "--child", mode, "--bundle", bundle, "--requests", str(requests),
                         "--out", str(out)], env=env, timeout=1200)
     print(f"[bench] mode {mode}: exit {r.returncode} after {time.time() - t:.0f}s", flush=True)
+    if hap is not None:
+        shutil.rmtree(hap, ignore_errors=True)
     return json.loads(out.read_text()) if r.returncode == 0 and out.exists() else None
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError
+from threadpoolctl import threadpool_limits
 
 from cellforge.data.preprocess import scale
 from cellforge.serving.config import DeployConfig
@@ -61,6 +62,14 @@ class Engine:
         from cellforge.model import load
 
         self.cfg = cfg
+        # BLAS / torch threads beyond a replica's CPU share only contend with its neighbours: on a
+        # busy 2-core machine a 64-sequence batch took 220 ms with OpenBLAS's default, 14 ms with one
+        threads = max(1, int(cfg.num_cpus))
+        threadpool_limits(threads)
+        if cfg.runtime == "torch":
+            import torch
+
+            torch.set_num_threads(threads)
         self.model = load(cfg.bundle, framework=cfg.runtime)
         if cfg.num_gpus and self.model._net is not None:
             self.model._net.cuda()
