@@ -55,6 +55,7 @@ def auth_token() -> str | None:
 
 def client(address: str | None = None):
     """A JobSubmissionClient for ``address`` that sends the cluster token when there is one."""
+    from ray.exceptions import RayError
     from ray.job_submission import JobSubmissionClient
 
     url = dashboard_address(address)
@@ -62,7 +63,7 @@ def client(address: str | None = None):
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         return JobSubmissionClient(url, headers=headers)
-    except (ConnectionError, RuntimeError) as e:
+    except (ConnectionError, RuntimeError, RayError) as e:
         raise cluster_error(url, e, "cannot reach the Ray job server at") from None
 
 
@@ -193,10 +194,12 @@ def _first_line(e: Exception) -> str:
 # ------------------------------------------------------------------------- CLI
 def _requests_to_cluster(command):
     """Turn the job server's refusals (HTTP errors the SDK raises as RuntimeError) into one clear line."""
+    from ray.exceptions import RayError  # AuthenticationError: a missing or wrong token
+
     def run(args) -> int:
         try:
             return command(args)
-        except (RuntimeError, ConnectionError) as e:
+        except (RuntimeError, ConnectionError, RayError) as e:
             raise cluster_error(dashboard_address(args.address), e) from None
 
     return run
