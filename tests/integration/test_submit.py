@@ -97,3 +97,30 @@ def test_a_notebook_runs_as_a_job_and_the_executed_notebook_is_kept(cluster, tmp
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in code for o in c.outputs)  # the plots are in it
 
+
+
+def test_notebook_05_submits_a_job_file_and_follows_it(cluster, tmp_path, monkeypatch):
+    import papermill
+
+    job = tmp_path / "job.yaml"
+    job.write_text(textwrap.dedent("""
+        name: from-notebook
+        steps:
+          - train:
+              name: from-notebook
+              data: {dataset: digits}
+              spec: {task: classify, cell: gru, hidden_size: 8, training: {epochs: 1}}
+    """))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)  # the kernel's client finds the token here
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    runs = tmp_path / "runs"
+    out = tmp_path / "05.ipynb"
+    papermill.execute_notebook(str(REPO / "notebooks" / "05_submit_to_cluster.ipynb"), str(out), kernel_name="python3",
+                               parameters={"address": cluster.address, "job": str(job),
+                                           "env": {"CELLFORGE_RUNS": str(runs)}},
+                               cwd=str(REPO / "notebooks"), progress_bar=False)
+    nb = nbformat.read(out, as_version=4)
+    text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                     for c in nb.cells for o in c.get("outputs", []))
+    assert "status: SUCCEEDED" in text and "test_accuracy" in text  # followed to the end, results read back
+    cf.load(runs / "from-notebook" / "bundle")
