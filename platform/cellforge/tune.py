@@ -87,7 +87,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     from cellforge.data import prepare
     from cellforge.runtime import ensure_ray
     from cellforge.train import check_name, runs_dir
-    from cellforge.tune_progress import Progress
+    from cellforge.tune_progress import Progress, Relay, live
     from cellforge.tune_result import Sweep
     from cellforge.tune_trial import Trial
 
@@ -117,6 +117,9 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     # Tune warns when trials checkpoint often; each epoch is a checkpoint here, by design
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune saves the experiment's state (what a resume starts from) at most every 10 s by default, and less
+    # often when a save is slow; trials take tens of seconds here, so save often and lose little on a kill
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's newer output prints a box even at verbose=0
     exp = storage / name
     asked = {"spec": spec.model_dump(mode="json"), "space": {k: [d.kind, list(d.values)] for k, d in dims.items()},
@@ -131,14 +134,14 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
                      else [spec.training.epochs])
     progress = Progress(name, list(dims), metric, mode, n_trials, max_epochs, out=None if verbose else _Null())
     run_config = tune.RunConfig(
-        name=name, storage_path=str(storage), verbose=0, callbacks=[progress],
+        name=name, storage_path=str(storage), verbose=0, callbacks=[Relay(name)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1),
         failure_config=tune.FailureConfig(max_failures=0))  # a failing trial is reported, not retried
     if tune.Tuner.can_restore(str(exp)):
         if verbose:
             print(f"[cellforge] resuming sweep {name} from {exp}", flush=True)
+        # the restored experiment brings its own Relay(name) back, which finds this call's Progress
         tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=False)
-        tuner._local_tuner._run_config.callbacks = [progress]  # restore keeps the old callbacks otherwise
     else:
         exp.mkdir(parents=True, exist_ok=True)
         (exp / "sweep.json").write_text(json.dumps(asked, indent=1))
@@ -152,7 +155,8 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
         if verbose:
             print(f"[cellforge] sweep {name}: {n_trials} trials x {workers_per_trial} worker(s), {scheduler} on "
                   f"{metric} ({mode}), {max_concurrent} at a time; results in {exp}", flush=True)
-    grid_ = tuner.fit()
+    with live(name, progress):
+        grid_ = tuner.fit()
     result = Sweep(name, exp, list(dims), metric, mode, grid_, spec, prepared, data if per_trial_data else None)
     if verbose:
         print(result.summary(), flush=True)

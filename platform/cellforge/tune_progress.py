@@ -1,19 +1,24 @@
 """Sweep progress: one table updated in place in a notebook, a few plain lines in a terminal.
 
-Ray Tune's own table is switched off (``verbose=0``); ``Progress`` is a Tune callback that
-keeps each trial's epochs and shows them.
+Ray Tune's own table is switched off (``verbose=0``). ``Progress`` keeps each trial's epochs and
+shows them; Tune is given a ``Relay`` that forwards its hooks, by the sweep's name, to the
+``Progress`` live in this process. Tune pickles its callbacks with the experiment and a resumed
+sweep gets those back, so the relay holds only the name: a resumed sweep shows on the current
+display (terminal or notebook, verbose or not) without touching Tune's restored RunConfig.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from typing import Any
 
 from ray import tune
 
 TERMINAL_HEARTBEAT_S = 60  # a status line at most this often while trials run, so a terminal never looks stuck
 NOTEBOOK_REFRESH_S = 1.0  # the notebook table redraws at most this often
+_LIVE: dict[str, Progress] = {}  # sweep name -> the display of that sweep while it runs in this process
 
 
 def trial_number(trial_id: str) -> int:
@@ -37,6 +42,17 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+def error_line(err: BaseException | str) -> str:
+    """The worker's own error line (e.g. 'FloatingPointError: training loss became nan ...') out of the
+    traceback text that Ray and Tune wrap around it."""
+    text = str(err).strip().splitlines()
+    for line in reversed(text):
+        line = line.strip()
+        if line and not line.startswith(("File ", "^", "~")) and ("Error" in line or "Exception" in line):
+            return line[:300]
+    return (text[-1] if text else type(err).__name__)[:300]
+
+
 class Progress(tune.Callback):
     """Shows a sweep as it runs. ``params``: the space's field names; ``metric``/``mode``: what ranks trials."""
 
@@ -45,13 +61,13 @@ class Progress(tune.Callback):
         self.name, self.params, self.metric, self.mode = name, params, metric, mode
         self.total, self.epochs = total, epochs
         self.notebook = in_notebook() if notebook is None else notebook
-        self.out = out  # None: sys.stdout at print time (this object is pickled with the experiment)
+        self.out = out  # None: sys.stdout at print time
         self.rows: dict[str, dict[str, Any]] = {}
         self.handle = None
         self.last_draw = self.last_beat = 0.0
         self.best: float | None = None
 
-    # Tune callback hooks ---------------------------------------------------------------
+    # the hooks Relay forwards -------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
         self._row(trial)["status"] = "running"
         self._draw(force=True)
@@ -78,16 +94,16 @@ class Progress(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         row = self._row(trial)
         row["status"] = "error"
-        err = str(getattr(trial, "error_message", None) or "").strip().splitlines()
-        reason = next((ln for ln in reversed(err) if ln.strip()), "see the leaderboard")
+        try:
+            err = trial.get_pickled_error() or trial.get_error()  # Tune stored it just before this hook
+        except Exception:  # noqa: BLE001 - unreadable: the leaderboard still has it
+            err = None
+        reason = error_line(err) if err else "see the leaderboard"
         self._line(f"trial {trial_number(trial.trial_id)}/{self.total} error: {reason[:200]}  [{self._params(trial)}]")
         self._draw(force=True)
 
     def on_experiment_end(self, trials, **info):
         self._draw(force=True)
-
-    def __getstate__(self):
-        return {**self.__dict__, "handle": None}
 
     # display ------------------------------------------------------------------------------
     def _row(self, trial) -> dict[str, Any]:
@@ -130,3 +146,40 @@ class Progress(tune.Callback):
             self.handle = display(df, display_id=True)
         else:
             self.handle.update(df)
+
+
+class Relay(tune.Callback):
+    """The Tune callback a sweep registers: forwards Tune's hooks to ``live(name)``'s Progress, if any."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if p := _LIVE.get(self.name):
+            p.on_trial_start(iteration, trials, trial, **info)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if p := _LIVE.get(self.name):
+            p.on_trial_result(iteration, trials, trial, result, **info)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if p := _LIVE.get(self.name):
+            p.on_trial_complete(iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if p := _LIVE.get(self.name):
+            p.on_trial_error(iteration, trials, trial, **info)
+
+    def on_experiment_end(self, trials, **info):
+        if p := _LIVE.get(self.name):
+            p.on_experiment_end(trials, **info)
+
+
+@contextmanager
+def live(name: str, progress: Progress):
+    """Show sweep ``name``'s progress on ``progress`` while the block runs (``tuner.fit()``)."""
+    _LIVE[name] = progress
+    try:
+        yield progress
+    finally:
+        _LIVE.pop(name, None)

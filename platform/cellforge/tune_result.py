@@ -8,7 +8,7 @@ from typing import Any
 
 from cellforge import metrics as _m
 from cellforge.spec import ModelSpec
-from cellforge.tune_progress import fmt, trial_number
+from cellforge.tune_progress import error_line, fmt, trial_number
 
 
 class Sweep:
@@ -151,7 +151,7 @@ def _trial(result, params: list[str], metric: str) -> dict[str, Any]:
     best = (max(values) if _m.mode_of(metric) == "max" else min(values)) if values else None
     error = None
     if result.error is not None:
-        error = _message(result.error)
+        error = error_line(result.error)
     status = "error" if error else ("completed" if last.get("complete") else "early-stopped" if history else "not run")
     tid = last.get("trial_id") or Path(result.path).name
     return {"trial": trial_number(tid), "params": {p: (result.config or {}).get(p) for p in params},
@@ -162,13 +162,3 @@ def _trial(result, params: list[str], metric: str) -> dict[str, Any]:
 
 def _nan(v) -> bool:
     return isinstance(v, float) and math.isnan(v)
-
-
-def _message(err: BaseException) -> str:
-    """The worker's own error line (e.g. 'FloatingPointError: training loss became nan ...')."""
-    text = str(err).strip().splitlines()
-    for line in reversed(text):
-        line = line.strip()
-        if line and not line.startswith(("File ", "^", "~")) and ("Error" in line or "Exception" in line):
-            return line[:300]
-    return (text[-1] if text else type(err).__name__)[:300]
