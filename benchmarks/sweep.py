@@ -41,6 +41,8 @@ def main() -> None:
                      name=f"bench-{scheduler}", storage_path=storage, seed=args.seed, verbose=False)
         wall = time.perf_counter() - start
         board = s.leaderboard()
+        if s.best is None:
+            raise SystemExit(f"{scheduler}: no trial reported {s.metric}:\n{board.to_string()}")
         rows[scheduler] = {"wall_s": wall, "trial_epochs": s.trial_epochs, "best": s.best["metrics"][s.metric],
                            "stopped": int((board.status == "early-stopped").sum()),
                            "errors": int((board.status == "error").sum())}

@@ -142,6 +142,10 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
             print(f"[cellforge] resuming sweep {name} from {exp}", flush=True)
         # the restored experiment brings its own Relay(name) back, which finds this call's Progress
         tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=False)
+        try:  # what the earlier run's trials reported, so 'best so far' means over the whole sweep
+            progress.seen([r.metrics.get(metric) for r in tuner.get_results() if r.metrics and r.error is None])
+        except RuntimeError:  # nothing was recorded before the interruption
+            pass
     else:
         exp.mkdir(parents=True, exist_ok=True)
         (exp / "sweep.json").write_text(json.dumps(asked, indent=1))

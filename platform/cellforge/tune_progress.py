@@ -67,6 +67,12 @@ class Progress(tune.Callback):
         self.last_draw = self.last_beat = 0.0
         self.best: float | None = None
 
+    def seen(self, values: list[Any]) -> None:
+        """Metric values reported before this run (a resumed sweep's earlier trials), for 'best so far'."""
+        for v in values:
+            if isinstance(v, (int, float)) and v == v and (self.best is None or (v > self.best if self.mode == "max" else v < self.best)):
+                self.best = v
+
     # the hooks Relay forwards -------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
         self._row(trial)["status"] = "running"
