@@ -30,9 +30,9 @@ def kernel_env(ray_session, runs, monkeypatch):
     return runs
 
 
-def execute(name: str, tmp_path: Path, **params) -> nbformat.NotebookNode:
-    out = tmp_path / name
-    papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=params, kernel_name="python3",
+def execute(notebook: str, tmp: Path, /, **params) -> nbformat.NotebookNode:
+    out = tmp / notebook
+    papermill.execute_notebook(str(NOTEBOOKS / notebook), str(out), parameters=params, kernel_name="python3",
                                cwd=str(NOTEBOOKS), progress_bar=False)
     nb = nbformat.read(out, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -94,7 +94,7 @@ def jupyterlab(tmp_path, kernel_env):
     port, token = free_port(), uuid.uuid4().hex
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                             f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+                             f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--allow-root",
                              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
                             stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"token {token}"},
