@@ -87,7 +87,7 @@ class TrainingSpec(_Strict):
     optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
     lr: float = Field(1e-3, gt=0, le=10)
     momentum: float = Field(0.0, ge=0, lt=1)  # sgd and rmsprop only
-    weight_decay: float = Field(0.0, ge=0)  # decoupled, passed to the optimizer
+    weight_decay: float = Field(0.0, ge=0)  # added to the gradient by the optimizer, as torch.optim does (not AdamW)
     lr_schedule: Literal["none", "step", "exponential", "cosine", "plateau"] = "none"
     lr_step_size: int = Field(10, gt=0)  # epochs between decays (step)
     lr_gamma: float = Field(0.5, gt=0, le=1)  # decay factor (step, exponential, plateau)
