@@ -135,7 +135,10 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     progress = Progress(name, list(dims), metric, mode, n_trials, max_epochs, out=None if verbose else _Null())
     run_config = tune.RunConfig(
         name=name, storage_path=str(storage), verbose=0, callbacks=[Relay(name)],
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1),
+        # PBT restores a trial from another's checkpoint some time after choosing it, by when the other
+        # may have moved on: keep them all (a few KB each); otherwise the last two suffice to resume
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if scheduler == "pbt" else 2,
+                                                checkpoint_frequency=1),
         failure_config=tune.FailureConfig(max_failures=0))  # a failing trial is reported, not retried
     if tune.Tuner.can_restore(str(exp)):
         if verbose:

@@ -9,6 +9,7 @@ display (terminal or notebook, verbose or not) without touching Tune's restored 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -21,9 +22,19 @@ NOTEBOOK_REFRESH_S = 1.0  # the notebook table redraws at most this often
 _LIVE: dict[str, Progress] = {}  # sweep name -> the display of that sweep while it runs in this process
 
 
-def trial_number(trial_id: str) -> int:
-    """Tune numbers trials '<experiment>_00003'; shown 1-based."""
-    return int(trial_id.rsplit("_", 1)[-1]) + 1
+def trial_number(trial_id: str, fallback: int | None = None) -> int:
+    """1-based. Random and grid search number trials '<experiment>_00003' (the 4th); a searcher such as
+    Optuna gives random ids, and then ``fallback`` (the trial's place in creation order) is used."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    if "_" in trial_id and tail.isdigit():
+        return int(tail) + 1
+    return fallback if fallback is not None else 0
+
+
+def _number(trial) -> int:
+    """A running Tune Trial's number: a searcher's trials carry their 1-based count in the tag ('3_cell=gru')."""
+    head = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
+    return trial_number(trial.trial_id, int(head) if head.isdigit() else None)
 
 
 def in_notebook() -> bool:
@@ -92,7 +103,7 @@ class Progress(tune.Callback):
         mark = ""
         if value is not None and (self.best is None or (value > self.best if self.mode == "max" else value < self.best)):
             self.best, mark = value, "  (best so far)"
-        self._line(f"trial {trial_number(trial.trial_id)}/{self.total} {row['status']} after "
+        self._line(f"trial {_number(trial)}/{self.total} {row['status']} after "
                    f"{last.get('epoch', 0)}/{self.epochs} epochs: {self.metric} {fmt(value)}{mark}  "
                    f"[{self._params(trial)}]")
         self._draw(force=True)
@@ -100,12 +111,15 @@ class Progress(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         row = self._row(trial)
         row["status"] = "error"
-        try:
-            err = trial.get_pickled_error() or trial.get_error()  # Tune stored it just before this hook
-        except Exception:  # noqa: BLE001 - unreadable: the leaderboard still has it
-            err = None
+        err = None
+        try:  # Tune wrote the traceback's text to the trial's local folder just before this hook
+            if trial.error_file and os.path.exists(trial.error_file):
+                with open(trial.error_file) as f:
+                    err = f.read()
+        except OSError:  # unreadable: the leaderboard still has it
+            pass
         reason = error_line(err) if err else "see the leaderboard"
-        self._line(f"trial {trial_number(trial.trial_id)}/{self.total} error: {reason[:200]}  [{self._params(trial)}]")
+        self._line(f"trial {_number(trial)}/{self.total} error: {reason[:200]}  [{self._params(trial)}]")
         self._draw(force=True)
 
     def on_experiment_end(self, trials, **info):
@@ -114,7 +128,7 @@ class Progress(tune.Callback):
     # display ------------------------------------------------------------------------------
     def _row(self, trial) -> dict[str, Any]:
         if trial.trial_id not in self.rows:
-            self.rows[trial.trial_id] = {"trial": trial_number(trial.trial_id),
+            self.rows[trial.trial_id] = {"trial": _number(trial),
                                          **{p: trial.config.get(p) for p in self.params},
                                          "status": "pending", "epochs": 0, self.metric: None}
         return self.rows[trial.trial_id]

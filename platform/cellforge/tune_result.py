@@ -25,7 +25,7 @@ class Sweep:
                  prepared, raw_data=None):
         self.name, self.path, self.params, self.metric, self.mode = name, Path(path), params, metric, mode
         self._spec, self._prepared, self._raw = spec, prepared, raw_data
-        self.trials = [_trial(r, params, metric) for r in grid]
+        self.trials = [_trial(r, params, metric, i + 1) for i, r in enumerate(grid)]  # creation order
         self.trials.sort(key=lambda t: t["trial"])
         self._bundle: Path | None = None
 
@@ -140,7 +140,7 @@ class Sweep:
         return f"Sweep({self.name!r}, {len(self.trials)} trials, metric={self.metric!r})"
 
 
-def _trial(result, params: list[str], metric: str) -> dict[str, Any]:
+def _trial(result, params: list[str], metric: str, place: int) -> dict[str, Any]:
     """One trial's record from a Tune Result: parameters, per-epoch history, status and error."""
     last = dict(result.metrics or {})
     df = result.metrics_dataframe
@@ -154,7 +154,7 @@ def _trial(result, params: list[str], metric: str) -> dict[str, Any]:
         error = error_line(result.error)
     status = "error" if error else ("completed" if last.get("complete") else "early-stopped" if history else "not run")
     tid = last.get("trial_id") or Path(result.path).name
-    return {"trial": trial_number(tid), "params": {p: (result.config or {}).get(p) for p in params},
+    return {"trial": trial_number(tid, place), "params": {p: (result.config or {}).get(p) for p in params},
             "last": {k: v for k, v in last.items() if k in ("epoch", "loss", "val_loss") or k.startswith("val_")},
             "best": best, "epochs": len(history), "status": status, "error": error, "history": history,
             "checkpoint": result.checkpoint}

@@ -113,3 +113,14 @@ def test_job_file_sweep_step(tmp_path):
     assert path == "steps.0.sweep"
     for fragment in ("unknown data set 'digitz'", "space.hidden_size", "space.training.lr"):
         assert fragment in msg
+
+
+def test_trials_are_numbered_and_errors_shown_by_their_own_line():
+    from cellforge.tune_progress import error_line, trial_number
+
+    assert trial_number("8cef6_00003") == 4  # random/grid search: '<experiment>_<0-based count>'
+    assert trial_number("b1520a00", 2) == 2  # a searcher's random id: its place in creation order
+    wrapped = ("ray.exceptions.RayTaskError(FloatingPointError): ray::ResourceTrainable.train()\n"
+               '  File "loop.py", line 145, in worker_loop\n    raise FloatingPointError(...)\n'
+               "FloatingPointError: training loss became nan at epoch 1; lower training.lr")
+    assert error_line(wrapped) == "FloatingPointError: training loss became nan at epoch 1; lower training.lr"
