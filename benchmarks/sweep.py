@@ -45,7 +45,8 @@ def main() -> None:
             raise SystemExit(f"{scheduler}: no trial reported {s.metric}:\n{board.to_string()}")
         rows[scheduler] = {"wall_s": wall, "trial_epochs": s.trial_epochs, "best": s.best["metrics"][s.metric],
                            "stopped": int((board.status == "early-stopped").sum()),
-                           "errors": int((board.status == "error").sum())}
+                           "errors": int((board.status == "error").sum()),
+                           "not_run": int((board.status == "not run").sum())}
     f, a = rows["fifo"], rows["asha"]
     print(f"\nsweep benchmark: digits, {args.trials} trials x {args.epochs} epochs, {args.workers} worker(s)/trial, "
           f"seed {args.seed}")
@@ -56,6 +57,9 @@ def main() -> None:
     print(f"{'best val_accuracy':>22}{f['best']:>12.4f}{a['best']:>12.4f}{a['best'] - f['best']:>+12.4f}")
     print(f"{'trials stopped early':>22}{f['stopped']:>12d}{a['stopped']:>12d}")
     print(f"{'trials failed':>22}{f['errors']:>12d}{a['errors']:>12d}")
+    if f["not_run"] or a["not_run"]:
+        print(f"INCOMPLETE (interrupted?): trials not run: FIFO {f['not_run']}, ASHA {a['not_run']}; no verdict")
+        return
     ok = a["best"] >= f["best"] - TOLERANCE and a["trial_epochs"] <= 0.5 * f["trial_epochs"]
     print(f"target (ASHA best within {TOLERANCE} of FIFO's, <= 50% of its trial-epochs): {'met' if ok else 'NOT met'}")
 
