@@ -1,5 +1,5 @@
 # make demo  - create .venv if missing, install, run the quickstart job on an embedded local Ray
-# make test  - create .venv if missing, install, run the whole test suite
+# make test  - create .venv if missing, install, run the test suite (make test-all adds the slow tests)
 # make lab   - JupyterLab on 127.0.0.1 with the notebooks and the project's kernel
 PY ?= python3
 VENV := .venv
@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # constraints.txt pins the CPU build of torch (and the versions we test) on our machines
 PIP_INSTALL := $(BIN)/pip install -c constraints.txt
 
-.PHONY: demo test test-unit lint lab bench clean
+.PHONY: demo test test-all test-unit lint lab bench clean
 
 $(BIN)/cellforge: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(BIN)/cellforge
 	$(BIN)/cellforge run jobs/quickstart.yaml
 
 test: $(BIN)/cellforge
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-all: $(BIN)/cellforge
 	$(BIN)/python -m pytest -q tests
 
 test-unit: $(BIN)/cellforge

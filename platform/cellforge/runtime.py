@@ -37,7 +37,10 @@ def ensure_ray(address: str | None = None) -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+    import psutil
+
     for attempt in (1, 2, 3):
+        before = {c.pid for c in psutil.Process().children(recursive=True)}
         try:
             ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
                      logging_level=logging.WARNING)
@@ -48,3 +51,6 @@ def ensure_ray(address: str | None = None) -> None:
             if attempt == 3 or "timed out during startup" not in str(e):
                 raise
             ray.shutdown()
+            for child in psutil.Process().children(recursive=True):  # the failed start's GCS, dashboard...
+                if child.pid not in before:
+                    child.kill()

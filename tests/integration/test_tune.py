@@ -12,6 +12,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 import cellforge as cf
 from cellforge.jobs import run_job
 
@@ -38,6 +40,7 @@ def _eventually(fn, timeout=60):
         time.sleep(1)
 
 
+@pytest.mark.slow  # ~20 min on the shared 2-core machine; not yet seen passing end to end (make test-all)
 def test_asha_sweep_on_digits_beats_the_default_and_stops_half_early(ray_session, runs):
     """12 trials x 2 Train workers each; ASHA must stop at least half, and the best trial's bundle must
     test at least as well as the default spec trained for the same epochs.
