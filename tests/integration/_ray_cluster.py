@@ -68,7 +68,10 @@ class Cluster:
         self.tmp = tmp
         self.ray_tmp = self.worker_tmp = Path("/nonexistent")  # the current attempt's Ray temp dirs
         self.token = secrets.token_hex(16)
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+        # not the embedded Ray's loopback-only switch (cellforge.runtime sets it for the session's Ray):
+        # with it, `ray start --address` refuses to join a multi-node cluster
+        inherited = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+        self.env = {**inherited, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
                     "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
                     # Ray's own start-up waits, stretched for a busy 2-core machine
                     "RAY_agent_register_timeout_ms": "240000", "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "240",
