@@ -169,7 +169,16 @@ def follow(submission_id: str, address: str | None = None, out=None) -> str:
             out.write(lines)
             out.flush()
 
-    asyncio.run(tail())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(tail())
+    else:  # a notebook already runs an event loop in this thread: tail from another thread
+        import threading
+
+        worker = threading.Thread(target=lambda: asyncio.run(tail()))
+        worker.start()
+        worker.join()
     status = jc.get_job_status(submission_id)
     while not status.is_terminal():  # the log stream can close a moment before the status settles
         time.sleep(0.5)
