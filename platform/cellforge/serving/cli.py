@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 
@@ -66,19 +65,12 @@ def _config(args) -> dict:
 
 
 def _deploy(args) -> int:
-    from cellforge.serving.deploy import deploy
+    from cellforge.serving.deploy import deploy, hold
 
     ep = deploy(args.bundle, args.name, host=args.host, port=args.port, address=args.address, **_config(args))
     print(f"[cellforge] {ep.name} version {ep.version} serving at {ep.url}  (API docs: {ep.base_url}/docs)",
           flush=True)
-    block = args.block if args.block is not None else not (args.address or os.environ.get("RAY_ADDRESS"))
-    if block:
-        print("[cellforge] Ctrl-C to stop", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            return 0
+    hold(args.block, args.address, "Ctrl-C to stop")
     return 0
 
 

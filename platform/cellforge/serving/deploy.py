@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,21 @@ def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int 
         serve.run(build_index(), name=INDEX_APP, route_prefix="/")
     serve.run(build_app(cfg.model_dump()), name=cfg.name, route_prefix=f"/v1/models/{cfg.name}")
     return Endpoint(cfg.name, version_of(cfg), base_url())
+
+
+def hold(block: bool | None, address: str | None, message: str) -> None:
+    """Keep this process (and so an embedded Ray's endpoint) alive until Ctrl-C. ``block=None``
+    blocks only on the embedded Ray: on a cluster the endpoint outlives the process."""
+    if block is None:
+        block = not (address or os.environ.get("RAY_ADDRESS"))
+    if not block:
+        return
+    print(f"[cellforge] {message}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def undeploy(name: str) -> None:

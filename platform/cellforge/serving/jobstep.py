@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,17 +24,10 @@ class DeployStep(DeployConfig):
 
 
 def run_deploy(step: DeployStep, base: Path, address: str | None) -> dict[str, Any]:
-    from cellforge.serving.deploy import deploy
+    from cellforge.serving.deploy import deploy, hold
 
     fields = step.model_dump(exclude={"id", "host", "port", "block", "bundle", "name"}, exclude_unset=True)
     ep = deploy(base / step.bundle, step.name, host=step.host, port=step.port, address=address, **fields)
     print(f"[cellforge] {ep.name} version {ep.version} serving at {ep.url}", flush=True)
-    block = step.block if step.block is not None else not (address or os.environ.get("RAY_ADDRESS"))
-    if block:
-        print("[cellforge] serving until Ctrl-C", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    hold(step.block, address, "serving until Ctrl-C")
     return {"name": ep.name, "url": ep.url, "version": ep.version}
