@@ -163,6 +163,18 @@ def build(spec: ModelSpec, params: dict[str, np.ndarray] | None = None) -> Net:
     return net.eval()
 
 
+def full_float32() -> None:
+    """Keep cuDNN's RNN kernels in IEEE float32. PyTorch lets them use TF32 by default on Ampere and
+    newer GPUs, which moved our outputs by up to 2e-3 from the CPU/numpy reference on an H100; a
+    bundle must answer the same on every device (and match Keras, where TF32 is off too)."""
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def to_cuda(net: Net) -> Net:
+    full_float32()
+    return net.cuda()
+
+
 def predict(net: Net, x: np.ndarray, lengths: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Network outputs for numpy inputs, in float32 numpy."""
     inner = _unwrap(net)
@@ -213,6 +225,8 @@ class Fitter:
         torch.manual_seed(spec.training.seed)
         self.spec, self.world = spec, info.world
         self.device = rt.get_device() if info.use_gpu else torch.device("cpu")
+        if info.use_gpu:
+            full_float32()
         # prepare_model moves to the device and wraps in DDP when there is more than one worker
         self.net = rt.prepare_model(Net(spec)) if info.world > 1 or info.use_gpu else Net(spec)
         self.opt = make_optimizer(spec, self.net.parameters())

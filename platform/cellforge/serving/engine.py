@@ -72,7 +72,9 @@ class Engine:
             torch.set_num_threads(threads)
         self.model = load(cfg.bundle, framework=cfg.runtime)
         if cfg.num_gpus and self.model._net is not None:
-            self.model._net.cuda()
+            from cellforge.backends.torch_backend import to_cuda
+
+            to_cuda(self.model._net)
         self.spec, self.pre = self.model.spec, self.model.preprocessor
         self.state = self.pre.state
         self.text = self.state["input_type"] == "text"
