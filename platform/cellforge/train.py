@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -144,7 +146,16 @@ def run(spec: ModelSpec, prepared, *, workers: int, use_gpu: bool, name: str, st
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         logging_config=ray.train.LoggingConfig(log_level="WARNING"))  # our epoch line says it all
-    result = _trainer(spec, config, workers, use_gpu, run_config).fit()
+    # Train's fit() installs a SIGINT handler that aborts its run and leaves it in place when it
+    # returns: the handler holds the controller's handle, so the controller actor outlived the run,
+    # and a later Ctrl-C (stopping a served endpoint, say) went to the finished run, not the program.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        result = _trainer(spec, config, workers, use_gpu, run_config).fit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:

@@ -53,8 +53,22 @@ def test_adding_problem_t100(ray_session, runs):
     spec = cf.ModelSpec(task="regress", cell="lstm", hidden_size=32,
                         training={"lr": 0.01, "batch_size": 32, "epochs": 12, "clip_norm": 1.0,
                                   "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0})
+    handler = signal.getsignal(signal.SIGINT)
     result = cf.fit(spec, cf.datasets.load("adding", n=5000, length=100), workers=1)
     assert result.metrics["test_rmse"] ** 2 < 0.01
+    # Ray Train's own Ctrl-C handler is taken down with its run: Ctrl-C stops the program again, and
+    # the run's controller actor (whose handle that handler held) goes away
+    assert signal.getsignal(signal.SIGINT) is handler
+    from ray.util.state import list_actors
+
+    def controllers():
+        return [a for a in list_actors(address=ray_session.get_runtime_context().gcs_address,
+                                       filters=[("state", "=", "ALIVE")]) if a.class_name == "TrainController"]
+
+    deadline = time.monotonic() + 30
+    while controllers() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not controllers()
 
 
 def test_sunspots_beats_naive_forecast_from_a_ray_dataset(ray_session, runs):

@@ -156,3 +156,32 @@ def test_failing_trial_is_reported_and_the_sweep_goes_on(ray_session, runs):
     assert out["best"]["params"] == {"training.lr": 0.05}
     assert Path(out["bundle"]) == runs / "failing" / "best" / "bundle"
     assert cf.load(out["bundle"]).spec.training.lr == 0.05
+
+
+@pytest.mark.slow
+def test_pbt_exploits_and_perturbs_the_learning_rate(ray_session, runs):
+    """4 trials, 4 epochs, a perturbation every epoch: PBT's bottom quarter (one trial) copies a top
+    trial's checkpoint and continues with a perturbed lr, so some trial's lr changes mid-run (lr is
+    constant in a trial otherwise: no schedule). The winner's bundle loads and is verified."""
+    spec = cf.ModelSpec(task="classify", hidden_size=32, training={"epochs": 4})
+    s = cf.sweep(spec, cf.datasets.load("digits"), {"training.lr": cf.loguniform(1e-4, 3e-2)}, trials=4,
+                 scheduler="pbt", metric="val_accuracy", name="digits-pbt", seed=1)
+    board = s.leaderboard()
+    print(board.to_string())
+    assert (board.status == "completed").all(), board
+    changed = [t for t in s.trials if len({round(r["lr"], 12) for r in t["history"]}) > 1]
+    assert changed, [[r["lr"] for r in t["history"]] for t in s.trials]
+    assert cf.load(s.best_bundle).spec.cell == "lstm"
+
+
+@pytest.mark.slow
+def test_optuna_search(ray_session, runs):
+    pytest.importorskip("optuna")
+    space = {"hidden_size": cf.choice([16, 32]), "training.lr": cf.loguniform(1e-3, 3e-2)}
+    s = cf.sweep(cf.ModelSpec(task="classify", training={"epochs": 2}), cf.datasets.load("digits"), space,
+                 trials=4, scheduler="fifo", search="optuna", metric="val_accuracy", name="digits-optuna")
+    board = s.leaderboard()
+    print(board.to_string())
+    assert len(board) == 4 and (board.status == "completed").all(), board
+    assert board.hidden_size.isin([16, 32]).all() and board["training.lr"].between(1e-3, 3e-2).all(), board
+    assert s.best["metrics"]["val_accuracy"] > 0.5 and cf.load(s.best_bundle).spec.hidden_size == s.best["params"]["hidden_size"]
