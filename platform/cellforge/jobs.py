@@ -249,11 +249,19 @@ def run_job(source: str | Path | dict, address: str | None = None) -> dict[str, 
     """Validate, then run every step in order; returns each step's outputs by id."""
     job, _, base = parse_job(source)
     outputs: dict[str, dict[str, Any]] = {}
+    address = address or job.address
+    blocks = []  # deploy steps' ``block``: the endpoints are held after the last step, not in between
     for kind, _, sid, body in _parse_steps(job, base, []):
         print(f"[cellforge] step {sid} ({kind})", flush=True)
         step = STEPS[kind].model_validate(_resolve(body, outputs))  # with earlier steps' outputs filled in
-        outputs[sid] = RUNNERS[kind](step, base, address or job.address)
+        outputs[sid] = RUNNERS[kind](step, base, address)
+        if kind == "deploy":
+            blocks.append(step.block)
     print(f"[cellforge] outputs {json.dumps(outputs, default=str)}", flush=True)
+    if blocks:
+        from cellforge.serving.deploy import hold
+
+        hold(True if True in blocks else None if None in blocks else False, address, "serving until Ctrl-C")
     return outputs
 
 

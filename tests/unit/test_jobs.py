@@ -205,3 +205,25 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "job.yaml"
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def test_endpoints_are_held_after_the_last_step_not_in_between(monkeypatch, digits_bundle):
+    """A deploy step followed by more steps: those run first, then the job holds the endpoint (on an
+    embedded Ray, until Ctrl-C)."""
+    import importlib
+
+    from cellforge import jobs
+
+    deploy = importlib.import_module("cellforge.serving.deploy")  # the module (the package exports the function)
+    calls = []
+    monkeypatch.setitem(jobs.RUNNERS, "deploy", lambda step, base, address: calls.append("deploy") or {
+        "name": step.name, "url": "http://127.0.0.1:8000/v1/models/m", "version": "v"})
+    monkeypatch.setitem(jobs.RUNNERS, "evaluate", lambda step, base, address: calls.append("evaluate") or {})
+    monkeypatch.setattr(deploy, "hold", lambda block, address, message: calls.append(("hold", block)))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    run_job({"steps": [{"deploy": {"bundle": str(digits_bundle[0]), "name": "m"}},
+                       {"evaluate": {"bundle": str(digits_bundle[0]), "data": {"dataset": "digits"}}}]})
+    assert calls == ["deploy", "evaluate", ("hold", None)]
+    calls.clear()
+    run_job({"steps": [{"deploy": {"bundle": str(digits_bundle[0]), "name": "m", "block": False}}]})
+    assert calls == ["deploy", ("hold", False)]

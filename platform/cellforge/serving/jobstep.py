@@ -19,15 +19,15 @@ class DeployStep(DeployConfig):
     id: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    # keep serving until Ctrl-C; default: when on an embedded Ray, which would end with the job
+    # keep serving until Ctrl-C once the job's last step is done; default: when on an embedded Ray,
+    # which would end with the job
     block: bool | None = None
 
 
 def run_deploy(step: DeployStep, base: Path, address: str | None) -> dict[str, Any]:
-    from cellforge.serving.deploy import deploy, hold
+    from cellforge.serving.deploy import deploy
 
     fields = step.model_dump(exclude={"id", "host", "port", "block", "bundle", "name"}, exclude_unset=True)
     ep = deploy(base / step.bundle, step.name, host=step.host, port=step.port, address=address, **fields)
     print(f"[cellforge] {ep.name} version {ep.version} serving at {ep.url}", flush=True)
-    hold(step.block, address, "serving until Ctrl-C")
     return {"name": ep.name, "url": ep.url, "version": ep.version}
