@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 
 # a Tune trial plus its Train workers (or Serve replicas) each hold a logical CPU; on a
 # small machine they would deadlock waiting for cores, so the embedded Ray advertises more
@@ -54,3 +57,18 @@ def ensure_ray(address: str | None = None) -> None:
             for child in psutil.Process().children(recursive=True):  # the failed start's GCS, dashboard...
                 if child.pid not in before:
                     child.kill()
+
+
+@contextlib.contextmanager
+def own_sigint():
+    """Put the caller's Ctrl-C handler back when the block ends. Ray Train's and Tune's ``fit()``
+    install SIGINT handlers that abort their run and leave them in place when they return: Train's
+    held the finished run's controller actor alive, and a later Ctrl-C (stopping a served endpoint,
+    say) went to the finished run instead of stopping the program."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import numpy as np
 from cellforge import bundle as _bundle
 from cellforge import metrics as _metrics
 from cellforge.data import prepare
+from cellforge.runtime import own_sigint
 from cellforge.spec import ModelSpec, SpecError
 
 
@@ -146,16 +145,8 @@ def run(spec: ModelSpec, prepared, *, workers: int, use_gpu: bool, name: str, st
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         logging_config=ray.train.LoggingConfig(log_level="WARNING"))  # our epoch line says it all
-    # Train's fit() installs a SIGINT handler that aborts its run and leaves it in place when it
-    # returns: the handler holds the controller's handle, so the controller actor outlived the run,
-    # and a later Ctrl-C (stopping a served endpoint, say) went to the finished run, not the program.
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main else None
-    try:
+    with own_sigint():
         result = _trainer(spec, config, workers, use_gpu, run_config).fit()
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:

@@ -85,7 +85,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
 
     from cellforge.cells import custom_cells
     from cellforge.data import prepare
-    from cellforge.runtime import ensure_ray
+    from cellforge.runtime import ensure_ray, own_sigint
     from cellforge.train import check_name, runs_dir
     from cellforge.tune_progress import Progress, Relay, live
     from cellforge.tune_result import Sweep
@@ -162,7 +162,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
         if verbose:
             print(f"[cellforge] sweep {name}: {n_trials} trials x {workers_per_trial} worker(s), {scheduler} on "
                   f"{metric} ({mode}), {max_concurrent} at a time; results in {exp}", flush=True)
-    with live(name, progress):
+    with live(name, progress), own_sigint():
         grid_ = tuner.fit()
     result = Sweep(name, exp, list(dims), metric, mode, grid_, spec, prepared, data if per_trial_data else None)
     if verbose:

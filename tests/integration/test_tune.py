@@ -148,7 +148,9 @@ def test_failing_trial_is_reported_and_the_sweep_goes_on(ray_session, runs):
         "id": "search", "name": "failing", "data": {"dataset": "adding", "args": {"n": 300, "length": 10}},
         "spec": {"task": "regress", "hidden_size": 16, "training": {"optimizer": "sgd", "batch_size": 8, "epochs": 2}},
         "space": {"training.lr": {"grid": [0.05, 10.0]}}, "trials": 2, "scheduler": "fifo", "metric": "val_rmse"}}]}
+    handler = signal.getsignal(signal.SIGINT)
     out = run_job(job)["search"]
+    assert signal.getsignal(signal.SIGINT) is handler  # Tune's Ctrl-C handler went with its run
     rows = {r["training.lr"]: r for r in out["leaderboard"]}
     assert rows[10.0]["status"] == "error" and rows[10.0]["epochs"] == 0, rows[10.0]
     assert rows[10.0]["error"].startswith("FloatingPointError: training loss became nan at epoch 1"), rows[10.0]
