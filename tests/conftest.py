@@ -1,4 +1,4 @@
-"""Shared fixtures: one Ray per test session, bound to 127.0.0.1, always shut down."""
+"""Shared fixtures: one Ray per test session, bound to 127.0.0.1, always shut down; two custom cells."""
 
 from __future__ import annotations
 
@@ -23,6 +23,40 @@ def ray_session(tmp_path_factory):
     ensure_ray()
     yield ray
     ray.shutdown()
+
+
+def elman_step(op, p, x, state):
+    """h = tanh(W_xh x + W_hh h + b_h)."""
+    (h,) = state
+    h = op.tanh(op.linear(x, p["w_ih"], p["b_ih"]) + op.linear(h, p["w_hh"]))
+    return h, (h,)
+
+
+def mgu_step(op, p, x, state):
+    """Minimal gated unit (Zhou et al. 2016): one forget gate f; h = (1-f) h + f tanh(W x + U (f h))."""
+    (h,) = state
+    xf, xh = op.split(op.linear(x, p["w_ih"], p["b_ih"]), 2)
+    f = op.sigmoid(xf + op.linear(h, p["w_fh"]))
+    candidate = op.tanh(xh + op.linear(f * h, p["w_hh"]))
+    h = (1.0 - f) * h + f * candidate
+    return h, (h,)
+
+
+@pytest.fixture
+def user_cells():
+    """Two cells of a user's own, registered as ``elman`` and ``mgu`` for one test (they run through
+    each backend's generic per-step loop, not cuDNN or Keras' fused layers)."""
+    import cellforge as cf
+    from cellforge.cells import CELLS
+
+    cells = [cf.Cell("elman", elman_step, params={"w_ih": ("H", "I"), "w_hh": ("H", "H"), "b_ih": ("H",)}),
+             cf.Cell("mgu", mgu_step, params={"w_ih": ("2H", "I"), "b_ih": ("2H",), "w_fh": ("H", "H"),
+                                             "w_hh": ("H", "H")})]
+    for cell in cells:
+        cf.register_cell(cell, overwrite=True)
+    yield
+    for cell in cells:
+        CELLS.pop(cell.name, None)
 
 
 @pytest.fixture

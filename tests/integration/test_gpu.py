@@ -9,30 +9,12 @@ import torch
 import cellforge as cf
 from cellforge.backends import numpy_backend as ref
 from cellforge.backends import torch_backend as tb
-from cellforge.cells import CELLS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 
 
-def mgu_step(op, p, x, state):
-    """Minimal gated unit: a custom cell runs through the generic per-step loop, not cuDNN."""
-    (h,) = state
-    xf, xh = op.split(op.linear(x, p["w_ih"], p["b_ih"]), 2)
-    f = op.sigmoid(xf + op.linear(h, p["w_fh"]))
-    h = (1.0 - f) * h + f * op.tanh(xh + op.linear(f * h, p["w_hh"]))
-    return h, (h,)
-
-
-@pytest.fixture
-def mgu():
-    cf.register_cell(cf.Cell("mgu", mgu_step, params={"w_ih": ("2H", "I"), "b_ih": ("2H",), "w_fh": ("H", "H"),
-                                                      "w_hh": ("H", "H")}), overwrite=True)
-    yield
-    CELLS.pop("mgu", None)
-
-
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mgu"])
-def test_cuda_forward_equals_reference(cell, mgu):
+def test_cuda_forward_equals_reference(cell, user_cells):  # mgu: the generic loop
     spec = cf.ModelSpec(task="classify", cell=cell, num_layers=2, bidirectional=True, hidden_size=32,
                         num_classes=5, input={"num_features": 4})
     params = ref.init_params(spec)

@@ -14,35 +14,7 @@ from cellforge import bundle
 from cellforge.backends import numpy_backend as ref
 from cellforge.cells import CELLS, custom_cells
 
-
-def elman_step(op, p, x, state):
-    """h = tanh(W_xh x + W_hh h + b_h)."""
-    (h,) = state
-    h = op.tanh(op.linear(x, p["w_ih"], p["b_ih"]) + op.linear(h, p["w_hh"]))
-    return h, (h,)
-
-
-def mgu_step(op, p, x, state):
-    """Minimal gated unit (Zhou et al. 2016): one forget gate f; h = (1-f) h + f tanh(W x + U (f h))."""
-    (h,) = state
-    xf, xh = op.split(op.linear(x, p["w_ih"], p["b_ih"]), 2)
-    f = op.sigmoid(xf + op.linear(h, p["w_fh"]))
-    candidate = op.tanh(xh + op.linear(f * h, p["w_hh"]))
-    h = (1.0 - f) * h + f * candidate
-    return h, (h,)
-
-
-ELMAN = cf.Cell("elman", elman_step, params={"w_ih": ("H", "I"), "w_hh": ("H", "H"), "b_ih": ("H",)})
-MGU = cf.Cell("mgu", mgu_step, params={"w_ih": ("2H", "I"), "b_ih": ("2H",), "w_fh": ("H", "H"), "w_hh": ("H", "H")})
-
-
-@pytest.fixture(autouse=True)
-def registered():
-    for cell in (ELMAN, MGU):
-        cf.register_cell(cell, overwrite=True)
-    yield
-    for cell in (ELMAN, MGU):
-        CELLS.pop(cell.name, None)
+pytestmark = pytest.mark.usefixtures("user_cells")  # elman and mgu (tests/conftest.py)
 
 
 @pytest.mark.parametrize("cell", ["elman", "mgu"])
