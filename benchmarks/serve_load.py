@@ -50,7 +50,7 @@ def make_bundle(path: Path, hidden: int) -> Path:
     """A digits-shaped model (8 features, LSTM, 10 classes; h=64 is digits-sized) with random weights."""
     import cellforge as cf
     from cellforge import bundle as B
-    from cellforge.backends.numpy_backend import init_params
+    from cellforge.backends.numpy import init_params
 
     spec = cf.ModelSpec(task="classify", cell="lstm", hidden_size=hidden, num_classes=10, input={"num_features": 8})
     state = {"kind": "sequences", "task": "classify", "input_type": "numeric", "max_length": None,

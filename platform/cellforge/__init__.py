@@ -5,15 +5,19 @@ sweep it with Ray Tune, serve it with Ray Serve.
     >>> spec = cf.ModelSpec(task="classify", cell="lstm", hidden_size=64, num_layers=2, bidirectional=True)
     >>> result = cf.fit(spec, cf.datasets.load("digits"), workers=2, epochs=10)   # doctest: +SKIP
     >>> cf.load(result.bundle).predict(images)                                    # doctest: +SKIP
+
+The flow, one package each: ``spec`` + ``cells`` (declare) -> ``data`` -> ``train`` (Ray Train,
+on a ``backends`` framework) -> ``bundle`` -> ``tune`` (Ray Tune) -> ``serving`` (Ray Serve)
+-> ``client``; ``jobs`` and ``cli`` drive them from files and the terminal.
 """
 
-from cellforge.bundle import BundleError
 from cellforge.cells import Cell, register_cell
 from cellforge.client import Client
 from cellforge.data import Sequences, Series, datasets
+from cellforge.errors import BundleError, SpecError
 from cellforge.model import Model, load
 from cellforge.serving import deploy
-from cellforge.spec import ModelSpec, SpecError
+from cellforge.spec import ModelSpec
 from cellforge.train import FitResult, fit
 from cellforge.tune import choice, grid, loguniform, randint, sweep, uniform
 

@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
+from cellforge.backends.network import param_shapes
+from cellforge.cells import CELLS
+from cellforge.errors import BundleError
 from cellforge.spec import ModelSpec
 
 FORMAT, VERSION = "cellforge-bundle", 1
 FILES = ("spec.json", "weights.safetensors", "preprocessing.json", "metrics.json")
-
-
-class BundleError(ValueError):
-    """A bundle is missing, incomplete, tampered with, or of an unknown format."""
 
 
 def sha256(path: Path) -> str:
@@ -44,10 +44,6 @@ def sha256(path: Path) -> str:
 def save(path: str | Path, spec: ModelSpec, weights: dict[str, np.ndarray], preprocessing: dict[str, Any],
          metrics: dict[str, Any]) -> Path:
     """Write a bundle atomically; an existing bundle at ``path`` is replaced only once the new one is whole."""
-    from safetensors.numpy import save_file
-
-    from cellforge.backends import param_shapes
-
     path = Path(path)
     expected = param_shapes(spec)
     if set(weights) != set(expected):
@@ -74,6 +70,11 @@ def save(path: str | Path, spec: ModelSpec, weights: dict[str, np.ndarray], prep
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def digest(path: str | Path) -> str:
+    """The bundle's identity: the sha256 of its manifest (which holds every other file's sha256)."""
+    return hashlib.sha256((Path(path) / "manifest.json").read_bytes()).hexdigest()
 
 
 def verify(path: str | Path) -> dict[str, Any]:
@@ -107,10 +108,6 @@ def verify(path: str | Path) -> dict[str, Any]:
 
 def read(path: str | Path) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """Verify and read a bundle: (spec, weights, preprocessing state, metrics)."""
-    from safetensors.numpy import load_file
-
-    from cellforge.backends import param_shapes
-
     path = Path(path)
     verify(path)
     text = (path / "spec.json").read_text()
@@ -126,8 +123,6 @@ def read(path: str | Path) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, 
 
 def _check_cell(path: Path, spec_text: str) -> None:
     """A bundle stores only its cell's name: a custom cell must be registered before loading."""
-    from cellforge.cells import CELLS
-
     try:
         cell = json.loads(spec_text).get("cell", "lstm")
     except (json.JSONDecodeError, AttributeError):

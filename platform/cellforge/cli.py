@@ -2,27 +2,50 @@
 
     cellforge run jobs/quickstart.yaml        # run a job file on the embedded Ray (or --address)
     cellforge validate jobs/quickstart.yaml   # check a job file, every problem at once
+    cellforge train spec.yaml --data digits --workers 2 --epochs 3
+    cellforge evaluate runs/quickstart/bundle --data digits
+    cellforge predict runs/quickstart/bundle --input images.json   # a bundle on disk...
+    cellforge predict digits --input images.json                   # ...or a deployed model
+    cellforge sweep spec.yaml --data digits --space space.yaml --trials 8
+    cellforge deploy runs/quickstart/bundle --name digits --max-replicas 4
+
+Every step command is made from the job step of the same name (``cellforge.jobs.steps``): one
+flag per field (``--config FILE`` for a YAML mapping of them), the same validation, and it runs
+as a one-step job — so a field added to a step is a flag here too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any
 
-from cellforge.bundle import BundleError
-from cellforge.spec import SpecError
+import yaml
+from pydantic import BaseModel
+
+from cellforge.errors import BundleError, SpecError
+from cellforge.jobs import STEPS, DataRef, Step, parse_job, run_job
+from cellforge.submit import register as register_submit
+
+ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS or an embedded local Ray)"
+# flags kept from before the step commands were generated: flag -> (field path, factor)
+ALIASES = {"deploy": {"batch_wait_ms": ("batching.batch_wait_timeout_s", 0.001)}}
+# fields whose default comes from the environment
+ENV = {"api_key": "CELLFORGE_API_KEY"}
 
 
 def _run(args) -> int:
-    from cellforge.jobs import run_job
-
     run_job(args.job, address=args.address)
     return 0
 
 
 def _validate(args) -> int:
-    from cellforge.jobs import parse_job
-
     bad = 0
     for path in args.jobs:
         try:
@@ -34,43 +57,194 @@ def _validate(args) -> int:
     return 1 if bad else 0
 
 
+# step commands, made from the step classes ------------------------------------------------------
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _model_of(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside ``X`` or ``X | None``, if any."""
+    for t in (annotation, *typing.get_args(annotation)):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def _is_bool(annotation) -> bool:
+    return annotation is bool or (typing.get_origin(annotation) in (typing.Union, types.UnionType)
+                                  and set(typing.get_args(annotation)) <= {bool, type(None)})
+
+
+def _is_text(annotation) -> bool:
+    return annotation is str or (typing.get_origin(annotation) in (typing.Union, types.UnionType)
+                                 and set(typing.get_args(annotation)) <= {str, type(None)})
+
+
+def _choices(annotation) -> list[str] | None:
+    for t in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(t) is typing.Literal:
+            return [str(v) for v in typing.get_args(t)]
+    return None
+
+
+def add_step_command(sub, step: type[Step]) -> None:
+    """``cellforge <kind>``: a flag (or positional argument) per field of ``step``."""
+    doc = (step.__doc__ or "").strip().splitlines()[0]
+    p = sub.add_parser(step.kind, help=doc, description=doc)
+    fields = step.model_fields
+    top = set(fields)
+    for name in step.positional:
+        p.add_argument(name, metavar=name.upper(), help=_help(step, name))
+    for name, info in fields.items():
+        if name in step.positional or name == "id":
+            continue
+        ann = info.annotation
+        env = os.environ.get(ENV[name]) if name in ENV else None
+        nested = _model_of(ann)
+        if _is_bool(ann):
+            p.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None)
+        elif nested is DataRef:
+            p.add_argument(_flag(name), dest=name, metavar="DATASET|FILE",
+                           help="a built-in data set's name, or a CSV/Parquet file")
+        elif nested is None:
+            p.add_argument(_flag(name), dest=name, default=env, choices=_choices(ann),
+                           metavar=None if _choices(ann) else name.upper(), help=_help(step, name))
+        else:  # a nested config (autoscaling, batching): a flag per field of it (or set it in --config)
+            for sub_name, sub_info in nested.model_fields.items():
+                dest = f"{name}.{sub_name}"
+                if _is_bool(sub_info.annotation) and sub_name == "enabled":  # --batching / --no-batching
+                    p.add_argument(_flag(name), dest=dest, action=argparse.BooleanOptionalAction, default=None)
+                elif sub_name not in top:
+                    p.add_argument(_flag(sub_name), dest=dest, default=None, metavar=sub_name.upper(),
+                                   help=f"{name}.{sub_name}")
+    for alias, (path, _) in ALIASES.get(step.kind, {}).items():
+        p.add_argument(_flag(alias), dest=f"alias:{alias}", default=None, help=f"{path}, in other units")
+    p.add_argument("--config", help="a YAML file of this step's fields; flags override it")
+    p.add_argument("--address", help=ADDRESS_HELP)
+    if step.kind == "predict":  # predict also answers from a deployed model, by name
+        p.set_defaults(fn=_predict, step=step)
+        p.add_argument("--url", default=os.environ.get("CELLFORGE_URL", "http://127.0.0.1:8000"),
+                       help="a deployed model's server (when BUNDLE is a model name, not a directory)")
+        p.add_argument("--api-key", default=os.environ.get("CELLFORGE_API_KEY"))
+    else:
+        p.set_defaults(fn=_step, step=step)
+
+
+def _help(step: type[Step], name: str) -> str | None:
+    info = step.model_fields[name]
+    if info.is_required():
+        return "required"
+    return None if info.default is None else f"default {info.default!r}"
+
+
+def step_body(step: type[Step], args: argparse.Namespace) -> dict[str, Any]:
+    """The step's fields from ``--config`` and the flags (flags win)."""
+    body: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        body = _yaml(args.config, "--config") or {}
+        if not isinstance(body, dict):
+            raise SpecError([("--config", "expected a YAML mapping of the step's fields")], what="command line")
+    for name, info in step.model_fields.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name == "data" and isinstance(value, str):
+            value = DataRef.from_cli(value)
+        elif name in ("spec", "space"):
+            value = _yaml(value, name)
+        elif isinstance(value, str) and not _is_text(info.annotation):
+            value = yaml.safe_load(value)  # numbers, lists and mappings as YAML: --columns '[a, b]'
+        body[name] = value
+    for dest, value in vars(args).items():
+        if value is None or dest.startswith("alias:") or "." not in dest:
+            continue
+        parent, leaf = dest.split(".", 1)
+        body.setdefault(parent, {})
+        if isinstance(body[parent], dict):
+            body[parent][leaf] = yaml.safe_load(value) if isinstance(value, str) else value
+    for alias, (path, factor) in ALIASES.get(step.kind, {}).items():
+        value = getattr(args, f"alias:{alias}", None)
+        if value is not None:
+            parent, leaf = path.split(".", 1)
+            body.setdefault(parent, {})[leaf] = float(value) * factor
+    return body
+
+
+def _yaml(value: str, field: str) -> Any:
+    """A YAML file's contents, or the value itself read as YAML."""
+    path = Path(value)
+    try:
+        text = path.read_text() if path.suffix in (".yaml", ".yml", ".json") or path.is_file() else value
+        return yaml.safe_load(text)
+    except OSError as e:
+        raise SpecError([(field, f"cannot read {value}: {e.strerror}")], what="command line") from None
+    except yaml.YAMLError as e:
+        raise SpecError([(field, f"not valid YAML: {e}")], what="command line") from None
+
+
+def _step(args) -> int:
+    """Run one step as a one-step job (the same validation as a job file's)."""
+    step: type[Step] = args.step
+    run_job({"name": step.kind, "steps": [{step.kind: step_body(step, args)}]}, address=args.address,
+            base=Path.cwd())
+    return 0
+
+
+def _predict(args) -> int:
+    """``cellforge predict BUNDLE|MODEL``: a bundle directory runs the predict step (printing the
+    predictions when there is no ``--output``); anything else is a deployed model's name."""
+    if Path(args.bundle).is_dir():
+        if args.output is not None:
+            return _step(args)
+        with tempfile.TemporaryDirectory() as tmp:
+            args.output = str(Path(tmp) / "predictions.json")
+            _step(args)
+            print(Path(args.output).read_text())
+        return 0
+    return _predict_remote(args)
+
+
+def _predict_remote(args) -> int:
+    import httpx
+
+    from cellforge.client import Client, RequestError
+
+    if args.input is None:
+        print("cellforge: predict needs --input (a JSON file, or - for stdin)", file=sys.stderr)
+        return 2
+    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        print(f"cellforge: --input is not valid JSON: {e}", file=sys.stderr)
+        return 2
+    inputs = data["inputs"] if isinstance(data, dict) and "inputs" in data else data
+    try:
+        with Client(args.url, api_key=args.api_key) as client:
+            print(json.dumps(client.predict(args.bundle, inputs)))
+    except RequestError as e:
+        print(f"cellforge: {e}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as e:
+        print(f"cellforge: cannot reach {args.url} ({e}); is the model deployed? see --url", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cellforge", description="Recurrent models on Ray: train, sweep, serve.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a job file")
     r.add_argument("job")
-    r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or an embedded local Ray)")
+    r.add_argument("--address", help=ADDRESS_HELP)
     r.set_defaults(fn=_run)
     v = sub.add_parser("validate", help="validate job files without running them")
     v.add_argument("jobs", nargs="+")
     v.set_defaults(fn=_validate)
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    for step in STEPS.values():
+        add_step_command(sub, step)
+    register_submit(sub)  # submit, jobs: Ray jobs on a cluster
     return p
-
-
-# other modules add their sub-commands here: each item is ``register(subparsers)``
-EXTRA_COMMANDS: list = []
-
-
-def _jobs_commands(sub) -> None:
-    """``cellforge submit`` and ``cellforge jobs``: Ray jobs on a cluster (cellforge.submit)."""
-    from cellforge.submit import register
-
-    register(sub)
-
-
-EXTRA_COMMANDS.append(_jobs_commands)
-
-
-def _serving_commands(sub) -> None:
-    """``cellforge deploy`` and ``cellforge predict`` (cellforge.serving.cli)."""
-    from cellforge.serving.cli import register
-
-    register(sub)
-
-
-EXTRA_COMMANDS.append(_serving_commands)
 
 
 def main(argv: list[str] | None = None) -> int:

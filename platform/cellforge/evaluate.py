@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from cellforge import metrics as _metrics
-from cellforge.data import Series, read_table, to_source
-from cellforge.data.preprocess import split_indices
-from cellforge.spec import SpecError
+from cellforge.data import Series, read_table, split_indices, to_source
+from cellforge.errors import SpecError
+from cellforge.model import Model, load
 
 SPLITS = ("test", "val", "train", "all")
 
@@ -42,8 +42,6 @@ def evaluate(bundle: str | Path, data: Any, split: str = "test", framework: str 
     Raises:
         SpecError: the data does not fit the bundle (columns, features, unseen labels).
     """
-    from cellforge.model import load
-
     if split not in SPLITS:
         raise SpecError([("split", f"expected one of {list(SPLITS)}, got {split!r}")], what="evaluate arguments")
     model = load(bundle, framework)
@@ -61,10 +59,7 @@ def evaluate(bundle: str | Path, data: Any, split: str = "test", framework: str 
         except KeyError as e:
             raise SpecError([("data", f"label {e.args[0]!r} is not one the bundle knows: "
                                       f"{pre.state.get('classes')}")], what="data") from None
-    out = model.outputs(x, lengths)
-    if spec.task == "tag":
-        out = out[:, : y.shape[1]]
-    m = _metrics.evaluate(spec.task, out, y, spec.num_classes, pre.state.get("target_scaler"))
+    m = _metrics.score(spec, model.outputs(x, lengths), y, pre.state.get("target_scaler"))
     return {**{f"{split}_{k}": v for k, v in m.items()}, **extra}
 
 
@@ -78,7 +73,7 @@ def _indices(n: int, spec, split: str, shuffle: bool) -> np.ndarray:
     return idx
 
 
-def _series_arrays(model, src: Series, split: str):
+def _series_arrays(model: Model, src: Series, split: str):
     """Windows of a series, as in training: (x, lengths, scaled targets, naive-forecast RMSE)."""
     s = model.preprocessor.state
     values = _columns_of(src, s["columns"])
@@ -123,8 +118,6 @@ def predict_file(bundle: str | Path, input: str | Path, output: str | Path, *, c
     Returns:
         ``{"output": path, "rows": n}``.
     """
-    from cellforge.model import load
-
     input, output = Path(input), Path(output)
     if output.suffix not in (".csv", ".json"):
         raise SpecError([("output", f"expected a .csv or .json file, got {output.name!r}")], what="predict arguments")

@@ -65,6 +65,14 @@ def evaluate(task: str, out: np.ndarray, y: np.ndarray, num_classes=None, target
     return finalize(task, stats(task, out, y, num_classes, target_scaler), num_classes)
 
 
+def score(spec, out: np.ndarray, y: np.ndarray, target_scaler: dict | None = None) -> dict[str, float]:
+    """Metrics of a model's raw outputs against encoded targets. A tagger's outputs cover the
+    batch's padded steps; they are cut to the targets' width first."""
+    if spec.task == "tag":
+        out = out[:, : y.shape[1]]
+    return evaluate(spec.task, out, y, spec.num_classes, target_scaler)
+
+
 def mode_of(metric: str) -> str:
     """'min' or 'max' for a metric name such as 'val_accuracy'."""
     return MODES.get(metric.split("_", 1)[-1] if metric.startswith(("val_", "train_", "test_")) else metric, "min")

@@ -14,19 +14,20 @@ import numpy as np
 
 from cellforge import bundle as _bundle
 from cellforge.backends import get_backend
-from cellforge.data.preprocess import Preprocessor
+from cellforge.data import Preprocessor
 
 
 class Model:
-    """Predict from a bundle. ``framework``: 'torch', 'tensorflow' or 'numpy' (default: as trained)."""
+    """Predict from a bundle. ``framework``: the runtime — 'torch', 'tensorflow' or 'numpy'
+    (default: the framework it was trained in). ``net`` is that runtime's network."""
 
     def __init__(self, path: str | Path, framework: str | None = None):
         self.path = Path(path)
         self.spec, self.weights, state, self.metrics = _bundle.read(self.path)
         self.preprocessor = Preprocessor(state)
         self.framework = framework or self.spec.framework
-        self._backend = get_backend(self.framework)
-        self._net = self._backend.build(self.spec, self.weights) if self.framework != "numpy" else None
+        self.backend = get_backend(self.framework)
+        self.net = self.backend.build(self.spec, self.weights)
 
     def __repr__(self) -> str:
         s = self.spec
@@ -34,9 +35,7 @@ class Model:
 
     def outputs(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Raw network outputs (logits / scaled values) for model-ready arrays."""
-        if self._net is None:
-            return self._backend.forward(self.spec, self.weights, x, lengths)
-        return self._backend.predict(self._net, x, lengths)
+        return self.backend.predict(self.net, x, lengths)
 
     def predict_details(self, inputs: Any) -> dict[str, Any]:
         """Labels and probabilities (classify/tag) or values (regress/forecast), for raw inputs."""

@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cellforge.submit import parse_pairs
+
 # the kernel of the Python running this module: on a cluster node that is the Python with
 # cellforge and Ray, whatever kernel name the notebook was saved with
 KERNEL = "python3"
@@ -21,8 +23,6 @@ KERNEL = "python3"
 
 def main(argv: list[str] | None = None) -> int:
     import papermill
-
-    from cellforge.submit import parse_pairs
 
     p = argparse.ArgumentParser(prog="python -m cellforge.notebook_job")
     p.add_argument("notebook")

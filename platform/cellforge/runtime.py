@@ -8,6 +8,8 @@ import os
 import signal
 import threading
 
+from cellforge import _ray
+
 # a Tune trial plus its Train workers (or Serve replicas) each hold a logical CPU; on a
 # small machine they would deadlock waiting for cores, so the embedded Ray advertises more
 # logical CPUs than cores (the OS time-slices them). Override with CELLFORGE_NUM_CPUS.
@@ -34,12 +36,7 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
         return
     cpus = int(os.environ.get("CELLFORGE_NUM_CPUS", max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)))
-    # Ray resolves _node_ip_address="127.0.0.1" to the machine's reachable IP unless cluster mode is
-    # off, as on macOS; turning it off keeps the embedded Ray's node on the loopback address.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # for the processes Ray starts
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    _ray.loopback_only()  # keep the embedded Ray's node on 127.0.0.1
     import psutil
 
     for attempt in (1, 2, 3):

@@ -16,42 +16,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from cellforge.cells import CELLS
+from cellforge.errors import Problems, Strict
 
 TASKS = ("classify", "regress", "forecast", "tag")
 FRAMEWORKS = ("torch", "tensorflow")
 
 
-class SpecError(ValueError):
-    """A spec, job file or request is invalid; ``problems`` lists (field path, message)."""
-
-    def __init__(self, problems: list[tuple[str, str]], what: str = "spec"):
-        self.problems = problems
-        lines = "\n".join(f"  - {path or '<root>'}: {msg}" for path, msg in problems)
-        super().__init__(f"invalid {what} ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{lines}")
-
-    @classmethod
-    def from_validation(cls, err: ValidationError, what: str = "spec", prefix: str = "") -> SpecError:
-        return cls(problems_of(err, prefix), what)
-
-
-def problems_of(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    """Flatten a pydantic error into (dotted field path, message with the value received)."""
-    out = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        path = ".".join(p for p in (prefix, loc) if p)
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif e["type"] not in ("missing",) and "input" in e and not isinstance(e["input"], dict):
-            msg += f" (got {e['input']!r})"
-        out.append((path, msg))
-    return out
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class _Strict(Strict):
+    what = "spec"
 
 
 class InputSpec(_Strict):
@@ -102,6 +77,18 @@ class TrainingSpec(_Strict):
     early_stopping: EarlyStopping | None = None
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _splits(self) -> TrainingSpec:
+        problems = []
+        if self.val_fraction + self.test_fraction >= 0.9:
+            problems.append(("test_fraction", "val_fraction + test_fraction must be < 0.9, got "
+                                              f"{self.val_fraction + self.test_fraction:g}"))
+        if self.early_stopping is not None and self.val_fraction == 0:
+            problems.append(("early_stopping", "needs a validation split (val_fraction > 0)"))
+        if problems:
+            raise Problems(problems)
+        return self
+
 
 class ModelSpec(_Strict):
     """A recurrent model and how to train it, independent of the framework.
@@ -125,48 +112,18 @@ class ModelSpec(_Strict):
     input: InputSpec = Field(default_factory=InputSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
 
+    @field_validator("cell")
+    @classmethod
+    def _known_cell(cls, v: str) -> str:  # a field check, so it is reported with every other field's
+        if v not in CELLS:
+            raise ValueError(f"unknown cell {v!r}; known cells: {sorted(CELLS)}")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
-        from cellforge.cells import CELLS
-
-        problems = []
-        if self.cell not in CELLS:
-            problems.append(f"cell: unknown cell {self.cell!r}; known cells: {sorted(CELLS)}")
         if self.task == "forecast" and self.input.type == "text":
-            problems.append("input.type: forecast needs numeric input, got 'text'")
-        t = self.training
-        if t.val_fraction + t.test_fraction >= 0.9:
-            problems.append(
-                f"training.test_fraction: val_fraction + test_fraction must be < 0.9, got {t.val_fraction + t.test_fraction:g}"
-            )
-        if t.early_stopping is not None and t.val_fraction == 0:
-            problems.append("training.early_stopping: needs a validation split (val_fraction > 0)")
-        if problems:
-            raise ValueError(" || ".join(problems))  # split back into field paths by parse()
+            raise Problems([("input.type", "forecast needs numeric input, got 'text'")])
         return self
-
-    # construction that reports every problem at once -------------------------
-    @classmethod
-    def parse(cls, data: dict[str, Any] | ModelSpec, prefix: str = "") -> ModelSpec:
-        """Validate a plain dict; raise one SpecError listing every problem."""
-        if isinstance(data, ModelSpec):
-            return data
-        if not isinstance(data, dict):
-            raise SpecError([(prefix, f"expected a mapping of spec fields, got {type(data).__name__}")])
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            problems = problems_of(err, prefix)
-            # the cross-field check joins its problems with " || ", each naming its own path
-            flat = []
-            for path, msg in problems:
-                if path in (prefix, "") and ": " in msg:
-                    for part in msg.split(" || "):
-                        p, _, m = part.partition(": ")
-                        flat.append((".".join(x for x in (prefix, p) if x), m))
-                else:
-                    flat.append((path, msg))
-            raise SpecError(flat) from None
 
     def updated(self, **changes: Any) -> ModelSpec:
         """A copy with dotted-path changes, validated: ``spec.updated(**{"training.lr": 0.01})``."""
@@ -174,6 +131,15 @@ class ModelSpec(_Strict):
         for dotted, value in changes.items():
             set_path(data, dotted, value)
         return ModelSpec.parse(data)
+
+    def with_epochs(self, epochs: int | None) -> ModelSpec:
+        """This spec, or a copy training for ``epochs`` (what ``fit``/``sweep``/job steps' ``epochs`` do)."""
+        return self if epochs is None else self.updated(**{"training.epochs": epochs})
+
+    @classmethod
+    def of(cls, spec: ModelSpec | dict[str, Any], epochs: int | None = None, prefix: str = "") -> ModelSpec:
+        """A validated spec from a ModelSpec or a dict of its fields, with ``epochs`` applied."""
+        return cls.parse(spec, prefix).with_epochs(epochs)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

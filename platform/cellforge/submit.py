@@ -25,7 +25,10 @@ from typing import Any
 
 import yaml
 
-from cellforge.spec import SpecError
+from cellforge.errors import SpecError
+from cellforge.jobs import parse_job
+
+PACKAGE = Path(__file__).resolve().parent  # the cellforge package, shipped with every job
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # never uploaded: environments, run outputs, caches (platform/ travels as the cellforge py_module)
@@ -84,9 +87,7 @@ def project_root(path: Path) -> Path:
 
 
 def runtime_env(root: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    import cellforge
-
-    return {"working_dir": str(root), "py_modules": [str(Path(cellforge.__file__).parent)],
+    return {"working_dir": str(root), "py_modules": [str(PACKAGE)],
             "excludes": EXCLUDES, "env_vars": dict(env or {})}
 
 
@@ -126,8 +127,6 @@ def submit(target: str | Path, address: str | None = None, *, params: dict[str, 
     sid = submission_id or f"cellforge-{_slug(path.stem)}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     meta = {"cellforge": "1", "source": rel}
     if path.suffix in (".yaml", ".yml"):
-        from cellforge.jobs import parse_job
-
         if params:
             raise SpecError([("params", "-p applies to notebooks; a job file takes its settings from the file")],
                             what="submission")
@@ -203,9 +202,10 @@ def _first_line(e: Exception) -> str:
 # ------------------------------------------------------------------------- CLI
 def _requests_to_cluster(command):
     """Turn the job server's refusals (HTTP errors the SDK raises as RuntimeError) into one clear line."""
-    from ray.exceptions import RayError  # AuthenticationError: a missing or wrong token
 
     def run(args) -> int:
+        from ray.exceptions import RayError  # AuthenticationError: a missing or wrong token
+
         try:
             return command(args)
         except (RuntimeError, ConnectionError, RayError) as e:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import cellforge as cf
-from cellforge.backends import numpy_backend as ref
-from cellforge.backends import torch_backend as tb
+from cellforge.backends import numpy as ref
+from cellforge.backends import torch as tb
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 
@@ -37,7 +37,7 @@ def test_fit_on_gpu_worker_and_serve_its_bundle_on_gpu(ray_session, runs):
     # trained on CUDA, saved canonical: the CPU reference reproduces the GPU model's outputs
     cpu = cf.load(result.bundle, framework="numpy")
     engine = Engine(DeployConfig(bundle=str(result.bundle), name="digits", num_gpus=1, runtime="torch"))
-    assert next(engine.model._net.parameters()).is_cuda
+    assert next(engine.model.net.parameters()).is_cuda
     x, lengths = engine.prepare([seq.tolist() for seq in data.x[:64]])
     # logits up to ~10 in size: an H100 run measured at most 2.0e-5 apart (float32 rounding, TF32 off)
     np.testing.assert_allclose(engine.run([(x, lengths)])[0], cpu.outputs(x, lengths), atol=5e-5)

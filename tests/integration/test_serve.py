@@ -24,9 +24,9 @@ import yaml
 
 import cellforge as cf
 from cellforge import bundle as B
-from cellforge.backends.numpy_backend import init_params
+from cellforge.backends.numpy import init_params
 from cellforge.client import RequestError
-from cellforge.serving.deploy import version_of
+from cellforge.serving.config import version_of
 
 KEY = "test-key-1234"
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import pytest
 
 import cellforge as cf
 from cellforge import bundle
-from cellforge.backends import numpy_backend as ref
+from cellforge.backends import numpy as ref
 from cellforge.data import prepare
 
 

@@ -11,7 +11,7 @@ from test_parity import check_parity, make_spec, padded_batch
 
 import cellforge as cf
 from cellforge import bundle
-from cellforge.backends import numpy_backend as ref
+from cellforge.backends import numpy as ref
 from cellforge.cells import CELLS, custom_cells
 
 pytestmark = pytest.mark.usefixtures("user_cells")  # elman and mgu (tests/conftest.py)
@@ -52,7 +52,7 @@ LOAD = textwrap.dedent("""
     import sys
     import numpy as np
     from ray import cloudpickle
-    from cellforge.backends import numpy_backend as ref
+    from cellforge.backends import numpy as ref
     from cellforge.cells import load_cells
     from cellforge.spec import ModelSpec
     load_cells(cloudpickle.loads(sys.stdin.buffer.read()))

@@ -6,7 +6,7 @@ import pytest
 
 import cellforge as cf
 from cellforge.data import prepare
-from cellforge.spec import SpecError
+from cellforge.errors import SpecError
 
 
 def test_digits_are_8_step_sequences():

@@ -14,10 +14,11 @@ import pytest
 import cellforge as cf
 from cellforge import bundle
 from cellforge import metrics as M
-from cellforge.backends import numpy_backend as ref
+from cellforge.backends import numpy as ref
 from cellforge.data import prepare
 from cellforge.evaluate import evaluate, predict_file
-from cellforge.jobs import _resolve, parse_job, run_job
+from cellforge.jobs import parse_job, run_job
+from cellforge.jobs.parse import _resolve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -210,16 +211,13 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_endpoints_are_held_after_the_last_step_not_in_between(monkeypatch, digits_bundle):
     """A deploy step followed by more steps: those run first, then the job holds the endpoint (on an
     embedded Ray, until Ctrl-C)."""
-    import importlib
+    from cellforge.jobs import parse, steps
 
-    from cellforge import jobs
-
-    deploy = importlib.import_module("cellforge.serving.deploy")  # the module (the package exports the function)
     calls = []
-    monkeypatch.setitem(jobs.RUNNERS, "deploy", lambda step, base, address: calls.append("deploy") or {
+    monkeypatch.setattr(steps.DeployStep, "run", lambda step, base, address: calls.append("deploy") or {
         "name": step.name, "url": "http://127.0.0.1:8000/v1/models/m", "version": "v"})
-    monkeypatch.setitem(jobs.RUNNERS, "evaluate", lambda step, base, address: calls.append("evaluate") or {})
-    monkeypatch.setattr(deploy, "hold", lambda block, address, message: calls.append(("hold", block)))
+    monkeypatch.setattr(steps.EvaluateStep, "run", lambda step, base, address: calls.append("evaluate") or {})
+    monkeypatch.setattr(parse, "hold", lambda block, address, message: calls.append(("hold", block)))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     run_job({"steps": [{"deploy": {"bundle": str(digits_bundle[0]), "name": "m"}},
                        {"evaluate": {"bundle": str(digits_bundle[0]), "data": {"dataset": "digits"}}}]})

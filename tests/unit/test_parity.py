@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import cellforge as cf
-from cellforge.backends import get_backend, param_shapes
-from cellforge.backends import numpy_backend as ref
+from cellforge.backends import get_backend
+from cellforge.backends import numpy as ref
+from cellforge.backends.network import param_shapes
 
 FRAMEWORKS = ("torch", "tensorflow")
 HEADS = {"classify": {"task": "classify", "num_classes": 4},
@@ -134,7 +135,8 @@ def _regress_data(spec, n=24, seed=2):
 ])
 def test_training_steps_match_torch_and_trained_bundles_cross(training, tmp_path):
     from cellforge import bundle
-    from cellforge.loop import WorkerInfo, batches
+    from cellforge.train.loop import batches
+    from cellforge.train.worker import WorkerInfo
 
     # GRU: Keras keeps both of its biases, so torch's parameters map one to one
     spec = make_spec("gru", 1, True, "forecast", training=training)
@@ -156,7 +158,8 @@ def test_training_steps_match_torch_and_trained_bundles_cross(training, tmp_path
 
 
 def test_keras_optimizer_state_resumes_exactly(tmp_path):
-    from cellforge.loop import WorkerInfo, batches
+    from cellforge.train.loop import batches
+    from cellforge.train.worker import WorkerInfo
 
     spec = make_spec("lstm", 1, False, "forecast", training={"optimizer": "adam", "lr": 0.01, "lr_schedule": "step",
                                                               "lr_step_size": 1})

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 import cellforge as cf
 from cellforge import bundle as B
-from cellforge.backends.numpy_backend import init_params
+from cellforge.backends.numpy import init_params
 from cellforge.serving.config import DeployConfig
 from cellforge.serving.engine import Engine, InputError
 from cellforge.serving.http import BodyLimit, bearer_check, install_errors

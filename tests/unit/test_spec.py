@@ -7,7 +7,8 @@ import sys
 import pytest
 
 import cellforge as cf
-from cellforge.spec import ModelSpec, SpecError
+from cellforge.errors import SpecError
+from cellforge.spec import ModelSpec
 
 
 def test_json_and_yaml_round_trip():

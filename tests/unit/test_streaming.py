@@ -4,7 +4,7 @@ whole sequence (the reference the Serve sessions are held to). Framework parity 
 import numpy as np
 
 import cellforge as cf
-from cellforge.backends import numpy_backend as ref
+from cellforge.backends import numpy as ref
 
 
 def test_streaming_steps_equal_whole_sequence():

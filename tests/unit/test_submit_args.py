@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import cellforge
-from cellforge.spec import SpecError
+from cellforge.errors import SpecError
 from cellforge.submit import (
     auth_token,
     dashboard_address,

@@ -1,60 +1,66 @@
-"""Backends: numpy (the reference), torch and keras, each exposing the same few functions.
+"""Backends: numpy (the reference), torch and keras — the same contract each, one place picks.
 
-Canonical, framework-neutral weight names (what a bundle stores):
+Each backend is a package with the same modules — ``model`` (the network, its ops and the
+canonical-weight converters) and, for those that train, ``train`` (the per-worker ``Fitter``
+and the Ray trainer) — and exposes the :class:`Backend` functions from its ``__init__``. The
+network and its canonical weights are defined once, in :mod:`cellforge.backends.network`.
 
-- ``embedding.weight``            (vocab_size, embedding_dim)      text input only
-- ``rnn.<layer>.<fwd|bwd>.<param>`` each cell parameter, canonical layout (see cells)
-- ``head.weight`` (outputs, hidden * directions), ``head.bias`` (outputs,)
+    >>> from cellforge import ModelSpec
+    >>> from cellforge.backends import get_backend
+    >>> spec = ModelSpec(task="regress", cell="gru", hidden_size=8, input={"num_features": 3})
+    >>> ref = get_backend("numpy")
+    >>> net = ref.build(spec, ref.init_params(spec))
+    >>> ref.predict(net, np.zeros((2, 5, 3), np.float32), np.array([5, 2])).shape
+    (2, 1)
 
-The network every backend computes:
-
-1. text: token ids -> embedding; numeric: features as they are.
-2. each layer runs forward over the valid steps of each sequence (padding sits at the
-   end) and, when bidirectional, backward over the same steps; outputs are concatenated
-   ``[fwd, bwd]``; padded steps output zeros. Dropout between layers in training only.
-3. classify/regress/forecast read ``[h_fwd at the last valid step, h_bwd at step 0]``
-   of the top layer; tag reads every step. A linear head maps that to the outputs.
+Adding a runtime: a package here with the same functions, its name in ``BACKENDS``, and its name
+in the deploy config's ``runtime``; ``tests/unit/test_backends.py`` holds it to the contract.
 """
 
 from __future__ import annotations
 
-from cellforge.cells import get_cell
-from cellforge.spec import ModelSpec
+import importlib
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
-BACKENDS = ("numpy", "torch", "tensorflow")
+import numpy as np  # noqa: F401 - used by the example above
 
-
-def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Canonical name -> shape for every parameter of the network ``spec`` describes."""
-    cell = get_cell(spec.cell)
-    shapes: dict[str, tuple[int, ...]] = {}
-    if spec.input.type == "text":
-        if spec.input.vocab_size is None:
-            raise ValueError("input.vocab_size is not set: fit() fills it in from the data")
-        shapes["embedding.weight"] = (spec.input.vocab_size, spec.input.embedding_dim)
-    in_size = spec.rnn_input_size
-    for layer in range(spec.num_layers):
-        for d in directions(spec):
-            for name, shape in cell.shapes(in_size, spec.hidden_size).items():
-                shapes[f"rnn.{layer}.{d}.{name}"] = shape
-        in_size = spec.hidden_size * spec.num_directions
-    shapes["head.weight"] = (spec.output_size, spec.hidden_size * spec.num_directions)
-    shapes["head.bias"] = (spec.output_size,)
-    return shapes
+# name -> module. Imported on first use: torch and TensorFlow take seconds to import
+BACKENDS: dict[str, str] = {
+    "numpy": "cellforge.backends.numpy",
+    "torch": "cellforge.backends.torch",
+    "tensorflow": "cellforge.backends.keras",
+    "keras": "cellforge.backends.keras",
+}
 
 
-def directions(spec: ModelSpec) -> tuple[str, ...]:
-    return ("fwd", "bwd") if spec.bidirectional else ("fwd",)
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend module provides.
+
+    ``build(spec, params=None)`` a network (random init, or canonical weights loaded);
+    ``predict(net, x, lengths)`` float32 numpy outputs; ``to_canonical(net)`` /
+    ``from_canonical(net, params)`` the weight converters; ``init_params(spec, seed)`` canonical
+    random weights; ``Fitter(spec, info)`` one Ray Train worker's model and optimizer (None for an
+    inference-only backend) and ``make_trainer(worker_fn, config, scaling, run_config)`` its
+    Ray Train trainer.
+    """
+
+    NAME: str
+    TRAINS: bool
+    build: Callable[..., Any]
+    predict: Callable[..., np.ndarray]
+    to_canonical: Callable[..., dict[str, np.ndarray]]
+    from_canonical: Callable[..., Any]
+    init_params: Callable[..., dict[str, np.ndarray]]
+    Fitter: Any
+    make_trainer: Callable[..., Any]
 
 
-def get_backend(name: str):
-    """The backend module for ``name`` ('numpy', 'torch' or 'tensorflow')."""
-    if name == "numpy":
-        from cellforge.backends import numpy_backend as mod
-    elif name == "torch":
-        from cellforge.backends import torch_backend as mod
-    elif name in ("tensorflow", "keras"):
-        from cellforge.backends import keras_backend as mod
-    else:
-        raise ValueError(f"unknown framework {name!r}; known: {list(BACKENDS)}")
-    return mod
+def get_backend(name: str) -> Backend:
+    """The backend for ``name``: 'numpy', 'torch' or 'tensorflow' (alias 'keras')."""
+    try:
+        module = BACKENDS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown framework {name!r}; known: {sorted(BACKENDS)}") from None
+    return importlib.import_module(module)

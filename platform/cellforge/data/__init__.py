@@ -1,129 +1,13 @@
 """Raw data in, padded arrays out — with the preprocessing state a bundle keeps.
 
-Sources: ``(X, y)`` of numpy arrays / lists / strings, :class:`Sequences`, :class:`Series`,
-pandas DataFrames, CSV or Parquet paths, and Ray Data datasets.
-
-    >>> import cellforge as cf
-    >>> data = cf.datasets.load("digits")
-    >>> spec, prepared = prepare(cf.ModelSpec(task="classify"), data)
-    >>> prepared.splits["train"]["x"].shape[1:]
-    (8, 8)
+``sources`` normalises what a user has (arrays, tables, files, Ray datasets) into
+:class:`Sequences` or a :class:`Series`; ``preprocess`` splits it and fits scalers, vocabulary and
+labels on the training split (``prepare``); ``datasets`` holds the built-in data sets.
 """
 
-from __future__ import annotations
+from cellforge.data import datasets
+from cellforge.data.preprocess import Prepared, Preprocessor, prepare, split_indices
+from cellforge.data.sources import Sequences, Series, read_table, to_source
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-
-from cellforge.data.preprocess import Preprocessor, fit_preprocessor
-from cellforge.spec import ModelSpec, SpecError
-
-
-@dataclass
-class Sequences:
-    """Sequence inputs and their labels/values/tags. ``x``: (N, T, F) array, a list of (T_i, F)
-    arrays, a list of strings (text), or a list of token lists."""
-
-    x: Any
-    y: Any
-    name: str = "sequences"
-
-
-@dataclass
-class Series:
-    """A (multivariate) time series: ``values`` (T, F), one column per feature."""
-
-    values: np.ndarray
-    columns: list[str] = field(default_factory=list)
-    name: str = "series"
-
-    def __post_init__(self):
-        self.values = np.asarray(self.values, dtype=np.float64)
-        if self.values.ndim == 1:
-            self.values = self.values[:, None]
-        if not self.columns:
-            self.columns = [f"x{i}" for i in range(self.values.shape[1])]
-
-
-@dataclass
-class Prepared:
-    """Model-ready splits ({'train', 'val', 'test'} -> {'x', 'lengths', 'y'}) and the preprocessor."""
-
-    splits: dict[str, dict[str, np.ndarray]]
-    preprocessor: Preprocessor
-    raw_test: Any = None  # the test split's raw inputs, for showing predictions next to the truth
-    baseline: dict[str, float] = field(default_factory=dict)  # e.g. the naive forecast's test RMSE
-
-
-def to_source(data: Any, spec: ModelSpec) -> Sequences | Series:
-    """Normalise any supported source into Sequences or Series."""
-    if isinstance(data, (Sequences, Series)):
-        return data
-    if isinstance(data, (str, Path)):
-        data = read_table(Path(data))
-    if type(data).__module__.startswith("ray.data"):
-        data = data.to_pandas()
-    if isinstance(data, tuple) and len(data) == 2:
-        return Sequences(*data)
-    if type(data).__name__ == "DataFrame":
-        return _from_frame(data, spec)
-    if spec.task == "forecast" and isinstance(data, (np.ndarray, list)):
-        return Series(np.asarray(data, dtype=np.float64))
-    raise SpecError([("data", "expected (X, y), Sequences, Series, a DataFrame, a CSV/Parquet path or a "
-                      f"Ray Dataset, got {type(data).__name__}")], what="data")
-
-
-def read_table(path: Path):
-    import pandas as pd
-
-    if not path.exists():
-        raise SpecError([("data", f"file not found: {path}")], what="data")
-    if path.suffix in (".csv", ".txt", ".tsv"):
-        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
-    if path.suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    raise SpecError([("data", f"unsupported file type {path.suffix!r}; use .csv, .tsv or .parquet")], what="data")
-
-
-def _from_frame(df, spec: ModelSpec) -> Sequences | Series:
-    inp = spec.input
-    missing = [c for c in [*(inp.columns or []), *_as_list(inp.target), *([inp.group] if inp.group else [])]
-               if c not in df.columns]
-    if missing:
-        raise SpecError([("input.columns", f"columns {missing} not in the data; it has {list(df.columns)}")],
-                        what="data")
-    targets = _as_list(inp.target)
-    if spec.task == "forecast":
-        cols = inp.columns or [c for c in df.columns if np.issubdtype(df[c].dtype, np.number)]
-        return Series(df[cols].to_numpy(np.float64), list(cols), name="table")
-    if not targets:
-        raise SpecError([("input.target", "name the label/value column of a table source")], what="data")
-    feats = inp.columns or [c for c in df.columns if c not in (*targets, inp.group)]
-    if inp.type == "text":
-        return Sequences(df[feats[0]].astype(str).tolist(), df[targets[0]].to_numpy(), name="table")
-    if inp.group is None:  # one row = one sequence of length 1 is rarely meant: require a group
-        raise SpecError([("input.group", "numeric table sources need a column that groups rows into sequences")],
-                        what="data")
-    xs, ys = [], []
-    for _, g in df.groupby(inp.group, sort=False):
-        xs.append(g[feats].to_numpy(np.float32))
-        y = g[targets].to_numpy()
-        ys.append(y[:, 0] if spec.task == "tag" else (y[0, 0] if spec.task == "classify" else y[0]))
-    return Sequences(xs, ys if spec.task == "tag" else np.asarray(ys), name="table")
-
-
-def _as_list(v) -> list[str]:
-    return [] if v is None else [v] if isinstance(v, str) else list(v)
-
-
-def prepare(spec: ModelSpec, data: Any) -> tuple[ModelSpec, Prepared]:
-    """Split, fit preprocessing on the training split only, and fill in the spec's sizes."""
-    src = to_source(data, spec)
-    if spec.task == "forecast" and not isinstance(src, Series):
-        raise SpecError([("data", "forecast needs a time series (Series, 1-D/2-D array or a table)")], what="data")
-    if spec.task != "forecast" and isinstance(src, Series):
-        raise SpecError([("task", f"a time series needs task 'forecast', got {spec.task!r}")], what="data")
-    return fit_preprocessor(spec, src)
+__all__ = ["Prepared", "Preprocessor", "Sequences", "Series", "datasets", "prepare", "read_table",
+           "split_indices", "to_source"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cellforge.data import Sequences, Series
+from cellforge.data.sources import Sequences, Series
 
 
 def digits() -> Sequences:

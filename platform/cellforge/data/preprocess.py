@@ -3,17 +3,25 @@
 The state is plain JSON (``Preprocessor.state``) so a bundle carries it without pickle,
 and ``Preprocessor.transform`` turns the same raw inputs a user has (strings, raw
 values) into model arrays at predict time.
+
+    >>> import cellforge as cf
+    >>> spec, prepared = prepare(cf.ModelSpec(task="classify"), cf.datasets.load("digits"))
+    >>> prepared.splits["train"]["x"].shape[1:], spec.num_classes
+    ((8, 8), 10)
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from cellforge.spec import ModelSpec, SpecError
+from cellforge.data.sources import Sequences, Series, to_source
+from cellforge.errors import SpecError
+from cellforge.spec import ModelSpec
 
 PAD, UNK = "<pad>", "<unk>"
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -32,6 +40,10 @@ class Preprocessor:
         text = text.lower() if s["lowercase"] else text
         return list(text) if s["tokenizer"] == "char" else _WORD.findall(text)
 
+    def token_ids(self, text: str) -> list[int]:
+        """The vocabulary ids of ``text``'s tokens (1, ``<unk>``, for unknown ones)."""
+        return [self._index.get(tok, 1) for tok in self.tokenize(text)]
+
     def transform(self, raw: Any) -> tuple[np.ndarray, np.ndarray]:
         """Raw inputs -> (padded x, lengths). Text: strings; numeric: (N,T,F) or a list of (T_i,F)."""
         s = self.state
@@ -42,7 +54,7 @@ class Preprocessor:
             for i, t in enumerate(raw):
                 if not isinstance(t, str):
                     raise SpecError([(f"inputs.{i}", f"expected a string, got {type(t).__name__}")], what="input")
-                ids = [self._index.get(tok, 1) for tok in self.tokenize(t)] or [1]
+                ids = self.token_ids(t) or [1]
                 seqs.append(np.asarray(ids, np.int64))
             return pad(seqs, s.get("max_length"), np.int64)
         seqs = as_sequences(raw, s["num_features"])
@@ -153,9 +165,27 @@ def split_indices(n: int, val: float, test: float, seed: int, shuffle: bool) -> 
     return {"train": idx[:n_train], "val": idx[n_train: n_train + n_val], "test": idx[n_train + n_val:]}
 
 
-def fit_preprocessor(spec: ModelSpec, src) -> tuple[ModelSpec, Any]:
-    from cellforge.data import Prepared, Series
+@dataclass
+class Prepared:
+    """Model-ready splits ({'train', 'val', 'test'} -> {'x', 'lengths', 'y'}) and the preprocessor."""
 
+    splits: dict[str, dict[str, np.ndarray]]
+    preprocessor: Preprocessor
+    raw_test: Any = None  # the test split's raw inputs, for showing predictions next to the truth
+    baseline: dict[str, float] = field(default_factory=dict)  # e.g. the naive forecast's test RMSE
+
+
+def prepare(spec: ModelSpec, data: Any) -> tuple[ModelSpec, Prepared]:
+    """Split, fit preprocessing on the training split only, and fill in the spec's sizes."""
+    src = to_source(data, spec)
+    if spec.task == "forecast" and not isinstance(src, Series):
+        raise SpecError([("data", "forecast needs a time series (Series, 1-D/2-D array or a table)")], what="data")
+    if spec.task != "forecast" and isinstance(src, Series):
+        raise SpecError([("task", f"a time series needs task 'forecast', got {spec.task!r}")], what="data")
+    return fit_preprocessor(spec, src)
+
+
+def fit_preprocessor(spec: ModelSpec, src: Sequences | Series) -> tuple[ModelSpec, Prepared]:
     if isinstance(src, Series):
         return _fit_series(spec, src)
     t, inp = spec.training, spec.input
@@ -203,9 +233,7 @@ def fit_preprocessor(spec: ModelSpec, src) -> tuple[ModelSpec, Any]:
     return spec, Prepared(splits, pre, raw_test)
 
 
-def _fit_series(spec: ModelSpec, src) -> tuple[ModelSpec, Any]:
-    from cellforge.data import Prepared
-
+def _fit_series(spec: ModelSpec, src: Series) -> tuple[ModelSpec, Prepared]:
     inp, t = spec.input, spec.training
     values = src.values
     names = _targets(spec, src)

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from ray import serve
 
-from cellforge.serving.config import INDEX_APP, DeployConfig
+from cellforge.serving.config import INDEX_APP, DeployConfig, resolve_bundle
 from cellforge.serving.engine import Engine
 from cellforge.serving.http import BodyLimit, bearer_check, install_errors, unknown
 from cellforge.serving.schema import (
@@ -243,8 +243,6 @@ def index_api(index: Index) -> FastAPI:
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """A model application from deploy-config fields (what a Serve YAML passes as ``args``)."""
-    from cellforge.serving.deploy import resolve_bundle
-
     cfg = DeployConfig.parse({**args, "bundle": str(resolve_bundle(args.get("bundle", "")))})
     return ModelServer.options(**cfg.serve_options()).bind(cfg.model_dump())
 

@@ -1,4 +1,5 @@
-"""What a deployment is: one validated config, the same from a notebook, the CLI, a job or a Serve YAML.
+"""What a deployment is: one validated config, the same from a notebook, the CLI, a job or a Serve
+YAML — and the bundle's identity (where its path resolves, the version it answers with).
 
     >>> cfg = DeployConfig(bundle="runs/quickstart/bundle", name="digits",
     ...                    autoscaling={"min_replicas": 1, "max_replicas": 4})
@@ -8,19 +9,22 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from cellforge.spec import SpecError, problems_of
+from cellforge import bundle as _bundle
+from cellforge.errors import Problems, Strict
 
 INDEX_APP = "cellforge"  # the Serve application that answers /healthz, /v1/models and unknown names
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(Strict):
+    what = "deploy config"
 
 
 class Autoscaling(_Strict):
@@ -78,25 +82,14 @@ class DeployConfig(_Strict):
 
     @model_validator(mode="after")
     def _scaling(self):
+        problems = []
         if self.num_replicas is not None and self.autoscaling is not None:
-            raise ValueError("num_replicas: give either num_replicas or autoscaling, not both")
+            problems.append(("num_replicas", "give either num_replicas or autoscaling, not both"))
         if self.num_gpus and self.runtime != "torch":
-            raise ValueError("runtime: GPU replicas (num_gpus > 0) need runtime 'torch'")
+            problems.append(("runtime", "GPU replicas (num_gpus > 0) need runtime 'torch'"))
+        if problems:
+            raise Problems(problems)
         return self
-
-    @classmethod
-    def parse(cls, data: dict[str, Any], prefix: str = "") -> DeployConfig:
-        """Validate a plain dict; raise one SpecError listing every problem with its field path."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            problems = []
-            for path, msg in problems_of(e, prefix):
-                field, sep, rest = msg.partition(": ")  # cross-field checks name their own field
-                if sep and path == prefix and field in cls.model_fields:
-                    path, msg = ".".join(p for p in (prefix, field) if p), rest
-                problems.append((path, msg))
-            raise SpecError(problems, what="deploy config") from None
 
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options``."""
@@ -111,3 +104,18 @@ class DeployConfig(_Strict):
         else:
             opts["num_replicas"] = self.num_replicas or 1
         return opts
+
+
+def resolve_bundle(bundle: str | Path) -> Path:
+    """A bundle path as given, else relative to ``$CELLFORGE_HOME`` (where relative Serve-YAML paths
+    are meant to start: the directory ``serve run`` was started in, which Ray workers may not share)."""
+    p = Path(bundle).expanduser()
+    if not p.is_absolute() and not p.exists() and os.environ.get("CELLFORGE_HOME"):
+        p = Path(os.environ["CELLFORGE_HOME"]) / p
+    return p.resolve()
+
+
+def version_of(cfg: DeployConfig) -> str:
+    """The version a deployment answers with: ``cfg.version``, or the first 12 hex digits of the
+    bundle manifest's sha256 (so redeploying the same bundle is the same version)."""
+    return cfg.version or _bundle.digest(cfg.bundle)[:12]

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cellforge.serving.config import INDEX_APP, DeployConfig
+from cellforge import _ray
+from cellforge import bundle as _bundle
+from cellforge.client import Client
+from cellforge.log import log
+from cellforge.runtime import ensure_ray
+from cellforge.serving.config import INDEX_APP, DeployConfig, resolve_bundle, version_of
 
 DEFAULT_PORT = 8000  # Ray Serve's own default
 
@@ -32,19 +37,8 @@ class Endpoint:
     def url(self) -> str:
         return f"{self.base_url}/v1/models/{self.name}"
 
-    def client(self, api_key: str | None = None):
-        from cellforge.client import Client
-
+    def client(self, api_key: str | None = None) -> Client:
         return Client(self.base_url, api_key=api_key)
-
-
-def resolve_bundle(bundle: str | Path) -> Path:
-    """A bundle path as given, else relative to ``$CELLFORGE_HOME`` (where relative Serve-YAML paths
-    are meant to start: the directory ``serve run`` was started in, which Ray workers may not share)."""
-    p = Path(bundle).expanduser()
-    if not p.is_absolute() and not p.exists() and os.environ.get("CELLFORGE_HOME"):
-        p = Path(os.environ["CELLFORGE_HOME"]) / p
-    return p.resolve()
 
 
 def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
@@ -68,10 +62,9 @@ def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int 
     Raises:
         SpecError: an invalid config (every problem named). BundleError: a bundle that does not verify.
     """
+    # Serve and the app module (which imports it) load here: importing Ray Serve takes seconds
     from ray import serve
 
-    from cellforge import bundle as _bundle
-    from cellforge.runtime import ensure_ray
     from cellforge.serving.app import build_app, build_index
 
     cfg = DeployConfig.parse({**config, "bundle": str(resolve_bundle(bundle)), "name": name})
@@ -91,7 +84,7 @@ def hold(block: bool | None, address: str | None, message: str) -> None:
         block = not (address or os.environ.get("RAY_ADDRESS"))
     if not block:
         return
-    print(f"[cellforge] {message}", flush=True)
+    log.info(message)
     try:
         while True:
             time.sleep(3600)
@@ -106,16 +99,8 @@ def undeploy(name: str) -> None:
     serve.delete(name)
 
 
-def version_of(cfg: DeployConfig) -> str:
-    import hashlib
-
-    return cfg.version or hashlib.sha256((Path(cfg.bundle) / "manifest.json").read_bytes()).hexdigest()[:12]
-
-
 def base_url() -> str:
     """The URL of the running Serve's HTTP proxy (0.0.0.0 is reached through 127.0.0.1)."""
-    from ray.serve.context import _get_global_client
-
-    http = _get_global_client().http_config
-    host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
-    return f"http://{host}:{http.port}"
+    host, port = _ray.serve_http_address()
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{port}"

@@ -11,32 +11,24 @@ numpy reference's ``step``, so an endpoint answers what ``cf.load(bundle).predic
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError
 from threadpoolctl import threadpool_limits
 
+from cellforge.backends.numpy import step as reference_step
 from cellforge.data.preprocess import scale
-from cellforge.serving.config import DeployConfig
-from cellforge.serving.schema import ApiError, Problem
-from cellforge.spec import SpecError
+from cellforge.errors import SpecError
+from cellforge.model import load
+from cellforge.serving.config import DeployConfig, version_of
+from cellforge.serving.schema import ApiError, InputError, Problem
 
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # ints pass; bools, strings, NaN do not
 STEPS = TypeAdapter(list[Finite | list[Finite]])
 NUMERIC = TypeAdapter(list[list[Finite | list[Finite]]])
 MAX_PROBLEMS = 5  # a NaN-filled batch would otherwise list every value
 TEXT = TypeAdapter(list[Annotated[str, Field(strict=True)]])
-
-
-class InputError(Exception):
-    """Raw inputs that do not fit the model: 422 with every problem's field."""
-
-    def __init__(self, problems: list[Problem]):
-        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
-        self.problems = problems
 
 
 def _type_problems(err: ValidationError, prefix: str) -> list[Problem]:
@@ -59,8 +51,6 @@ class Engine:
     """A loaded bundle plus the limits of one deployment."""
 
     def __init__(self, cfg: DeployConfig):
-        from cellforge.model import load
-
         self.cfg = cfg
         # BLAS / torch threads beyond a replica's CPU share only contend with its neighbours: on a
         # busy 2-core machine a 64-sequence batch took 220 ms with OpenBLAS's default, 14 ms with one
@@ -71,15 +61,12 @@ class Engine:
 
             torch.set_num_threads(threads)
         self.model = load(cfg.bundle, framework=cfg.runtime)
-        if cfg.num_gpus and self.model._net is not None:
-            from cellforge.backends.torch_backend import to_cuda
-
-            to_cuda(self.model._net)
+        if cfg.num_gpus:  # runtime torch (DeployConfig checks)
+            self.model.backend.to_cuda(self.model.net)
         self.spec, self.pre = self.model.spec, self.model.preprocessor
         self.state = self.pre.state
         self.text = self.state["input_type"] == "text"
-        digest = hashlib.sha256((Path(cfg.bundle) / "manifest.json").read_bytes()).hexdigest()
-        self.version = cfg.version or digest[:12]  # as deploy.version_of
+        self.version = version_of(cfg)
 
     # requests -> arrays ----------------------------------------------------------
     def prepare(self, inputs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +133,7 @@ class Engine:
         if self.text:
             if not isinstance(raw, str):
                 raise InputError([Problem(field="inputs", message="expected text (a string) for a text model")])
-            ids = [self.pre._index.get(tok, 1) for tok in self.pre.tokenize(raw)]
+            ids = self.pre.token_ids(raw)
             if not ids:
                 raise InputError([Problem(field="inputs", message="no tokens in the text")])
             arr = np.asarray([ids], np.int64)
@@ -176,12 +163,10 @@ class Engine:
         ``predict`` reads only the last ``window`` steps, a session everything from its start: the
         two agree while a session is at most ``window`` steps long.)
         """
-        from cellforge.backends.numpy_backend import step
-
         if not self.streams:
             raise ApiError(400, "unsupported", "model", "a bidirectional model reads whole sequences; "
                                                         "sessions need a unidirectional one")
-        out, new_state = step(self.spec, self.model.weights, x, state)
+        out, new_state = reference_step(self.spec, self.model.weights, x, state)
         steps = out.shape[1]
         if self.spec.task == "tag":
             d = self.respond(out, np.asarray([steps]))

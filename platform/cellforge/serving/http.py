@@ -9,8 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from cellforge.serving.schema import ApiError, ErrorBody, Problem, validation_problems
-from cellforge.spec import SpecError
+from cellforge.errors import SpecError
+from cellforge.serving.schema import ApiError, ErrorBody, InputError, Problem, validation_problems
 
 CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
          413: "too_large", 415: "unsupported_media_type", 422: "invalid_input"}
@@ -26,7 +26,6 @@ def problems_response(status: int, problems: list[Problem], code: str | None = N
 def install_errors(api: FastAPI, unknown_model: bool = False) -> None:
     """Every error becomes ``ErrorBody`` JSON. ``unknown_model``: the index app answers 404 for any
     model route, whatever the body, since it only sees names no deployed app has claimed."""
-    from cellforge.serving.engine import InputError
 
     @api.exception_handler(ApiError)
     async def _api(request: Request, e: ApiError):

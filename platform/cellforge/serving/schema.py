@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from cellforge.errors import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(Strict):
+    what = "request"
 
 
 class Problem(_Strict):
@@ -38,6 +40,14 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         return ErrorBody(error=self.code, message=f"{self.field}: {self.message}",
                          problems=[Problem(field=self.field, message=self.message)]).model_dump()
+
+
+class InputError(Exception):
+    """Raw inputs that do not fit the model: 422 with every problem's field."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+        self.problems = problems
 
 
 INPUTS_DOC = ("A batch of raw inputs: strings for text models; for numeric models a list of sequences, "

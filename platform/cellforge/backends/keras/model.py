@@ -1,13 +1,10 @@
-"""Keras 3 (TensorFlow) backend: keras LSTM/GRU/SimpleRNN for built-in cells, a generic
+"""The Keras 3 (TensorFlow) network: keras LSTM/GRU/SimpleRNN for built-in cells, a generic
 keras RNN cell for cells of your own, and converters to and from the canonical weights.
 
-Training (the per-worker ``Fitter`` and ``make_trainer``) lives in ``keras_train``.
-
-    >>> from cellforge.backends import get_backend, numpy_backend
+    >>> from cellforge.backends import get_backend
     >>> spec = ModelSpec(task="regress", cell="gru", hidden_size=8, input={"num_features": 3})
-    >>> params = numpy_backend.init_params(spec)
     >>> kb = get_backend("tensorflow")
-    >>> kb.predict(kb.build(spec, params), np.zeros((2, 5, 3), np.float32), np.array([5, 2])).shape
+    >>> kb.predict(kb.build(spec, kb.init_params(spec)), np.zeros((2, 5, 3), np.float32), np.array([5, 2])).shape
     (2, 1)
 """
 
@@ -25,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
-from cellforge.backends import directions, param_shapes  # noqa: E402
+from cellforge.backends.network import check_shapes, directions, param_shapes  # noqa: E402
 from cellforge.cells import get_cell  # noqa: E402
 from cellforge.spec import ModelSpec  # noqa: E402
 
@@ -88,7 +85,7 @@ def make_rnn(cell_name: str, input_size: int, hidden: int) -> keras.layers.RNN:
 
 
 class Net(keras.Model):
-    """The network of backends/__init__.py in Keras. ``net(x, lengths, training, full)``;
+    """The network of cellforge.backends.network in Keras. ``net(x, lengths, training, full)``;
     ``full=True`` promises every sequence fills all steps (no masking: faster)."""
 
     def __init__(self, spec: ModelSpec):
@@ -177,12 +174,8 @@ def _fused_canonical(c, fused: str, param: str) -> np.ndarray:
 
 def from_canonical(net: Net, params: dict[str, np.ndarray]) -> Net:
     """Load canonical weights into ``net`` (shapes checked against the spec)."""
-    shapes, fused = param_shapes(net.spec), get_cell(net.spec.cell).fused
-    for name, v in params.items():
-        if name not in shapes:
-            raise ValueError(f"weight {name}: not a parameter of this model; expected {sorted(shapes)}")
-        if tuple(v.shape) != shapes[name]:
-            raise ValueError(f"weight {name}: expected shape {shapes[name]}, got {tuple(v.shape)}")
+    check_shapes(net.spec, params)
+    fused = get_cell(net.spec.cell).fused
     p = {k: np.asarray(v, np.float32) for k, v in params.items()}
     if net.embedding is not None:
         net.embedding.embeddings.assign(p["embedding.weight"])
@@ -232,6 +225,3 @@ def predict(net: Net, x: np.ndarray, lengths: np.ndarray, batch_size: int = 1024
         fn = forward_fn(net, xb.dtype, xb.ndim, bool((lb == xb.shape[1]).all()))
         outs.append(fn(xb, lb).numpy().astype(np.float32))
     return np.concatenate(outs) if outs else np.zeros((0, net.spec.output_size), np.float32)
-
-
-from cellforge.backends.keras_train import Fitter, make_trainer  # noqa: E402,F401  (the training half)

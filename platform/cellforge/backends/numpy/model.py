@@ -1,6 +1,7 @@
-"""The numpy reference backend: the definition the other backends are tested against.
+"""The numpy reference network: the definition the other backends are tested against.
 
-It is also a dependency-light runtime for small models (serving, sessions).
+It is also a dependency-light runtime for small models (serving, sessions): a "net" here is
+the spec and its canonical weights, run by ``forward``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from cellforge.backends import directions, param_shapes
+from cellforge.backends.network import check_shapes, directions, param_shapes
 from cellforge.cells import get_cell
 from cellforge.spec import ModelSpec
 
@@ -142,3 +143,31 @@ def step(spec: ModelSpec, params, x, state=None):
         h, s = run_direction(cell, layer_params(params, layer, "fwd"), h, mask, None if state is None else state[layer])
         new_state.append(s)
     return (h @ params["head.weight"].T + params["head.bias"]).astype(np.float32), new_state
+
+
+class Net:
+    """The numpy runtime's network: a spec and its canonical weights (float32)."""
+
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray]):
+        self.spec, self.params = spec, params
+
+
+def build(spec: ModelSpec, params: dict[str, np.ndarray] | None = None) -> Net:
+    if params is None:
+        return Net(spec, init_params(spec))
+    check_shapes(spec, params)
+    return Net(spec, {k: np.asarray(v, np.float32) for k, v in params.items()})
+
+
+def predict(net: Net, x, lengths) -> np.ndarray:
+    return forward(net.spec, net.params, x, lengths)
+
+
+def to_canonical(net: Net) -> dict[str, np.ndarray]:
+    return dict(net.params)
+
+
+def from_canonical(net: Net, params: dict[str, np.ndarray]) -> Net:
+    check_shapes(net.spec, params)
+    net.params.update({k: np.asarray(v, np.float32) for k, v in params.items()})
+    return net

@@ -2,7 +2,10 @@
 
     >>> import cellforge as cf
     >>> space = {"cell": cf.choice(["lstm", "gru"]), "training.lr": cf.loguniform(1e-4, 1e-2)}
-    >>> check_space(cf.ModelSpec(), space)     # raises one SpecError naming every bad dimension
+    >>> check_space(cf.ModelSpec(), space)     # every bad dimension, with its path: none here
+    []
+    >>> check_space(cf.ModelSpec(), {"hidden_size": cf.choice([32, 0])})[0][0]
+    'space.hidden_size'
 
 A job file writes the same space as mappings: ``{choice: [lstm, gru]}``, ``{loguniform: [1e-4,
 1e-2]}``; a plain list means ``choice`` and a plain value fixes the field.
@@ -15,7 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cellforge.spec import ModelSpec, SpecError
+from cellforge.errors import SpecError
+from cellforge.spec import ModelSpec
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 # fields that change how the data is split or preprocessed: a space over any of them makes each
@@ -159,7 +163,7 @@ def _check_backend(where: str) -> list[tuple[str, str]]:
     import importlib.util
 
     # found, not imported: importing TensorFlow here would cost the driver seconds
-    if importlib.util.find_spec("cellforge.backends.keras_backend") is None or \
+    if importlib.util.find_spec("cellforge.backends.keras") is None or \
             importlib.util.find_spec("tensorflow") is None:
         return [(f"{where}.framework", "'tensorflow' is not available in this installation (no Keras backend)")]
     return []

@@ -12,7 +12,6 @@ averaged update — so replicas stay identical, as with PyTorch DDP.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import keras
@@ -20,9 +19,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from cellforge.backends.keras_backend import Net, from_canonical, predict, to_canonical
-from cellforge.loop import LRSchedule, WorkerInfo
+from cellforge.backends.keras.model import Net, from_canonical, predict, to_canonical
+from cellforge.backends.network import thread_share
 from cellforge.spec import ModelSpec
+from cellforge.train.worker import LRSchedule, WorkerInfo
 
 
 def make_trainer(worker_fn, config: dict, scaling_config, run_config):
@@ -35,7 +35,7 @@ def make_trainer(worker_fn, config: dict, scaling_config, run_config):
 
 
 def loss_fn(spec: ModelSpec, out, y):
-    """torch_backend.loss_fn: cross-entropy (mean over labels that are not -100) or MSE."""
+    """The torch backend's loss_fn: cross-entropy (mean over labels that are not -100) or MSE."""
     if spec.task in ("classify", "tag"):
         y = tf.reshape(y, [-1])
         valid = tf.cast(y != -100, out.dtype)
@@ -104,11 +104,11 @@ def _dist():
 
 
 class Fitter:
-    """One worker's Keras model, optimizer and schedule; loop.worker_loop drives it."""
+    """One worker's Keras model, optimizer and schedule; ``cellforge.train.loop`` drives it."""
 
     def __init__(self, spec: ModelSpec, info: WorkerInfo):
         try:  # share the node's cores between its workers (before TF's runtime starts)
-            tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // max(1, info.local_world)))
+            tf.config.threading.set_intra_op_parallelism_threads(thread_share(info.local_world))
         except RuntimeError:
             pass
         keras.utils.set_random_seed(spec.training.seed)
@@ -177,7 +177,7 @@ class Fitter:
             self._fns[key] = tf.function(lambda x, lengths, y: self._step(x, lengths, y, full), input_signature=sig)
         return self._fns[key]
 
-    # the Fitter contract (see loop.py) -------------------------------------------------
+    # the Fitter contract (see cellforge.train.loop) -------------------------------------------------
     def train_epoch(self, epoch: int, batches) -> tuple[float, int]:
         """One pass over this rank's batches (x, lengths, y numpy); returns (loss sum, examples)."""
         self.opt.learning_rate = self.lr.value

@@ -6,9 +6,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cellforge import bundle as _bundle
 from cellforge import metrics as _m
+from cellforge.data import prepare
 from cellforge.spec import ModelSpec
-from cellforge.tune_progress import error_line, fmt, trial_number
+from cellforge.train.checkpoint import final_weights
+from cellforge.train.fit import finish
+from cellforge.tune.progress import error_line, fmt, trial_number
 
 
 class Sweep:
@@ -72,11 +76,6 @@ class Sweep:
     @property
     def best_bundle(self) -> Path:
         """The best trial's bundle at ``<path>/best/bundle`` (test metrics included), built once and verified."""
-        from cellforge import bundle as _bundle
-        from cellforge.data import prepare
-        from cellforge.loop import final_weights
-        from cellforge.train import finish
-
         if self._bundle is not None:
             return self._bundle
         b = self.best

@@ -1,6 +1,6 @@
 """The per-worker training loop, framework-neutral: every Ray Train worker runs ``worker_loop``.
 
-A backend supplies ``Fitter(spec, info)`` with ``train_epoch``, ``predict``, ``allreduce``,
+A backend (``cellforge.backends``) supplies ``Fitter(spec, info)`` with ``train_epoch``, ``predict``, ``allreduce``,
 ``get_weights``/``set_weights`` (canonical names) and ``save_state``/``load_state``; this
 module owns sharding, metrics over all ranks, the LR schedule, early stopping, per-epoch
 checkpoints and resuming from the last one.
@@ -8,59 +8,20 @@ checkpoints and resuming from the last one.
 
 from __future__ import annotations
 
-import json
-import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cellforge import metrics
+from cellforge import _ray, metrics
+from cellforge.backends import get_backend
+from cellforge.cells import load_cells
+from cellforge.log import log
 from cellforge.spec import ModelSpec
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    rank: int
-    world: int
-    local_world: int
-    use_gpu: bool
-
-
-class LRSchedule:
-    """Per-epoch learning rate, framework-neutral: step, exponential, cosine, plateau."""
-
-    def __init__(self, spec: ModelSpec):
-        self.t = spec.training
-        self.value, self.best, self.bad, self.epoch = self.t.lr, float("inf"), 0, 0
-
-    def end_epoch(self, val_loss: float | None) -> None:
-        t = self.t
-        self.epoch += 1
-        if t.lr_schedule == "step":
-            self.value = t.lr * t.lr_gamma ** (self.epoch // t.lr_step_size)
-        elif t.lr_schedule == "exponential":
-            self.value = t.lr * t.lr_gamma ** self.epoch
-        elif t.lr_schedule == "cosine":
-            self.value = 0.5 * t.lr * (1 + np.cos(np.pi * min(self.epoch, t.epochs) / t.epochs))
-        elif t.lr_schedule == "plateau" and val_loss is not None:
-            if val_loss < self.best - 1e-12:
-                self.best, self.bad = val_loss, 0
-            else:
-                self.bad += 1
-                if self.bad >= t.lr_patience:
-                    self.value, self.bad = self.value * t.lr_gamma, 0
-
-    def state(self) -> dict:
-        return {"value": self.value, "best": self.best if np.isfinite(self.best) else None,
-                "bad": self.bad, "epoch": self.epoch}
-
-    def load(self, s: dict) -> None:
-        self.value, self.bad, self.epoch = s["value"], s["bad"], s["epoch"]
-        self.best = float("inf") if s["best"] is None else s["best"]
+from cellforge.train import checkpoint
+from cellforge.train.worker import WorkerInfo
 
 
 def batches(split: dict[str, np.ndarray], idx: np.ndarray, batch_size: int):
@@ -79,7 +40,7 @@ def shard_eval(fitter, spec: ModelSpec, split: dict[str, np.ndarray], info: Work
     if len(idx):
         outs = [fitter.predict(xb, lb) for xb, lb, _ in batches(split, idx, 1024)]
         ys = [yb for _, _, yb in batches(split, idx, 1024)]
-        if spec.task == "tag":
+        if spec.task == "tag":  # batches are trimmed to their own longest sequence: pad to one width
             width = max(o.shape[1] for o in outs)
             outs = [np.pad(o, ((0, 0), (0, width - o.shape[1]), (0, 0))) for o in outs]
             ys = [np.pad(y, ((0, 0), (0, width - y.shape[1])), constant_values=-100) for y in ys]
@@ -96,18 +57,15 @@ def _empty(spec):
 
 
 def worker_loop(config: dict[str, Any]) -> None:
-    """Ray Train's ``train_loop_per_worker``: train, report metrics and a checkpoint each epoch."""
+    """Ray Train's ``train_loop_per_worker``: train, report metrics and a checkpoint each epoch.
+
+    ``config`` is what ``cellforge.train.fit.worker_config`` builds; with ``verbose`` false (sweep
+    trials, ``fit(verbose=False)``) rank 0 logs no epoch lines.
+    """
     import ray
     import ray.train
 
-    # Train logs "Reporting training result ..." per report (its logger is named by file path);
-    # our own epoch line says it all
-    from ray.train.v2._internal.execution import context as _train_ctx
-
-    from cellforge.backends import get_backend
-    from cellforge.cells import load_cells
-
-    logging.getLogger(_train_ctx.__file__).setLevel(logging.WARNING)
+    _ray.quiet_train_reports()
     load_cells(config.get("cells", {}))
     spec = ModelSpec.parse(config["spec"])
     data = config["data"]
@@ -126,9 +84,9 @@ def worker_loop(config: dict[str, Any]) -> None:
         ckpt = ray.train.Checkpoint.from_directory(config["init_checkpoint"])
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state, best_weights = _restore(fitter, Path(d))
-        if info.rank == 0:
-            print(f"[cellforge] resuming after epoch {state['epoch'] + 1} from {ckpt.path}", flush=True)
+            state, best_weights = checkpoint.restore(fitter, Path(d))
+        if info.rank == 0 and config.get("verbose", True):
+            log.info("resuming after epoch %d from %s", state["epoch"] + 1, ckpt.path)
 
     state.setdefault("starts", []).append(state["epoch"] + 1)  # epochs each (re)start began at
     train = splits["train"]
@@ -169,15 +127,15 @@ def worker_loop(config: dict[str, Any]) -> None:
         if improved:
             best_weights = weights
         stop = es is not None and state["bad"] >= es.patience
-        if info.rank == 0:
-            print("[cellforge] epoch " + f"{epoch + 1}/{t.epochs} " + "  ".join(
-                f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)), flush=True)
+        if info.rank == 0 and config.get("verbose", True):
+            log.info("epoch %d/%d  %s", epoch + 1, t.epochs, "  ".join(
+                f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and not (k == "rank_weight_spread" and v == 0)))
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
+            saved = None
             if info.rank == 0:
-                _save(fitter, Path(tmp), weights, best_weights, state)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({k: v for k, v in row.items()} | {"stopped_early": stop}, checkpoint=checkpoint)
+                checkpoint.save(fitter, Path(tmp), weights, best_weights, state)
+                saved = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({k: v for k, v in row.items()} | {"stopped_early": stop}, checkpoint=saved)
         if stop:
             break
 
@@ -194,31 +152,3 @@ def _rank_spread(fitter, info: WorkerInfo) -> float:
     return float(slots.max() - slots.min())
 
 
-def _save(fitter, d: Path, weights, best_weights, state) -> None:
-    from safetensors.numpy import save_file
-
-    save_file(weights, str(d / "weights.safetensors"))
-    if best_weights is not None:
-        save_file(best_weights, str(d / "best.safetensors"))
-    fitter.save_state(d)
-    (d / "state.json").write_text(json.dumps(state | {"lr": fitter.lr.state()}))
-
-
-def _restore(fitter, d: Path):
-    from safetensors.numpy import load_file
-
-    state = json.loads((d / "state.json").read_text())
-    fitter.set_weights(load_file(str(d / "weights.safetensors")))
-    fitter.load_state(d)
-    fitter.lr.load(state.pop("lr"))
-    best = load_file(str(d / "best.safetensors")) if (d / "best.safetensors").exists() else None
-    return state, best
-
-
-def final_weights(checkpoint_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The weights a finished run keeps (the best epoch's under early stopping) and its state."""
-    from safetensors.numpy import load_file
-
-    state = json.loads((checkpoint_dir / "state.json").read_text())
-    best = checkpoint_dir / "best.safetensors"
-    return load_file(str(best if best.exists() else checkpoint_dir / "weights.safetensors")), state

@@ -20,28 +20,20 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing import TYPE_CHECKING, Any
 
 from cellforge import metrics as _metrics
-from cellforge.spec import ModelSpec, SpecError
-from cellforge.tune_space import (  # noqa: F401 - the public API
-    Dim,
-    affects_data,
-    as_space,
-    check_space,
-    choice,
-    grid,
-    loguniform,
-    randint,
-    uniform,
-)
+from cellforge.cells import custom_cells
+from cellforge.data import prepare
+from cellforge.errors import SpecError
+from cellforge.log import log
+from cellforge.runtime import ensure_ray, own_sigint
+from cellforge.spec import ModelSpec
+from cellforge.train.fit import check_name, runs_dir
+from cellforge.tune.space import Dim, affects_data, as_space, check_space
 
 if TYPE_CHECKING:  # importing it pulls in Ray Tune; job-file validation stays light without it
-    from cellforge.tune_result import Sweep
-
-__all__ = ["SweepStep", "choice", "grid", "loguniform", "randint", "run_sweep", "sweep", "uniform"]
+    from cellforge.tune.result import Sweep
 
 SCHEDULERS = ("asha", "pbt", "fifo")
 SEARCHES = ("random", "grid", "optuna")
@@ -80,24 +72,18 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     Raises:
         SpecError: the spec, the space, the data or an argument is invalid — before any trial starts.
     """
+    # Ray Tune is imported here, not at the top: it takes seconds, and job files are validated without it
     import ray
     from ray import tune
 
-    from cellforge.cells import custom_cells
-    from cellforge.data import prepare
-    from cellforge.runtime import ensure_ray, own_sigint
-    from cellforge.train import check_name, runs_dir
-    from cellforge.tune_progress import Progress, Relay, live
-    from cellforge.tune_result import Sweep
-    from cellforge.tune_trial import Trial
+    from cellforge.tune.progress import Progress, Relay, live
+    from cellforge.tune.result import Sweep
+    from cellforge.tune.trial import Trial
 
-    spec = ModelSpec.parse(spec.model_dump() if isinstance(spec, ModelSpec) else spec)
-    if epochs is not None:
-        spec = spec.updated(**{"training.epochs": epochs})
+    spec = ModelSpec.of(spec, epochs)
     dims, problems = as_space(space)
-    problems += check_space(spec, dims)
-    problems += _check_args(spec, dims, trials, metric, scheduler, search, workers_per_trial, grace_period,
-                            reduction_factor)
+    problems += sweep_problems(spec, dims, trials, metric, scheduler, search, workers_per_trial, grace_period,
+                               reduction_factor)
     if problems:
         raise SpecError(problems, what="sweep")
     metric = metric or default_metric(spec.task)
@@ -107,7 +93,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     storage = Path(storage_path).resolve() if storage_path else runs_dir()
     spec, prepared = prepare(spec, data)  # the data's problems surface here, before any trial
     ensure_ray(address)
-    workers_cpu = workers_per_trial  # one CPU per Train worker (see train._trainer)
+    workers_cpu = workers_per_trial  # one CPU per Train worker (see cellforge.train.fit.trainer)
     if max_concurrent is None:
         res = ray.cluster_resources()
         max_concurrent = max(1, int(res.get("CPU", 1)) // (1 + workers_cpu))  # a trial's own slot + its workers
@@ -142,7 +128,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
         failure_config=tune.FailureConfig(max_failures=0))  # a failing trial is reported, not retried
     if tune.Tuner.can_restore(str(exp)):
         if verbose:
-            print(f"[cellforge] resuming sweep {name} from {exp}", flush=True)
+            log.info("resuming sweep %s from %s", name, exp)
         # the restored experiment brings its own Relay(name) back, which finds this call's Progress
         tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=False)
         try:  # what the earlier run's trials reported, so 'best so far' means over the whole sweep
@@ -160,13 +146,13 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
                                scheduler=_scheduler(scheduler, dims, max_epochs, grace_period, reduction_factor),
                                search_alg=_search(search, seed, max_concurrent), trial_dirname_creator=lambda t: t.trial_id))
         if verbose:
-            print(f"[cellforge] sweep {name}: {n_trials} trials x {workers_per_trial} worker(s), {scheduler} on "
-                  f"{metric} ({mode}), {max_concurrent} at a time; results in {exp}", flush=True)
+            log.info("sweep %s: %d trials x %d worker(s), %s on %s (%s), %d at a time; results in %s", name,
+                     n_trials, workers_per_trial, scheduler, metric, mode, max_concurrent, exp)
     with live(name, progress), own_sigint():
         grid_ = tuner.fit()
     result = Sweep(name, exp, list(dims), metric, mode, grid_, spec, prepared, data if per_trial_data else None)
     if verbose:
-        print(result.summary(), flush=True)
+        log.info(result.summary())
     return result
 
 
@@ -180,8 +166,11 @@ def reported_metrics(task: str) -> list[str]:
     return ["loss", "val_loss", *[f"val_{m}" for m in per_task]]
 
 
-def _check_args(spec, dims, trials, metric, scheduler, search, workers, grace, rf) -> list[tuple[str, str]]:
-    p = []
+def sweep_problems(spec: ModelSpec, dims: dict[str, Dim], trials, metric, scheduler, search, workers, grace,
+                   rf) -> list[tuple[str, str]]:
+    """Every problem of a sweep's space and arguments, for ``spec`` (what ``sweep`` and the job
+    file's sweep step check before any trial starts)."""
+    p = check_space(spec, dims)
     if scheduler not in SCHEDULERS:
         p.append(("scheduler", f"expected one of {list(SCHEDULERS)}, got {scheduler!r}"))
     if search not in SEARCHES:
@@ -281,68 +270,3 @@ class _Null:
 
     def flush(self):
         pass
-
-
-class SweepStep(BaseModel):
-    """A job file's ``sweep`` step: the same fields as ``cellforge.sweep``. Outputs: ``bundle`` (the best
-    trial's, at ``<storage>/<name>/best/bundle``), ``best`` (its parameters and metrics), ``leaderboard``."""
-
-    model_config = ConfigDict(extra="forbid")
-    id: str | None = None
-    data: Any  # a jobs.DataRef (validated below: jobs imports this module, not the other way round)
-    spec: dict[str, Any] = Field(default_factory=dict)
-    space: dict[str, Any]
-    trials: int | None = Field(None, gt=0)
-    metric: str | None = None
-    scheduler: Literal["asha", "pbt", "fifo"] = "asha"
-    search: Literal["random", "grid", "optuna"] = "random"
-    workers_per_trial: int = Field(1, gt=0)
-    use_gpu: bool = False
-    epochs: int | None = Field(None, gt=0)
-    name: str | None = None  # rerunning the job resumes the sweep of this name
-    max_concurrent: int | None = Field(None, gt=0)
-    grace_period: int = Field(1, gt=0)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self):
-        """The data reference, and the space against the step's spec as ``sweep`` checks it (the space
-        check is skipped when the spec holds ${refs}); every problem at once."""
-        from cellforge.jobs import DataRef
-
-        problems = []
-        try:
-            self.data = DataRef.model_validate(self.data)
-        except ValidationError as e:
-            problems += [(".".join(["data", *map(str, x["loc"])]), x["msg"].removeprefix("Value error, "))
-                         for x in e.errors()]
-        problems += self._space_problems()
-        if problems:
-            raise ValueError("; ".join(f"{p}: {m}" for p, m in problems))
-        return self
-
-    def _space_problems(self) -> list[tuple[str, str]]:
-        if "${" in json.dumps(self.spec, default=str):
-            return []
-        try:
-            spec = ModelSpec.parse(self.spec)
-            if self.epochs is not None:
-                spec = spec.updated(**{"training.epochs": self.epochs})
-        except SpecError:
-            return []  # jobs.py reports the spec's own problems
-        dims, problems = as_space(self.space)
-        problems += check_space(spec, dims)
-        return problems + _check_args(spec, dims, self.trials, self.metric, self.scheduler, self.search,
-                                      self.workers_per_trial, self.grace_period, 2)
-
-
-def run_sweep(step: SweepStep, base: Path, address: str | None) -> dict[str, Any]:
-    """The job runner for ``sweep`` steps."""
-    data = step.data.load(base)
-    s = sweep(ModelSpec.parse(step.spec), data, step.space, trials=step.trials, metric=step.metric,
-              scheduler=step.scheduler, search=step.search, workers_per_trial=step.workers_per_trial,
-              use_gpu=step.use_gpu, epochs=step.epochs, name=step.name, address=address,
-              max_concurrent=step.max_concurrent, grace_period=step.grace_period, seed=step.seed)
-    board = s.leaderboard()
-    return {"bundle": str(s.best_bundle), "best": s.best,
-            "leaderboard": json.loads(board.reset_index().to_json(orient="records"))}

@@ -26,10 +26,13 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2.api.callback import UserCallback
 
+from cellforge import _ray
+from cellforge.cells import load_cells
+from cellforge.data import prepare
 from cellforge.spec import ModelSpec
+from cellforge.train.fit import trainer, worker_config
 
 # Train keeps this many checkpoints per run: Tune copies the newest reported one a moment after
 # it is reported, and the run may have moved on by one or two epochs by then
@@ -46,7 +49,7 @@ class _Relay(UserCallback):
         self.queue.put({"metrics": dict(metrics[0]), "checkpoint": checkpoint.path if checkpoint else None})
 
 
-class _ControllerHandle(ControllerCallback):
+class _ControllerHandle(_ray.controller_callback_class()):
     """Runs in the Train controller: hands the trial the controller's handle, so it can abort the run."""
 
     def __init__(self, queue):
@@ -56,26 +59,12 @@ class _ControllerHandle(ControllerCallback):
         self.queue.put({"controller": ray.get_runtime_context().current_actor})
 
 
-def _worker_entry(config: dict[str, Any]) -> None:
-    """A Train worker: the shared loop (which starts from ``config["init_checkpoint"]`` when the
-    run has no checkpoint of its own), with per-worker epoch lines silenced."""
-    import contextlib
-    import io
-
-    from cellforge.loop import worker_loop
-
-    with contextlib.redirect_stdout(io.StringIO()):  # the sweep's progress shows epochs, not each worker
-        worker_loop(config)
-
-
 class Trial(tune.Trainable):
     """A Tune trainable over one Train run. ``ctx`` (from ``tune.with_parameters``) holds the base
     spec, the prepared data (or raw data when a dimension changes preprocessing), workers, GPU use
     and where Train runs are stored."""
 
     def setup(self, config: dict[str, Any], ctx: dict[str, Any] | None = None):
-        from cellforge.cells import load_cells
-
         for name in ("ray.tune", "ray.train"):  # not a line per checkpoint saved
             logging.getLogger(name).setLevel(logging.WARNING)
         self.ctx = ctx
@@ -88,9 +77,6 @@ class Trial(tune.Trainable):
     def _start(self) -> None:
         from ray.util.queue import Queue
 
-        from cellforge.data import prepare
-        from cellforge.train import _trainer
-
         ctx = self.ctx
         spec = ModelSpec.parse(ctx["spec"]).updated(**self.params)
         prepared = ctx["prepared"]
@@ -98,22 +84,20 @@ class Trial(tune.Trainable):
             spec, prepared = prepare(spec, ctx["data"])
         self.spec, self.epochs = spec, spec.training.epochs
         self.queue = Queue(actor_options={"num_cpus": 0})  # unbounded: the controller never blocks on it
-        config = {"spec": spec.model_dump(), "data": ray.put(prepared.splits), "use_gpu": ctx["use_gpu"],
-                  "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": ctx["cells"],
-                  "init_checkpoint": self.init_checkpoint}
+        # the sweep's progress shows epochs, not each trial's workers
+        config = worker_config(spec, prepared, ctx["use_gpu"], init_checkpoint=self.init_checkpoint, verbose=False)
         run_config = ray.train.RunConfig(
             name=f"{self.trial_id}-{time.time_ns()}",  # a fresh run per start; it resumes from init_checkpoint
             storage_path=ctx["train_storage"], callbacks=[_Relay(self.queue), _ControllerHandle(self.queue)],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=TRAIN_CHECKPOINTS_KEPT),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"))
-        trainer = _trainer(spec, config, ctx["workers"], ctx["use_gpu"], run_config)
-        trainer.train_loop_per_worker = _worker_entry
+        run = trainer(spec, config, ctx["workers"], ctx["use_gpu"], run_config)
         self.error: BaseException | None = None
         self.controller = None
 
         def target():
             try:
-                trainer.fit()
+                run.fit()
             except BaseException as e:  # noqa: BLE001 - handed to step(), which raises it in Tune
                 self.error = e
 

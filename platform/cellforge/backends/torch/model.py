@@ -1,13 +1,9 @@
-"""PyTorch backend: native nn.RNN/LSTM/GRU (fused kernels) for built-in cells, a generic
-loop for cells of your own, converters to and from the canonical weights, and the
-per-worker ``Fitter`` that train.py drives.
+"""The PyTorch network: native nn.RNN/LSTM/GRU (fused kernels) for built-in cells, a generic
+loop for cells of your own, and converters to and from the canonical weights.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,9 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from cellforge.backends import directions
+from cellforge.backends.network import directions, param_shapes
 from cellforge.cells import get_cell
-from cellforge.loop import LRSchedule, WorkerInfo
 from cellforge.spec import ModelSpec
 
 OPS = SimpleNamespace(
@@ -82,7 +77,7 @@ class CellRNN(nn.Module):
 
 
 class Net(nn.Module):
-    """The network of backends/__init__.py, in PyTorch. ``forward(x, lengths)``."""
+    """The network of cellforge.backends.network, in PyTorch. ``forward(x, lengths)``."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -133,8 +128,6 @@ def _torch_name(net: Net, canonical: str) -> str:
 
 
 def to_canonical(net: Net) -> dict[str, np.ndarray]:
-    from cellforge.backends import param_shapes
-
     state = _unwrap(net).state_dict()
     return {k: state[_torch_name(_unwrap(net), k)].detach().cpu().numpy().astype(np.float32)
             for k in param_shapes(_unwrap(net).spec)}
@@ -187,119 +180,3 @@ def predict(net: Net, x: np.ndarray, lengths: np.ndarray, batch_size: int = 1024
             lb = torch.as_tensor(lengths[s: s + batch_size])
             outs.append(inner(xb, lb).float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, inner.spec.output_size), np.float32)
-
-
-# training ------------------------------------------------------------------------
-def loss_fn(spec: ModelSpec, out, y):
-    if spec.task in ("classify", "tag"):
-        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=-100)
-    return F.mse_loss(out, y)
-
-
-def penalty(spec: ModelSpec, net) -> torch.Tensor | float:
-    """L1/L2 on weight matrices (not biases), added to the loss."""
-    t = spec.training
-    if not (t.l1 or t.l2):
-        return 0.0
-    ws = [p for p in net.parameters() if p.dim() > 1]
-    return t.l1 * sum(w.abs().sum() for w in ws) + t.l2 * sum((w * w).sum() for w in ws)
-
-
-def make_optimizer(spec: ModelSpec, params):
-    t = spec.training
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    if t.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-
-
-class Fitter:
-    """One worker's model, optimizer and schedule; train.py drives it epoch by epoch."""
-
-    def __init__(self, spec: ModelSpec, info: WorkerInfo):
-        import ray.train.torch as rt
-
-        # share the node's cores between its workers (Ray sets OMP_NUM_THREADS=1 otherwise)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, info.local_world)))
-        torch.manual_seed(spec.training.seed)
-        self.spec, self.world = spec, info.world
-        self.device = rt.get_device() if info.use_gpu else torch.device("cpu")
-        if info.use_gpu:
-            full_float32()
-        # prepare_model moves to the device and wraps in DDP when there is more than one worker
-        self.net = rt.prepare_model(Net(spec)) if info.world > 1 or info.use_gpu else Net(spec)
-        self.opt = make_optimizer(spec, self.net.parameters())
-        self.lr = LRSchedule(spec)
-
-    def train_epoch(self, epoch: int, batches) -> tuple[float, int]:
-        """One pass over this rank's batches (x, lengths, y numpy); returns (loss sum, examples)."""
-        self.net.train()
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr.value
-        clip = self.spec.training.clip_norm
-        total, count = torch.zeros((), dtype=torch.float64), 0
-        for xb, lb, yb in batches:
-            xb = torch.as_tensor(xb, device=self.device)
-            yb = torch.as_tensor(yb, device=self.device)
-            lb = torch.as_tensor(lb)
-            out = self.net(xb, lb)
-            loss = loss_fn(self.spec, out, yb)
-            full = loss + penalty(self.spec, self.net)
-            self.opt.zero_grad(set_to_none=True)
-            full.backward()
-            if clip:
-                nn.utils.clip_grad_norm_(self.net.parameters(), clip)
-            self.opt.step()
-            total += loss.detach().double().cpu() * len(xb)
-            count += len(xb)
-        return float(total), count
-
-    def predict(self, x, lengths) -> np.ndarray:
-        return predict(self.net, x, lengths)
-
-    def allreduce(self, v: np.ndarray) -> np.ndarray:
-        if self.world == 1:
-            return v
-        import torch.distributed as dist
-
-        t = torch.as_tensor(v, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.cpu().numpy()
-
-    def get_weights(self) -> dict[str, np.ndarray]:
-        return to_canonical(self.net)
-
-    def set_weights(self, params: dict[str, np.ndarray]) -> None:
-        from_canonical(self.net, params)
-
-    def save_state(self, d: Path) -> None:
-        """Optimizer and schedule state: tensors to safetensors, the rest to JSON (no pickle)."""
-        from safetensors.numpy import save_file
-
-        sd = self.opt.state_dict()
-        tensors, scalars = {}, {}
-        for pid, st in sd["state"].items():
-            for k, v in st.items():
-                if torch.is_tensor(v) and v.dim() > 0:
-                    tensors[f"{pid}.{k}"] = v.detach().cpu().numpy()
-                else:
-                    scalars[f"{pid}.{k}"] = float(v)
-        save_file(tensors, str(d / "optimizer.safetensors"))
-        (d / "optimizer.json").write_text(json.dumps({"scalars": scalars, "groups": sd["param_groups"],
-                                                      "lr": self.lr.state()}))
-
-    def load_state(self, d: Path) -> None:
-        from safetensors.numpy import load_file
-
-        tensors = load_file(str(d / "optimizer.safetensors"))
-        meta = json.loads((d / "optimizer.json").read_text())
-        state: dict[int, dict] = {}
-        for key, v in tensors.items():
-            pid, k = key.split(".", 1)
-            state.setdefault(int(pid), {})[k] = torch.from_numpy(v).to(self.device)
-        for key, v in meta["scalars"].items():
-            pid, k = key.split(".", 1)
-            state.setdefault(int(pid), {})[k] = torch.tensor(v)
-        self.opt.load_state_dict({"state": state, "param_groups": meta["groups"]})
-        self.lr.load(meta["lr"])

@@ -20,9 +20,15 @@ import numpy as np
 
 from cellforge import bundle as _bundle
 from cellforge import metrics as _metrics
-from cellforge.data import prepare
-from cellforge.runtime import own_sigint
-from cellforge.spec import ModelSpec, SpecError
+from cellforge.backends import get_backend
+from cellforge.cells import custom_cells
+from cellforge.data import Prepared, prepare
+from cellforge.errors import SpecError
+from cellforge.log import log
+from cellforge.runtime import ensure_ray, own_sigint
+from cellforge.spec import ModelSpec
+from cellforge.train.checkpoint import final_weights
+from cellforge.train.loop import worker_loop
 
 
 def runs_dir() -> Path:
@@ -48,23 +54,23 @@ class FitResult:
         return pd.DataFrame(self.history).set_index("epoch")
 
 
-def _trainer(spec: ModelSpec, config: dict, workers: int, use_gpu: bool, run_config):
+def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_checkpoint: str | None = None,
+                  verbose: bool = True) -> dict[str, Any]:
+    """What every Train worker of a run gets (``train_loop_config``): the spec, the prepared splits in
+    Ray's object store, custom cells, and where to start from."""
+    import ray
+
+    return {"spec": spec.model_dump(), "data": ray.put(prepared.splits), "use_gpu": use_gpu,
+            "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": custom_cells(),
+            "init_checkpoint": init_checkpoint, "verbose": verbose}
+
+
+def trainer(spec: ModelSpec, config: dict[str, Any], workers: int, use_gpu: bool, run_config):
+    """The backend's Ray Train trainer running ``worker_loop`` on ``workers`` workers (one CPU each)."""
     import ray.train
 
     scaling = ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1})
-    if spec.framework == "torch":
-        from ray.train.torch import TorchTrainer
-
-        return TorchTrainer(_worker_entry, train_loop_config=config, scaling_config=scaling, run_config=run_config)
-    from cellforge.backends.keras_backend import make_trainer
-
-    return make_trainer(_worker_entry, config, scaling, run_config)
-
-
-def _worker_entry(config):
-    from cellforge.loop import worker_loop
-
-    worker_loop(config)
+    return get_backend(spec.framework).make_trainer(worker_loop, config, scaling, run_config)
 
 
 def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = False, epochs: int | None = None,
@@ -90,11 +96,7 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     Raises:
         SpecError: the spec or the data is invalid (every problem listed, field paths included).
     """
-    from cellforge.runtime import ensure_ray
-
-    spec = ModelSpec.parse(spec.model_dump() if isinstance(spec, ModelSpec) else spec)
-    if epochs is not None:
-        spec = spec.updated(**{"training.epochs": epochs})
+    spec = ModelSpec.of(spec, epochs)
     check_workers(workers)
     spec, prepared = prepare(spec, data)
     name = check_name(name or f"{spec.task}-{spec.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -102,7 +104,7 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     ensure_ray(address)
     use_gpu = _gpu_or_cpu(use_gpu, address)
     weights, state = run(spec, prepared, workers=workers, use_gpu=use_gpu, name=name, storage=storage,
-                         max_failures=max_failures)
+                         max_failures=max_failures, verbose=verbose)
     return finish(spec, prepared, weights, state, bundle_path or storage / name / "bundle", storage / name, verbose)
 
 
@@ -128,25 +130,21 @@ def check_name(name: str) -> str:
     return name
 
 
-def run(spec: ModelSpec, prepared, *, workers: int, use_gpu: bool, name: str, storage: Path,
-        max_failures: int = 0, callbacks: list | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, name: str, storage: Path,
+        max_failures: int = 0, callbacks: list | None = None, verbose: bool = True
+        ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run the Ray Train job for prepared data; returns the final weights and the loop's state
     (history, best epoch). Resumes from the last checkpoint of a run with the same name and storage."""
-    import ray
     import ray.train
 
-    from cellforge.cells import custom_cells
-    from cellforge.loop import final_weights
-
-    config = {"spec": spec.model_dump(), "data": ray.put(prepared.splits), "use_gpu": use_gpu,
-              "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": custom_cells()}
+    config = worker_config(spec, prepared, use_gpu, verbose=verbose)
     run_config = ray.train.RunConfig(
         name=name, storage_path=str(storage), callbacks=callbacks,
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         logging_config=ray.train.LoggingConfig(log_level="WARNING"))  # our epoch line says it all
     with own_sigint():
-        result = _trainer(spec, config, workers, use_gpu, run_config).fit()
+        result = trainer(spec, config, workers, use_gpu, run_config).fit()
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:
@@ -162,25 +160,19 @@ def finish(spec: ModelSpec, prepared, weights, state, bundle_path: str | Path, r
                         {"test": summary, "history": state["history"], "best_epoch": state.get("best_epoch"),
                          "starts": state.get("starts", [])})
     if verbose:
-        print(f"[cellforge] test {'  '.join(f'{k} {v:.4g}' for k, v in summary.items())}\n"
-              f"[cellforge] bundle saved to {path}")
+        log.info("test  %s", "  ".join(f"{k} {v:.4g}" for k, v in summary.items()))
+        log.info("bundle saved to %s", path)
     return FitResult(spec, summary, state["history"], path, run_dir, examples, state.get("starts", []))
 
 
 def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Test-split metrics with the final weights, plus a few predictions beside the truth."""
-    from cellforge.backends import get_backend
-
     test = prepared.splits["test"]
     if not len(test["y"]):
         return {}, []
     backend = get_backend(spec.framework)
     out = backend.predict(backend.build(spec, weights), test["x"], test["lengths"])
-    if spec.task == "tag":
-        width = test["y"].shape[1]
-        out = out[:, :width]
-    scaler = prepared.preprocessor.state.get("target_scaler")
-    m = _metrics.evaluate(spec.task, out, test["y"], spec.num_classes, scaler)
+    m = _metrics.score(spec, out, test["y"], prepared.preprocessor.state.get("target_scaler"))
     pre = prepared.preprocessor
     shown = pre.decode(out[:5], test["lengths"][:5])
     truth = pre.decode(_one_hot_or_values(spec, test["y"][:5]), test["lengths"][:5])

@@ -1,0 +1,51 @@
+"""Every private Ray API cellforge uses, in one place, each with the Ray version it was checked against.
+
+When Ray moves one of these, this module is the only one to change; each function says what the
+public alternative lacks. Ray is imported inside each function: ``import cellforge`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+
+CHECKED_AGAINST = "2.60.0"
+
+
+def loopback_only() -> None:
+    """Keep an embedded Ray's node on 127.0.0.1 (checked against Ray 2.60.0).
+
+    Ray resolves ``_node_ip_address="127.0.0.1"`` to the machine's reachable IP unless cluster mode
+    is off, as on macOS; ``ray.init`` has no public switch for it. The environment variable covers
+    the processes Ray starts, the constant this one (read at import, so it is set directly)."""
+    import os
+
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def quiet_train_reports() -> None:
+    """Silence Ray Train V2's "Reporting training result ..." line per ``report()`` (checked against Ray
+    2.60.0): its logger is named by the file path of a private module, and cellforge's epoch line
+    already says it all."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def controller_callback_class() -> type:
+    """Ray Train V2's ``ControllerCallback`` (checked against Ray 2.60.0): the only hook that runs in a
+    Train run's controller at start, where a sweep trial learns the handle it aborts the run with."""
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+
+    return ControllerCallback
+
+
+def serve_http_address() -> tuple[str, int]:
+    """(host, port) of the running Serve's HTTP proxy (checked against Ray 2.60.0); ``serve.status()``
+    does not report them."""
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    return http.host, http.port
