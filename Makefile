@@ -17,14 +17,15 @@ $(BIN)/cellforge: pyproject.toml constraints.txt
 demo: $(BIN)/cellforge
 	$(BIN)/cellforge run jobs/quickstart.yaml
 
+# the paths are pyproject's testpaths: tests/ and the package's docstring examples
 test: $(BIN)/cellforge
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all: $(BIN)/cellforge
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q
 
 test-unit: $(BIN)/cellforge
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q tests/unit platform/cellforge
 
 lint: $(BIN)/cellforge
 	$(BIN)/ruff check platform tests benchmarks

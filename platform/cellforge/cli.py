@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from pydantic import BaseModel
 
 from cellforge.errors import BundleError, SpecError
 from cellforge.jobs import STEPS, DataRef, Step, parse_job, run_job
+from cellforge.log import log
 from cellforge.submit import register as register_submit
 
 ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS or an embedded local Ray)"
@@ -198,7 +200,12 @@ def _predict(args) -> int:
             return _step(args)
         with tempfile.TemporaryDirectory() as tmp:
             args.output = str(Path(tmp) / "predictions.json")
-            _step(args)
+            level = log.level
+            log.setLevel(logging.WARNING)  # stdout is the predictions alone, ready for a pipe
+            try:
+                _step(args)
+            finally:
+                log.setLevel(level)
             print(Path(args.output).read_text())
         return 0
     return _predict_remote(args)

@@ -69,3 +69,67 @@ def test_unknown_step_and_bad_yaml(tmp_path):
 def test_shipped_quickstart_validates():
     out = cli("validate", str(REPO / "jobs" / "quickstart.yaml"), cwd=REPO)
     assert out.returncode == 0, out.stderr
+
+
+# the step commands, made from the job steps ------------------------------------------------------
+@pytest.fixture(scope="module")
+def forecast_bundle(tmp_path_factory):
+    """An untrained (seeded) forecaster on the shipped sunspots CSV: the commands must answer as the
+    Python API does."""
+    import cellforge as cf
+    from cellforge import bundle
+    from cellforge.backends.numpy import init_params
+    from cellforge.data import prepare
+
+    spec = cf.ModelSpec(task="forecast", cell="gru", hidden_size=8, horizon=2,
+                        input={"columns": ["SUNACTIVITY"], "target": "SUNACTIVITY", "window": 12})
+    spec, prepared = prepare(spec, REPO / "jobs" / "data" / "sunspots.csv")
+    return bundle.save(tmp_path_factory.mktemp("b") / "sun", spec, init_params(spec, 2), prepared.preprocessor.state, {})
+
+
+def test_every_step_is_a_command_with_a_flag_per_field():
+    from cellforge.cli import build_parser
+    from cellforge.jobs import STEPS
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse keeps them here only
+    for kind, step in STEPS.items():
+        flags = {o for a in commands[kind]._actions for o in a.option_strings} | {
+            a.dest for a in commands[kind]._actions if not a.option_strings}
+        for name in step.model_fields:
+            if name == "id" or name in ("autoscaling", "batching"):  # nested configs: a flag per sub-field
+                continue
+            assert name in flags or "--" + name.replace("_", "-") in flags, f"cellforge {kind}: no flag for {name}"
+    deploy = {o for a in commands["deploy"]._actions for o in a.option_strings}
+    assert {"--min-replicas", "--max-replicas", "--max-batch-size", "--no-batching", "--batch-wait-ms",
+            "--num-replicas", "--num-cpus", "--runtime", "--api-key", "--block", "--config"} <= deploy
+
+
+def test_step_command_reports_every_problem_like_a_job_file(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("task: classify\nhidden_size: 0\ncell: lstmm\n")
+    out = cli("train", str(spec), "--data", "digitz.csv", "--workers", "0", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    for path in ("steps.0.train.spec.hidden_size", "steps.0.train.spec.cell", "steps.0.train.workers",
+                 "steps.0.train.data.path: file not found"):
+        assert path in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_evaluate_and_predict_commands_answer_as_the_api(forecast_bundle, tmp_path):
+    import json
+
+    import cellforge as cf
+    from cellforge.evaluate import evaluate
+
+    csv = REPO / "jobs" / "data" / "sunspots.csv"
+    out = cli("evaluate", str(forecast_bundle), "--data", str(csv), "--split", "all", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    want = evaluate(forecast_bundle, csv, "all")
+    assert f"all_rmse {want['all_rmse']:.4g}" in out.stdout
+    out = cli("predict", str(forecast_bundle), "--input", str(csv), cwd=tmp_path)  # no --output: printed
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)  # the predictions alone, ready for a pipe
+    values = cf.load(forecast_bundle).predict([cf.datasets.load("sunspots").values[-12:, 0]])[0]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["SUNACTIVITY"] for r in rows] == pytest.approx(list(values), abs=1e-4)
