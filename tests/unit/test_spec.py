@@ -57,3 +57,23 @@ def test_stdlib_platform_is_not_shadowed():
     out = subprocess.run([sys.executable, "-c", "import platform, cellforge; print(platform.system())"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() in ("Linux", "Darwin", "Windows")
+
+
+def test_every_door_gives_one_spec_error_with_every_problem():
+    """The constructor (what the README and notebooks use) reports like parse(): every problem at
+    once, with its field path, as a SpecError (not pydantic's ValidationError)."""
+    from cellforge.jobs.steps import TrainStep
+    from cellforge.serving.config import DeployConfig
+
+    with pytest.raises(SpecError) as e:
+        cf.ModelSpec(task="anomalyy", cell="lstmm", hidden_size=0, training={"val_fraction": 0.5,
+                                                                             "test_fraction": 0.45})
+    assert {p for p, _ in e.value.problems} == {"task", "cell", "hidden_size", "training.test_fraction"}
+    with pytest.raises(SpecError) as e:
+        DeployConfig(bundle="b", name="bad name!", num_replicas=2, autoscaling={}, num_cpus=-1)
+    assert {"name", "num_cpus"} <= {p for p, _ in e.value.problems}
+    with pytest.raises(SpecError) as e:
+        TrainStep(data={"dataset": "digits"}, spec={"hidden_size": 0}, workers=0)
+    assert {p for p, _ in e.value.problems} == {"spec.hidden_size", "workers"}
+    with pytest.raises(SpecError, match="space.hidden_size"):
+        cf.sweep(cf.ModelSpec(), cf.datasets.load("digits"), {"hidden_size": cf.choice([0])})
