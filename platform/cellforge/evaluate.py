@@ -2,11 +2,11 @@
 ``predict_file`` (an input file -> a predictions file), as the job-file steps do.
 
     >>> import cellforge as cf
-    >>> from cellforge.evaluate import evaluate, predict_file
-    >>> evaluate("runs/quickstart/bundle", cf.datasets.load("digits"))            # doctest: +SKIP
-    {'test_loss': 0.07, 'test_accuracy': 0.98, 'test_macro_f1': 0.98}
-    >>> predict_file("runs/forecast/bundle", "jobs/data/sunspots.csv", "forecast.csv")  # doctest: +SKIP
-    {'output': '.../forecast.csv', 'rows': 3}
+    >>> sorted(evaluate(bundle, cf.datasets.load("digits")))     # a digits classifier's bundle
+    ['test_accuracy', 'test_loss', 'test_macro_f1']
+    >>> import json; _ = open("images.json", "w").write(json.dumps(images[:3].tolist()))
+    >>> predict_file(bundle, "images.json", "predictions.csv")["rows"]
+    3
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """A loaded bundle: raw inputs in, predictions out, in the framework of your choice.
 
-    >>> model = cf.load("runs/digits/bundle")               # doctest: +SKIP
-    >>> model.predict(images[:3])                            # doctest: +SKIP
-    array([3, 1, 7])
+    >>> model = cf.load(bundle)                       # a digits classifier's bundle
+    >>> model.predict(images[:3]).shape               # one label per raw 8x8 image
+    (3,)
+    >>> model.predict_proba(images[:3]).shape
+    (3, 10)
+    >>> cf.load(bundle, framework="torch").outputs(*model.preprocessor.transform(images[:3])).shape
+    (3, 10)
 """
 
 from __future__ import annotations

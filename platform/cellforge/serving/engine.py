@@ -1,9 +1,10 @@
 """The model behind an endpoint, without Serve: validate raw inputs, run batches, step sessions.
 
-    >>> engine = Engine(DeployConfig(bundle="runs/quickstart/bundle", name="digits"))   # doctest: +SKIP
-    >>> x, lengths = engine.prepare(images[:2].tolist())                                # doctest: +SKIP
-    >>> engine.respond(engine.run([(x, lengths)])[0], lengths)["labels"]                # doctest: +SKIP
-    [0, 1]
+    >>> engine = Engine(DeployConfig(bundle=bundle, name="digits"))     # a digits classifier's bundle
+    >>> x, lengths = engine.prepare(images[:2].tolist())
+    >>> answer = engine.respond(engine.run([(x, lengths)])[0], lengths)
+    >>> answer["labels"] == cf.load(bundle).predict(images[:2]).tolist()
+    True
 
 Numbers come from ``cellforge.model.Model`` (numpy or torch runtime) and, for sessions, from the
 numpy reference's ``step``, so an endpoint answers what ``cf.load(bundle).predict`` answers.
