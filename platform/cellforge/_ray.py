@@ -49,3 +49,35 @@ def serve_http_address() -> tuple[str, int]:
 
     http = _get_global_client().http_config
     return http.host, http.port
+
+
+def quiet_token_auth_notice() -> None:
+    """Drop the "Token authentication is enabled for this Ray cluster" warning every new local Ray logs
+    (checked against Ray 2.60.0); token authentication itself stays on. ``RAY_AUTH_MODE=token`` would
+    also silence it, but Ray reads that variable once, when ``ray`` is imported, and cellforge cannot
+    be sure to set it first; the notice comes from a private module's logger."""
+    from ray._private.authentication import authentication_token_setup
+
+    logging.getLogger(authentication_token_setup.__name__).setLevel(logging.ERROR)
+
+
+def filter_worker_output(keep) -> None:
+    """Print only the lines of the workers' stdout/stderr that ``keep(line)`` accepts on this driver
+    (checked against Ray 2.60.0). ``ray.init(log_to_driver=...)`` is all or nothing, and cellforge's
+    epoch lines and a worker's traceback come that way; Ray registers its printer as the
+    ``ray_print_logs`` handler of a private dispatcher at every ``ray.init``, so call this after it.
+    Every line stays in the worker's log file in Ray's log directory."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    for name, handler in list(dispatcher.handlers):
+        if name != "ray_print_logs" or getattr(handler, "keeps", None) is keep:
+            continue
+
+        def filtered(data, show=handler):
+            lines = [line for line in data.get("lines", []) if keep(line)]
+            if lines:
+                show({**data, "lines": lines})
+
+        filtered.keeps = keep
+        dispatcher.remove_handler(name)
+        dispatcher.add_handler(name, filtered)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import threading
 
@@ -14,6 +15,51 @@ from cellforge import _ray
 # small machine they would deadlock waiting for cores, so the embedded Ray advertises more
 # logical CPUs than cores (the OS time-slices them). Override with CELLFORGE_NUM_CPUS.
 MIN_LOGICAL_CPUS = 8
+
+# Set for Ray's worker processes before they import TensorFlow (a local Ray's workers inherit this
+# process's environment; a cluster's get them through the job's runtime_env). TF/XLA log only FATAL:
+# on a CPU machine every TF worker otherwise logs "failed call to cuInit" as an error. Real TF
+# failures still raise. TF_ENABLE_ONEDNN_OPTS is left alone: it changes numerics and speed, not output.
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+
+# Workers' output lines the driver does not print (they stay in the worker's log file in Ray's log
+# directory): Ray's C++ info/warning/error lines (fatal ones and check failures still show), absl's
+# info/warning lines (TensorFlow/XLA's start-up lines, logged before TF reads its log level), and Ray
+# Serve's DEBUG/INFO lines (each replica started, "Got updated endpoints: {...}", access logs).
+RAY_CHATTER = re.compile(
+    r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWE] \d+ \d+\] (\(\w+\) )?[\w/.-]+:\d+: "
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w/.-]+:\d+\] "
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    r"|(DEBUG|INFO) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
+
+
+def shown(line: str) -> bool:
+    """Whether a line of a worker's output reaches the user's console (see ``RAY_CHATTER``).
+
+    >>> shown("[2026-01-01 10:00:00,123 E 77 78] core_worker.cc:2465: Actor with class name: ...")
+    False
+    >>> shown("[cellforge] epoch 1/3  loss 0.5"), shown("ValueError: bad input")
+    (True, True)
+    """
+    return not RAY_CHATTER.match(line)
+
+
+def _warnings_and_up(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def quiet_ray() -> None:
+    """Keep Ray's and TensorFlow's own chatter off the console (it stays in Ray's log directory):
+    the environment for Ray's processes, and this process's Ray loggers. Real problems (warnings,
+    errors, a worker's traceback) still show."""
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+    _ray.quiet_token_auth_notice()
+    # Serve's driver-side INFO lines ("Deployed app ... successfully", ...). A filter, not a level:
+    # importing ray.serve resets its logger's level and handlers, not its filters.
+    serve_logger = logging.getLogger("ray.serve")
+    if _warnings_and_up not in serve_logger.filters:
+        serve_logger.addFilter(_warnings_and_up)
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -31,10 +77,20 @@ def ensure_ray(address: str | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     # Train V2 also routes print() through its logger, which shows each line twice
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    worker_env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}  # a job's own settings win
+    quiet_ray()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        return
+        ray.init(address=address, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": worker_env} if worker_env else None)
+    else:
+        _start_local()
+    _ray.filter_worker_output(shown)
+
+
+def _start_local() -> None:
+    import ray
+
     cpus = int(os.environ.get("CELLFORGE_NUM_CPUS", max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)))
     _ray.loopback_only()  # keep the embedded Ray's node on 127.0.0.1
     import psutil
