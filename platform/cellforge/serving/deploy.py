@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,18 +80,29 @@ def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int 
 
 
 def hold(block: bool | None, address: str | None, message: str) -> None:
-    """Keep this process (and so an embedded Ray's endpoint) alive until Ctrl-C. ``block=None``
-    blocks only on the embedded Ray: on a cluster the endpoint outlives the process."""
+    """Keep this process (and so an embedded Ray's endpoint) alive until Ctrl-C or SIGTERM (what a
+    container runtime or a scheduler sends); either returns, and the program then shuts Ray down.
+    ``block=None`` blocks only on the embedded Ray: on a cluster the endpoint outlives the process."""
     if block is None:
         block = not (address or os.environ.get("RAY_ADDRESS"))
     if not block:
         return
+    # Ray's driver handles SIGTERM as a fatal signal (a stack trace, exit 15); here it means "stop"
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     log.info(message)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        log.info("stopping")
+    finally:
+        if main:  # None: a handler not set from Python; the default then
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def undeploy(name: str) -> None:
