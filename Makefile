@@ -1,6 +1,6 @@
 # make demo  - create .venv if missing, install, run the quickstart job on an embedded local Ray
 # make test  - create .venv if missing, install, run the test suite (make test-all adds the slow tests)
-# make lab   - JupyterLab on 127.0.0.1 with the notebooks and the project's kernel
+# make lab   - JupyterLab on 127.0.0.1 with the notebooks (their kernel: this venv's python3)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -30,11 +30,11 @@ test-unit: $(BIN)/cellforge
 lint: $(BIN)/cellforge
 	$(BIN)/ruff check platform tests benchmarks
 
-# a kernel named "cellforge" that runs this venv's Python, then JupyterLab on the loopback
-# address only (it prints a URL with its login token); LAB_PORT=8899 make lab for another port
+# JupyterLab on the loopback address only (it prints a URL with its login token); the notebooks
+# name the standard "python3" kernel, which is the Python of the Jupyter running them (this venv's
+# here, papermill's or a cluster's elsewhere), so no kernel is registered. LAB_PORT=8899 for another port
 LAB_PORT ?= 8888
 lab: $(BIN)/cellforge
-	$(BIN)/python -m ipykernel install --sys-prefix --name cellforge --display-name "Python 3 (cellforge)"
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir=notebooks --no-browser
 
 clean:
