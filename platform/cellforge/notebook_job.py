@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cellforge.log import log
 from cellforge.submit import parse_pairs
 
 # the kernel of the Python running this module: on a cluster node that is the Python with
@@ -33,16 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     nb = Path(args.notebook).resolve()
     if "://" not in args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    print(f"[cellforge] executing {args.notebook} with {params or 'its default parameters'}", flush=True)
+    log.info("executing %s with %s", args.notebook, params or "its default parameters")
     try:
         papermill.execute_notebook(str(nb), args.output, parameters=params, kernel_name=KERNEL, cwd=str(nb.parent),
                                    progress_bar=False, stdout_file=sys.stdout,
                                    stderr_file=sys.stderr)
     except papermill.PapermillExecutionError as e:
-        print(f"[cellforge] notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue}", flush=True)
-        print(f"[cellforge] executed notebook (up to the failure): {_shown(args.output)}", flush=True)
+        log.error("notebook failed in cell %s: %s: %s", e.exec_count, e.ename, e.evalue)
+        log.info("executed notebook (up to the failure): %s", _shown(args.output))
         return 1
-    print(f"[cellforge] executed notebook: {_shown(args.output)}", flush=True)
+    log.info("executed notebook: %s", _shown(args.output))
     return 0
 
 

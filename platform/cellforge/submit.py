@@ -27,6 +27,7 @@ import yaml
 
 from cellforge.errors import SpecError
 from cellforge.jobs import parse_job
+from cellforge.log import log
 
 PACKAGE = Path(__file__).resolve().parent  # the cellforge package, shipped with every job
 
@@ -218,12 +219,12 @@ def _requests_to_cluster(command):
 def _cmd_submit(args) -> int:
     sid = submit(args.target, args.address, params=parse_pairs(args.param, "params", as_yaml=True),
                  env=parse_pairs(args.env, "env", as_yaml=False), output=args.output)
-    print(f"[cellforge] submitted {sid} to {dashboard_address(args.address)}", flush=True)
+    log.info("submitted %s to %s", sid, dashboard_address(args.address))
     if not args.wait:
-        print(f"[cellforge] follow it with: cellforge jobs logs {sid} --follow --address {dashboard_address(args.address)}")
+        log.info("follow it with: cellforge jobs logs %s --follow --address %s", sid, dashboard_address(args.address))
         return 0
     status = follow(sid, args.address)
-    print(f"[cellforge] {sid}: {status}", flush=True)
+    log.info("%s: %s", sid, status)
     return 0 if status == "SUCCEEDED" else 1
 
 
