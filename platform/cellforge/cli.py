@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -32,7 +31,6 @@ from pydantic import BaseModel
 
 from cellforge.errors import BundleError, SpecError
 from cellforge.jobs import STEPS, DataRef, Step, parse_job, run_job
-from cellforge.log import log
 from cellforge.submit import register as register_submit
 
 ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS or an embedded local Ray)"
@@ -184,11 +182,11 @@ def _yaml(value: str, field: str) -> Any:
         raise SpecError([(field, f"not valid YAML: {e}")], what="command line") from None
 
 
-def _step(args) -> int:
+def _step(args, log_level: str = "info") -> int:
     """Run one step as a one-step job (the same validation as a job file's)."""
     step: type[Step] = args.step
-    run_job({"name": step.kind, "steps": [{step.kind: step_body(step, args)}]}, address=args.address,
-            base=Path.cwd())
+    run_job({"name": step.kind, "log_level": log_level, "steps": [{step.kind: step_body(step, args)}]},
+            address=args.address, base=Path.cwd())
     return 0
 
 
@@ -200,12 +198,7 @@ def _predict(args) -> int:
             return _step(args)
         with tempfile.TemporaryDirectory() as tmp:
             args.output = str(Path(tmp) / "predictions.json")
-            level = log.level
-            log.setLevel(logging.WARNING)  # stdout is the predictions alone, ready for a pipe
-            try:
-                _step(args)
-            finally:
-                log.setLevel(level)
+            _step(args, log_level="warning")  # stdout is the predictions alone, ready for a pipe
             print(Path(args.output).read_text())
         return 0
     return _predict_remote(args)

@@ -225,3 +225,18 @@ def test_endpoints_are_held_after_the_last_step_not_in_between(monkeypatch, digi
     calls.clear()
     run_job({"steps": [{"deploy": {"bundle": str(digits_bundle[0]), "name": "m", "block": False}}]})
     assert calls == ["deploy", ("hold", False)]
+
+
+def test_a_job_sets_how_much_cellforge_logs_and_puts_it_back(digits_bundle, capsys):
+    import logging
+
+    from cellforge.log import log
+
+    body = {"evaluate": {"bundle": str(digits_bundle[0]), "data": {"dataset": "digits"}}}
+    run_job({"steps": [body]})
+    assert "[cellforge] step evaluate (evaluate)" in capsys.readouterr().out
+    run_job({"log_level": "warning", "steps": [body]})
+    assert capsys.readouterr().out == ""
+    assert log.level == logging.INFO  # the caller's level again
+    with pytest.raises(cf.SpecError, match="log_level"):
+        parse_job({"log_level": "loud", "steps": [body]})

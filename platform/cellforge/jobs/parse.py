@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -38,6 +38,8 @@ class Job(Strict):
 
     name: str = "job"
     address: str | None = None  # Ray cluster; default $RAY_ADDRESS or the embedded local Ray
+    # how much cellforge logs while the job runs (its workers included): progress at info
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     steps: list[dict[str, Any]] = Field(min_length=1)
 
 
@@ -156,8 +158,17 @@ def run_job(source: str | Path | dict, address: str | None = None, base: Path | 
             ) -> dict[str, dict[str, Any]]:
     """Validate, then run every step in order; returns each step's outputs by id."""
     job, _, base = parse_job(source, base)
+    before = log.level
+    log.setLevel(job.log_level.upper())
+    try:
+        outputs = _run_steps(job, base, address or job.address)
+    finally:
+        log.setLevel(before)
+    return outputs
+
+
+def _run_steps(job: Job, base: Path, address: str | None) -> dict[str, dict[str, Any]]:
     outputs: dict[str, dict[str, Any]] = {}
-    address = address or job.address
     blocks = []  # serving steps' ``block``: the endpoints are held after the last step, not in between
     for kind, _, sid, body in _parse_steps(job, base, []):
         log.info("step %s (%s)", sid, kind)

@@ -57,12 +57,13 @@ class FitResult:
 def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_checkpoint: str | None = None,
                   verbose: bool = True) -> dict[str, Any]:
     """What every Train worker of a run gets (``train_loop_config``): the spec, the prepared splits in
-    Ray's object store, custom cells, and where to start from."""
+    Ray's object store, custom cells, where to start from, and how much to log (the driver's level of
+    the ``cellforge`` logger: a notebook that quiets it quiets its workers too)."""
     import ray
 
     return {"spec": spec.model_dump(), "data": ray.put(prepared.splits), "use_gpu": use_gpu,
             "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": custom_cells(),
-            "init_checkpoint": init_checkpoint, "verbose": verbose}
+            "init_checkpoint": init_checkpoint, "verbose": verbose, "log_level": log.getEffectiveLevel()}
 
 
 def trainer(spec: ModelSpec, config: dict[str, Any], workers: int, use_gpu: bool, run_config):

@@ -66,6 +66,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     _ray.quiet_train_reports()
+    log.setLevel(config.get("log_level", log.level))
     load_cells(config.get("cells", {}))
     spec = ModelSpec.parse(config["spec"])
     data = config["data"]
