@@ -90,8 +90,8 @@ def hold(block: bool | None, address: str | None, message: str) -> None:
     # Ray's driver handles SIGTERM as a fatal signal (a stack trace, exit 15); here it means "stop"
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
-    log.info(message)
     try:
+        log.info(message)  # in the try: a signal may come as soon as the line is out
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
