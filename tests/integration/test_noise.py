@@ -74,7 +74,7 @@ def test_a_served_process_stops_cleanly_on_sigterm_as_on_ctrl_c(ray_session, sig
     try:
         assert proc.stdout.readline().strip() == "[cellforge] serving until Ctrl-C", proc.stderr.read()
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
