@@ -11,6 +11,11 @@ import pytest
 RAY_CPUS = 8
 
 
+# the digits LSTM of the training tests, also served by the serving tests
+DIGITS = dict(task="classify", cell="lstm", hidden_size=64,
+              training={"lr": 0.005, "batch_size": 64, "epochs": 15, "lr_schedule": "cosine", "seed": 0})
+
+
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
     import ray
@@ -23,6 +28,25 @@ def ray_session(tmp_path_factory):
     ensure_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits_runs(ray_session, tmp_path_factory):
+    """``digits_runs(framework, workers)``: the digits LSTM at the same global batch, trained once per
+    session for each framework and worker count asked for (a FitResult), shared by every test."""
+    import cellforge as cf
+
+    storage = tmp_path_factory.mktemp("digits")
+    done = {}
+
+    def get(framework: str, workers: int):
+        if (framework, workers) not in done:
+            done[framework, workers] = cf.fit(cf.ModelSpec(framework=framework, **DIGITS), cf.datasets.load("digits"),
+                                              workers=workers, name=f"digits-{framework}-{workers}w",
+                                              storage_path=storage)
+        return done[framework, workers]
+
+    return get
 
 
 def elman_step(op, p, x, state):

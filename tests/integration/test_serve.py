@@ -109,12 +109,10 @@ def server(ray_session):
 
 
 @pytest.fixture(scope="module")
-def digits(server, tmp_path_factory):
-    """A small LSTM trained on the digits (2 epochs), deployed as 'digits' behind a bearer token."""
+def digits(server, digits_runs):
+    """The session's digits LSTM (trained in torch on 2 workers), deployed as 'digits' behind a bearer token."""
     data = cf.datasets.load("digits")
-    spec = {"task": "classify", "cell": "lstm", "hidden_size": 16, "training": {"lr": 0.01, "batch_size": 64}}
-    result = cf.fit(spec, data, epochs=2, name="serve-digits", storage_path=tmp_path_factory.mktemp("runs"),
-                    verbose=False)
+    result = digits_runs("torch", 2)
     ep = cf.deploy(result.bundle, "digits", num_replicas=1, api_key=KEY, max_length=20,
                    max_body_bytes=64 * 1024, batching={"max_batch_size": 16, "batch_wait_timeout_s": 0.01})
     server.mine += ["digits", "cellforge"]
