@@ -10,12 +10,13 @@ display (terminal or notebook, verbose or not) without touching Tune's restored 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from contextlib import contextmanager
 from typing import Any
 
 from ray import tune
+
+from cellforge.log import log
 
 TERMINAL_HEARTBEAT_S = 60  # a status line at most this often while trials run, so a terminal never looks stuck
 NOTEBOOK_REFRESH_S = 1.0  # the notebook table redraws at most this often
@@ -68,11 +69,11 @@ class Progress(tune.Callback):
     """Shows a sweep as it runs. ``params``: the space's field names; ``metric``/``mode``: what ranks trials."""
 
     def __init__(self, name: str, params: list[str], metric: str, mode: str, total: int, epochs: int,
-                 notebook: bool | None = None, out=None):
+                 notebook: bool | None = None, verbose: bool = True):
         self.name, self.params, self.metric, self.mode = name, params, metric, mode
         self.total, self.epochs = total, epochs
         self.notebook = in_notebook() if notebook is None else notebook
-        self.out = out  # None: sys.stdout at print time
+        self.verbose = verbose  # False: no terminal lines (the notebook table still draws)
         self.rows: dict[str, dict[str, Any]] = {}
         self.handle = None
         self.last_draw = self.last_beat = 0.0
@@ -138,7 +139,8 @@ class Progress(tune.Callback):
 
     def _line(self, text: str) -> None:
         if not self.notebook:
-            print(f"[cellforge] {text}", file=self.out or sys.stdout, flush=True)
+            if self.verbose:
+                log.info(text)
 
     def _heartbeat(self) -> None:
         now = time.monotonic()

@@ -118,7 +118,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     trainable = tune.with_resources(tune.with_parameters(Trial, ctx=ctx), {"cpu": 1})
     max_epochs = max([spec.training.epochs, *dims["training.epochs"].probes()] if "training.epochs" in dims
                      else [spec.training.epochs])
-    progress = Progress(name, list(dims), metric, mode, n_trials, max_epochs, out=None if verbose else _Null())
+    progress = Progress(name, list(dims), metric, mode, n_trials, max_epochs, verbose=verbose)
     run_config = tune.RunConfig(
         name=name, storage_path=str(storage), verbose=0, callbacks=[Relay(name)],
         # PBT restores a trial from another's checkpoint some time after choosing it, by when the other
@@ -262,11 +262,3 @@ def _check_same(exp: Path, asked: dict) -> None:
         raise SpecError([("name", f"a sweep named {exp.name!r} already exists at {exp} with different {diff}; "
                                   "use another name to start a new sweep, or the same arguments to resume it")],
                         what="sweep")
-
-
-class _Null:
-    def write(self, s):
-        return len(s)
-
-    def flush(self):
-        pass
