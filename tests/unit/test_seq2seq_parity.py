@@ -102,3 +102,24 @@ def test_wrong_decoder_weight_is_refused_with_its_name():
     for backend in BACKENDS.values():
         with pytest.raises(ValueError, match=r"attention\.w_q: expected shape"):
             backend.build(spec, params)
+
+
+def test_an_attention_of_your_own_runs_in_every_framework():
+    """Written once with the ops (as in a notebook) and registered by name, like a cell."""
+    import math
+
+    from cellforge.attention import ATTENTIONS
+
+    def scaled_keys(op, p, memory):
+        return op.linear(memory, p["w"])
+
+    def scaled_score(op, p, keys, q):  # scaled bilinear: (W m) . q / sqrt(Q)
+        return op.squeeze(op.matmul(keys, op.expand(q, -1)), -1) * (1.0 / math.sqrt(q.shape[-1]))
+
+    cf.register_attention(cf.Attention("scaled", scaled_keys, scaled_score, params={"w": ("Q", "K")}))
+    try:
+        spec = make_spec("gru", 1, True, "scaled")
+        assert param_shapes(spec)["attention.w"] == (5, 10)
+        check(spec, *batch(spec))
+    finally:
+        ATTENTIONS.pop("scaled")
