@@ -11,6 +11,7 @@ on a ``backends`` framework) -> ``bundle`` -> ``tune`` (Ray Tune) -> ``serving``
 -> ``client``; ``jobs`` and ``cli`` drive them from files and the terminal.
 """
 
+from cellforge.attention import Attention, register_attention
 from cellforge.cells import Cell, register_cell
 from cellforge.client import Client
 from cellforge.data import Sequences, Series, datasets
@@ -21,7 +22,7 @@ from cellforge.spec import ModelSpec
 from cellforge.train import FitResult, fit
 from cellforge.tune import choice, grid, loguniform, randint, sweep, uniform
 
-__all__ = ["BundleError", "Cell", "Client", "FitResult", "Model", "ModelSpec", "Sequences", "Series", "SpecError",
-           "choice", "datasets", "deploy", "fit", "grid", "load", "loguniform", "randint", "register_cell", "sweep",
-           "uniform"]
+__all__ = ["Attention", "BundleError", "Cell", "Client", "FitResult", "Model", "ModelSpec", "Sequences", "Series",
+           "SpecError", "choice", "datasets", "deploy", "fit", "grid", "load", "loguniform", "randint",
+           "register_attention", "register_cell", "sweep", "uniform"]
 __version__ = "0.1.0"

@@ -18,10 +18,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from cellforge.attention import ATTENTIONS
 from cellforge.cells import CELLS
 from cellforge.errors import Problems, Strict
 
-TASKS = ("classify", "regress", "forecast", "tag")
+TASKS = ("classify", "regress", "forecast", "tag", "seq2seq")
+SEQ2SEQ_FIELDS = ("attention", "decoder", "target", "decode")  # None on every other task
 FRAMEWORKS = ("torch", "tensorflow")
 
 
@@ -76,6 +78,9 @@ class TrainingSpec(_Strict):
     test_fraction: float = Field(0.15, ge=0, lt=1)
     early_stopping: EarlyStopping | None = None
     seed: int = 0
+    # seq2seq: the chance that a decoder step is fed the true previous token rather than its own
+    # prediction (1.0: always the truth, Williams & Zipser's teacher forcing)
+    teacher_forcing: float = Field(1.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _splits(self) -> TrainingSpec:
@@ -90,6 +95,72 @@ class TrainingSpec(_Strict):
         return self
 
 
+def _known(names: dict, what: str, v: str | None, extra: tuple[str, ...] = ()) -> str | None:
+    if v is not None and v not in names and v not in extra:
+        raise ValueError(f"unknown {what} {v!r}; known {what}s: {sorted([*extra, *names])}")
+    return v
+
+
+class TargetSpec(_Strict):
+    """seq2seq: the output text and its vocabulary, fitted on the training split's targets."""
+
+    # word: split on whitespace, so a prediction joins back into exactly the text it was trained on
+    tokenizer: Literal["char", "word"] = "char"
+    lowercase: bool = False  # outputs keep their case unless asked
+    max_length: int = Field(64, gt=0)  # tokens, <eos> included; longer training targets are cut
+    max_vocab: int = Field(20000, gt=4)  # including <pad>, <unk>, <bos> and <eos>
+    min_freq: int = Field(1, gt=0)
+    embedding_dim: int = Field(64, gt=0)
+    vocab_size: int | None = Field(None, gt=4)  # filled in from the data by fit()
+
+
+class DecoderSpec(_Strict):
+    """seq2seq: the decoder's recurrent stack; an unset size or cell is the encoder's."""
+
+    cell: str | None = None
+    hidden_size: int | None = Field(None, gt=0)
+    num_layers: int | None = Field(None, gt=0, le=16)
+    # how the decoder starts: linear = tanh(W [encoder's last h fwd, bwd] + b) per layer and state
+    # tensor (Bahdanau et al. 2015 used the backward one); zero = zeros
+    bridge: Literal["linear", "zero"] = "linear"
+    # Luong et al. 2015: feed the previous attentional vector with each input token. None: on
+    # when there is attention (it needs attention)
+    input_feeding: bool | None = None
+
+    @field_validator("cell")
+    @classmethod
+    def _known_cell(cls, v: str | None) -> str | None:
+        return _known(CELLS, "cell", v)
+
+
+class DecodeSpec(_Strict):
+    """seq2seq: how predictions are decoded."""
+
+    strategy: Literal["greedy", "beam"] = "greedy"
+    beam_width: int | None = Field(None, gt=0)  # beam only; unset: 5
+    max_length: int | None = Field(None, gt=0)  # output tokens, <eos> included; unset: target.max_length
+    # beam only: GNMT's alpha (Wu et al. 2016), scores divided by ((5 + length) / 6) ** alpha; 0
+    # favours short outputs. Unset: 1.0
+    length_penalty: float | None = Field(None, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _beam_only(self) -> DecodeSpec:  # here, not in ModelSpec: reported even when other fields are bad
+        if self.strategy == "greedy":
+            problems = [(f, "only used by strategy 'beam', got strategy 'greedy'")
+                        for f in ("beam_width", "length_penalty") if getattr(self, f) is not None]
+            if problems:
+                raise Problems(problems)
+        return self
+
+    @property
+    def width(self) -> int:
+        return 1 if self.strategy == "greedy" else (self.beam_width or 5)
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 if self.length_penalty is None else self.length_penalty
+
+
 class ModelSpec(_Strict):
     """A recurrent model and how to train it, independent of the framework.
 
@@ -100,7 +171,7 @@ class ModelSpec(_Strict):
     """
 
     framework: Literal["torch", "tensorflow"] = "torch"
-    task: Literal["classify", "regress", "forecast", "tag"] = "classify"
+    task: Literal["classify", "regress", "forecast", "tag", "seq2seq"] = "classify"
     cell: str = "lstm"  # a name in cellforge.cells.CELLS
     hidden_size: int = Field(64, gt=0)
     num_layers: int = Field(1, gt=0, le=16)
@@ -111,19 +182,62 @@ class ModelSpec(_Strict):
     horizon: int = Field(1, gt=0)  # forecast: steps ahead
     input: InputSpec = Field(default_factory=InputSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    # seq2seq only (None on other tasks; a seq2seq spec fills in their defaults)
+    attention: str | None = None  # 'none' or a name in cellforge.attention.ATTENTIONS; default additive
+    decoder: DecoderSpec | None = None
+    target: TargetSpec | None = None
+    decode: DecodeSpec | None = None
 
     @field_validator("cell")
     @classmethod
     def _known_cell(cls, v: str) -> str:  # a field check, so it is reported with every other field's
-        if v not in CELLS:
-            raise ValueError(f"unknown cell {v!r}; known cells: {sorted(CELLS)}")
-        return v
+        return _known(CELLS, "cell", v)
+
+    @field_validator("attention")
+    @classmethod
+    def _known_attention(cls, v: str | None) -> str | None:
+        return _known(ATTENTIONS, "attention", v, extra=("none",))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seq2seq_defaults(cls, data: Any) -> Any:
+        # filled in here rather than as field defaults, so other tasks' specs stay free of them
+        if isinstance(data, dict) and data.get("task") == "seq2seq":
+            defaults = {"attention": "additive", "decoder": {}, "target": {}, "decode": {}}
+            data = {**data, **{k: v for k, v in defaults.items() if data.get(k) is None}}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
+        problems = []
         if self.task == "forecast" and self.input.type == "text":
-            raise Problems([("input.type", "forecast needs numeric input, got 'text'")])
+            problems.append(("input.type", "forecast needs numeric input, got 'text'"))
+        if self.task == "seq2seq":
+            problems += self._seq2seq_problems()
+        else:
+            problems += [(f, f"only for task 'seq2seq', got task {self.task!r}") for f in SEQ2SEQ_FIELDS
+                         if getattr(self, f) is not None]
+            if self.training.teacher_forcing != 1.0:
+                problems.append(("training.teacher_forcing", f"only for task 'seq2seq', got task {self.task!r}"))
+        if problems:
+            raise Problems(problems)
         return self
+
+    def _seq2seq_problems(self) -> list[tuple[str, str]]:
+        problems = []
+        for name in ("num_classes", "num_outputs"):
+            if getattr(self, name) is not None:
+                problems.append((name, "not used by seq2seq: the target vocabulary sets the outputs "
+                                       "(target.vocab_size)"))
+        att = ATTENTIONS.get(self.attention)
+        if att is not None and att.same_width and self.decoder_hidden != self.memory_size:
+            problems.append(("attention", f"{self.attention!r} compares the decoder's state with the encoder's "
+                             f"outputs, so decoder.hidden_size ({self.decoder_hidden}) must equal hidden_size x "
+                             f"directions ({self.memory_size}); use 'general' or 'additive', or match the sizes"))
+        if self.attention == "none" and self.decoder.input_feeding:
+            problems.append(("decoder.input_feeding", "feeds the attentional vector back, so it needs attention; "
+                                                      "got attention 'none'"))
+        return problems
 
     def updated(self, **changes: Any) -> ModelSpec:
         """A copy with dotted-path changes, validated: ``spec.updated(**{"training.lr": 0.01})``."""
@@ -173,9 +287,35 @@ class ModelSpec(_Strict):
             raise ValueError("input.num_features is not set: fit() fills it in from the data")
         return self.input.num_features
 
+    # seq2seq's resolved decoder (an unset decoder field is the encoder's)
+    @property
+    def decoder_cell(self) -> str:
+        return self.decoder.cell or self.cell
+
+    @property
+    def decoder_hidden(self) -> int:
+        return self.decoder.hidden_size or self.hidden_size
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.decoder.num_layers or self.num_layers
+
+    @property
+    def memory_size(self) -> int:
+        """Width of the encoder's outputs, what attention reads."""
+        return self.hidden_size * self.num_directions
+
+    @property
+    def input_feeding(self) -> bool:
+        return self.attention != "none" if self.decoder.input_feeding is None else self.decoder.input_feeding
+
     @property
     def output_size(self) -> int:
         """Width of the head's output (logits, values, or horizon x targets flattened)."""
+        if self.task == "seq2seq":
+            if self.target.vocab_size is None:
+                raise ValueError("target.vocab_size is not set: fit() fills it in from the data")
+            return self.target.vocab_size
         if self.task in ("classify", "tag"):
             if self.num_classes is None:
                 raise ValueError("num_classes is not set: fit() fills it in from the data")

@@ -4,7 +4,17 @@ Canonical weight names (what a bundle stores):
 
 - ``embedding.weight``            (vocab_size, embedding_dim)      text input only
 - ``rnn.<layer>.<fwd|bwd>.<param>`` each cell parameter, canonical layout (see cellforge.cells)
-- ``head.weight`` (outputs, hidden * directions), ``head.bias`` (outputs,)
+- ``head.weight`` (outputs, hidden * directions), ``head.bias`` (outputs,)     not seq2seq
+
+seq2seq replaces the head with a decoder (see :mod:`cellforge.seq2seq` for what it computes):
+
+- ``bridge.<layer>.<state>.weight`` (Hd, hidden * directions), ``.bias`` (Hd,)  bridge 'linear'
+- ``decoder.embedding.weight``  (target vocab, target embedding_dim)
+- ``decoder.rnn.<layer>.<param>`` the decoder cell's parameters; layer 0 reads the token's
+  embedding, then the previous attentional vector when input feeding
+- ``attention.<param>``          the attention's parameters (see cellforge.attention)
+- ``decoder.combine.weight``     (Hd, Hd + hidden * directions)  with attention: Luong's W_c
+- ``decoder.out.weight`` (target vocab, Hd), ``decoder.out.bias`` (target vocab,)
 
 The network:
 
@@ -25,12 +35,18 @@ from __future__ import annotations
 
 import os
 
+from cellforge.attention import get_attention
 from cellforge.cells import get_cell
 from cellforge.spec import ModelSpec
 
 
 def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape for every parameter of the network ``spec`` describes."""
+    return {**encoder_shapes(spec), **(decoder_shapes(spec) if spec.task == "seq2seq" else head_shapes(spec))}
+
+
+def encoder_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """The embedding (text input) and the recurrent stack: every task's encoder."""
     cell = get_cell(spec.cell)
     shapes: dict[str, tuple[int, ...]] = {}
     if spec.input.type == "text":
@@ -43,8 +59,37 @@ def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
             for name, shape in cell.shapes(in_size, spec.hidden_size).items():
                 shapes[f"rnn.{layer}.{d}.{name}"] = shape
         in_size = spec.hidden_size * spec.num_directions
-    shapes["head.weight"] = (spec.output_size, spec.hidden_size * spec.num_directions)
-    shapes["head.bias"] = (spec.output_size,)
+    return shapes
+
+
+def head_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    return {"head.weight": (spec.output_size, spec.memory_size), "head.bias": (spec.output_size,)}
+
+
+def decoder_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """seq2seq's bridge, decoder, attention and output projection."""
+    cell, hidden, memory = get_cell(spec.decoder_cell), spec.decoder_hidden, spec.memory_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    if spec.decoder.bridge == "linear":
+        for layer in range(spec.decoder_layers):
+            for state in cell.state:
+                shapes[f"bridge.{layer}.{state}.weight"] = (hidden, memory)
+                shapes[f"bridge.{layer}.{state}.bias"] = (hidden,)
+    if spec.target.vocab_size is None:
+        raise ValueError("target.vocab_size is not set: fit() fills it in from the data")
+    vocab, emb = spec.target.vocab_size, spec.target.embedding_dim
+    shapes["decoder.embedding.weight"] = (vocab, emb)
+    in_size = emb + (hidden if spec.input_feeding else 0)
+    for layer in range(spec.decoder_layers):
+        for name, shape in cell.shapes(in_size, hidden).items():
+            shapes[f"decoder.rnn.{layer}.{name}"] = shape
+        in_size = hidden
+    if spec.attention != "none":
+        for name, shape in get_attention(spec.attention).shapes(hidden, memory).items():
+            shapes[f"attention.{name}"] = shape
+        shapes["decoder.combine.weight"] = (hidden, hidden + memory)
+    shapes["decoder.out.weight"] = (vocab, hidden)
+    shapes["decoder.out.bias"] = (vocab,)
     return shapes
 
 

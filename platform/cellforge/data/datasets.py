@@ -43,11 +43,66 @@ def adding(n: int = 10000, length: int = 100, seed: int = 0) -> Sequences:
     return Sequences(np.stack([values, marks], -1).astype(np.float32), y.astype(np.float32), name="adding")
 
 
-DATASETS = {"digits": digits, "sunspots": sunspots, "adding": adding}
+def numbers(source: str = "en", target: str = "fr", low: int = 0, high: int = 10000) -> Sequences:
+    """Integers written out in words in one language -> the same integer in another (num2words),
+    one example per integer in [low, high), so every held-out number is one training never saw.
+
+        >>> d = numbers(low=4012, high=4013)
+        >>> d.x, d.y
+        (['four thousand and twelve'], ['quatre mille douze'])
+    """
+    from num2words import num2words
+
+    if not 0 <= low < high:
+        raise ValueError(f"numbers: expected 0 <= low < high, got low={low}, high={high}")
+    ints = range(low, high)
+    try:
+        x, y = [num2words(i, lang=source) for i in ints], [num2words(i, lang=target) for i in ints]
+    except NotImplementedError as e:  # num2words' error for a language it does not have
+        raise ValueError(f"numbers: {e}") from None
+    return Sequences(x, y, name=f"numbers-{source}-{target}")
+
+
+DATE_LOCALES = ("en_US", "en_GB", "fr_FR", "de_DE", "es_ES", "it_IT", "pt_BR", "nl_NL")
+DATE_FORMATS = ("short", "medium", "long", "full")  # CLDR's: 3/3/22, Mar 3, 2022, March 3, 2022, Thursday, ...
+
+
+def dates(n: int = 2000, locales: tuple[str, ...] = DATE_LOCALES, formats: tuple[str, ...] = DATE_FORMATS,
+          start: str = "1950-01-01", end: str = "2049-12-31", seed: int = 0) -> Sequences:
+    """Dates as people write them in many locales and formats (Babel's CLDR data) -> ISO 8601.
+
+    ``n`` distinct dates drawn between ``start`` and ``end``, each written in every locale and
+    format (identical spellings once); ``groups`` holds each row's date, so splits hold out dates,
+    not formats: a test date is never seen in training in any form.
+
+        >>> d = dates(n=1, locales=("fr_FR",), formats=("full",), start="2022-03-03", end="2022-03-03")
+        >>> d.x, d.y
+        (['jeudi 3 mars 2022'], ['2022-03-03'])
+    """
+    import datetime
+
+    from babel.dates import format_date
+
+    first, last = datetime.date.fromisoformat(start), datetime.date.fromisoformat(end)
+    span = (last - first).days + 1
+    if not 0 < n <= span:
+        raise ValueError(f"dates: expected 0 < n <= {span} (the days from start to end), got n={n}")
+    days = np.sort(np.random.default_rng(seed).choice(span, n, replace=False))
+    x, y, groups = [], [], []
+    for day in days.tolist():
+        date = first + datetime.timedelta(days=day)
+        for text in dict.fromkeys(format_date(date, f, locale=loc) for loc in locales for f in formats):
+            x.append(text)
+            y.append(date.isoformat())
+            groups.append(day)
+    return Sequences(x, y, name="dates", groups=groups)
+
+
+DATASETS = {"digits": digits, "sunspots": sunspots, "adding": adding, "numbers": numbers, "dates": dates}
 
 
 def load(name: str, **kwargs) -> Sequences | Series:
-    """Load a built-in data set by name: ``digits``, ``sunspots`` or ``adding``."""
+    """Load a built-in data set by name: ``digits``, ``sunspots``, ``adding``, ``numbers`` or ``dates``."""
     try:
         fn = DATASETS[name]
     except KeyError:

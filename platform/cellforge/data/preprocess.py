@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cellforge.data import targets
 from cellforge.data.sources import Sequences, Series, to_source
 from cellforge.errors import SpecError
 from cellforge.spec import ModelSpec
@@ -68,6 +69,8 @@ class Preprocessor:
         if s["task"] == "classify":
             index = {c: i for i, c in enumerate(s["classes"])}
             return np.asarray([index[_key(v)] for v in np.asarray(y).tolist()], np.int64)
+        if s["task"] == "seq2seq":
+            return targets.encode(s["target"], list(y))
         if s["task"] == "tag":
             index = {c: i for i, c in enumerate(s["classes"])}
             out = np.full((len(y), int(lengths.max())), -100, np.int64)  # -100: ignored by the loss
@@ -165,6 +168,13 @@ def split_indices(n: int, val: float, test: float, seed: int, shuffle: bool) -> 
     return {"train": idx[:n_train], "val": idx[n_train: n_train + n_val], "test": idx[n_train + n_val:]}
 
 
+def split_groups(groups: list, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
+    """Like ``split_indices`` over the distinct groups: every row of a group lands in one split."""
+    keys, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    parts = split_indices(len(keys), val, test, seed, shuffle=True)
+    return {k: np.flatnonzero(np.isin(inverse, v)) for k, v in parts.items()}
+
+
 @dataclass
 class Prepared:
     """Model-ready splits ({'train', 'val', 'test'} -> {'x', 'lengths', 'y'}) and the preprocessor."""
@@ -192,7 +202,10 @@ def fit_preprocessor(spec: ModelSpec, src: Sequences | Series) -> tuple[ModelSpe
     n = len(src.x)
     if len(src.y) != n:
         raise SpecError([("data", f"{n} inputs but {len(src.y)} targets")], what="data")
-    parts = split_indices(n, t.val_fraction, t.test_fraction, t.seed, shuffle=True)
+    if src.groups is not None and len(src.groups) != n:
+        raise SpecError([("data", f"{n} inputs but {len(src.groups)} groups")], what="data")
+    parts = (split_indices(n, t.val_fraction, t.test_fraction, t.seed, shuffle=True) if src.groups is None
+             else split_groups(src.groups, t.val_fraction, t.test_fraction, t.seed))
     state: dict[str, Any] = {"kind": "sequences", "task": spec.task, "input_type": inp.type,
                              "max_length": inp.max_length}
     if inp.type == "text":
@@ -220,6 +233,11 @@ def fit_preprocessor(spec: ModelSpec, src: Sequences | Series) -> tuple[ModelSpe
             raise SpecError([("data", f"need at least 2 classes, found {classes}")], what="data")
         state["classes"] = classes
         spec = spec.updated(num_classes=len(classes))
+    elif spec.task == "seq2seq":
+        if not all(isinstance(t, str) for t in src.y):
+            raise SpecError([("data", "seq2seq targets must be strings")], what="data")
+        state["target"] = targets.fit(spec.target, [src.y[i] for i in parts["train"]])
+        spec = spec.updated(**{"target.vocab_size": len(state["target"]["vocab"])})
     else:
         y = np.asarray(src.y, np.float64).reshape(n, -1)
         state["num_targets"] = y.shape[1]

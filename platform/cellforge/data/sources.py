@@ -26,6 +26,7 @@ class Sequences:
     x: Any
     y: Any
     name: str = "sequences"
+    groups: Any = None  # one key per row: rows sharing a key go to the same split (e.g. one date's spellings)
 
 
 @dataclass

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
-from cellforge.backends.network import check_shapes, directions, param_shapes  # noqa: E402
+from cellforge.backends.network import check_shapes, directions, encoder_shapes, param_shapes  # noqa: E402
 from cellforge.cells import get_cell  # noqa: E402
 from cellforge.spec import ModelSpec  # noqa: E402
 
@@ -47,6 +47,14 @@ OPS = SimpleNamespace(
     relu=ops.relu,
     split=lambda x, n: ops.split(x, n, axis=-1),
     concat=lambda xs: ops.concatenate(xs, axis=-1),
+    softmax=lambda x: ops.softmax(x, axis=-1),
+    matmul=ops.matmul,
+    expand=ops.expand_dims,
+    squeeze=ops.squeeze,
+    where=ops.where,
+    take=lambda x, index: ops.take(x, index, axis=0),
+    stack=lambda xs, axis: ops.stack(xs, axis),
+    zeros=lambda like, width: ops.zeros((ops.shape(like)[0], width), like.dtype),
 )
 GRU_ORDER = [1, 0, 2]  # canonical (r, z, n) <-> Keras (z, r, h); the permutation is its own inverse
 
@@ -101,10 +109,17 @@ class Net(keras.Model):
             self.rnns.append([make_rnn(spec.cell, in_size, spec.hidden_size) for _ in directions(spec)])
             in_size = spec.hidden_size * spec.num_directions
         self.drop = keras.layers.Dropout(spec.dropout)
-        self.head = keras.layers.Dense(spec.output_size)
-        self.head.build((None, in_size))
+        self.head = None  # seq2seq: this net is the encoder; its decoder replaces the head (seq2seq.py)
+        if spec.task != "seq2seq":
+            self.head = keras.layers.Dense(spec.output_size)
+            self.head.build((None, in_size))
 
     def call(self, x, lengths, training=False, full=False):
+        seq, summary = self.encode(x, lengths, training, full)
+        return self.head(seq if self.spec.task == "tag" else summary)
+
+    def encode(self, x, lengths, training=False, full=False):
+        """The top layer's outputs (B, T, H*dirs), zero at padding, and the summary (B, H*dirs)."""
         spec, hidden = self.spec, self.spec.hidden_size
         h = self.embedding(x) if self.embedding is not None else x
         steps = tf.shape(h)[1]
@@ -124,11 +139,8 @@ class Net(keras.Model):
                     o = rnns[1](tf.gather(h, rev, batch_dims=1), mask=mask, training=training)
                     outs.append(tf.gather(o, rev, batch_dims=1))
             h = tf.concat(outs, -1) if len(outs) > 1 else outs[0]
-        if spec.task == "tag":
-            return self.head(h)
         last = h[:, -1, :hidden] if full else tf.gather(h[..., :hidden], tf.maximum(lengths - 1, 0), batch_dims=1)
-        summary = tf.concat([last, h[:, 0, hidden:]], -1) if spec.bidirectional else last
-        return self.head(summary)
+        return h, (tf.concat([last, h[:, 0, hidden:]], -1) if spec.bidirectional else last)
 
 
 # canonical <-> Keras ----------------------------------------------------------------
@@ -144,7 +156,7 @@ def _rnn_weights(net: Net, canonical: str):
 def to_canonical(net: Net) -> dict[str, np.ndarray]:
     """The network's weights under canonical names, layout and gate order (float32 numpy)."""
     out, fused = {}, get_cell(net.spec.cell).fused
-    for name in param_shapes(net.spec):
+    for name in encoder_shapes(net.spec) if net.head is None else param_shapes(net.spec):
         param = name.split(".")[-1]
         if name == "embedding.weight":
             v = net.embedding.embeddings.numpy()
@@ -179,8 +191,9 @@ def from_canonical(net: Net, params: dict[str, np.ndarray]) -> Net:
     p = {k: np.asarray(v, np.float32) for k, v in params.items()}
     if net.embedding is not None:
         net.embedding.embeddings.assign(p["embedding.weight"])
-    net.head.kernel.assign(p["head.weight"].T)
-    net.head.bias.assign(p["head.bias"])
+    if net.head is not None:
+        net.head.kernel.assign(p["head.weight"].T)
+        net.head.bias.assign(p["head.bias"])
     for layer in range(net.spec.num_layers):
         for d in directions(net.spec):
             pre = f"rnn.{layer}.{d}."

@@ -24,6 +24,12 @@ def _sigmoid(x):
     return 0.5 * (np.tanh(0.5 * x) + 1.0)  # stable for large |x|
 
 
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+# every backend's OPS has these names with these meanings (cells, attention and the decoder use them)
 OPS = SimpleNamespace(
     linear=_linear,
     sigmoid=_sigmoid,
@@ -31,6 +37,14 @@ OPS = SimpleNamespace(
     relu=lambda x: np.maximum(x, 0),
     split=lambda x, n: np.split(x, n, axis=-1),
     concat=lambda xs: np.concatenate(xs, axis=-1),
+    softmax=_softmax,  # over the last axis
+    matmul=np.matmul,  # batched over leading axes
+    expand=np.expand_dims,  # (x, axis)
+    squeeze=np.squeeze,  # (x, axis)
+    where=np.where,  # (condition, x, y)
+    take=lambda x, index: x[index],  # rows of x along axis 0 (embedding lookup, beam reordering)
+    stack=lambda xs, axis: np.stack(xs, axis),
+    zeros=lambda like, width: np.zeros((like.shape[0], width), like.dtype),  # (like's rows, width), like's dtype/device
 )
 
 
@@ -39,9 +53,13 @@ def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for name, shape in param_shapes(spec).items():
-        fan = spec.hidden_size if name.startswith("rnn.") else shape[-1]
+        fan = shape[-1]
+        if name.startswith("rnn."):
+            fan = spec.hidden_size
+        elif name.startswith("decoder.rnn."):
+            fan = spec.decoder_hidden
         bound = 1.0 / np.sqrt(fan)
-        if name == "embedding.weight":
+        if name in ("embedding.weight", "decoder.embedding.weight"):
             out[name] = rng.normal(0, 1, shape).astype(np.float32)
         else:
             out[name] = rng.uniform(-bound, bound, shape).astype(np.float32)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from cellforge.backends.network import directions, param_shapes
+from cellforge.backends.network import directions, encoder_shapes, param_shapes
 from cellforge.cells import get_cell
 from cellforge.spec import ModelSpec
 
@@ -23,6 +23,14 @@ OPS = SimpleNamespace(
     relu=torch.relu,
     split=lambda x, n: torch.chunk(x, n, -1),
     concat=lambda xs: torch.cat(xs, -1),
+    softmax=lambda x: torch.softmax(x, -1),
+    matmul=torch.matmul,
+    expand=torch.unsqueeze,
+    squeeze=torch.squeeze,
+    where=torch.where,
+    take=lambda x, index: x[index],
+    stack=lambda xs, axis: torch.stack(xs, axis),
+    zeros=lambda like, width: like.new_zeros(like.shape[0], width),
 )
 FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -91,9 +99,15 @@ class Net(nn.Module):
                                          bidirectional=spec.bidirectional, dropout=spec.dropout if spec.num_layers > 1 else 0.0)
         else:
             self.rnn = CellRNN(spec)
-        self.head = nn.Linear(spec.hidden_size * spec.num_directions, spec.output_size)
+        # seq2seq: this net is the encoder; its decoder replaces the head (backends/torch/seq2seq.py)
+        self.head = None if spec.task == "seq2seq" else nn.Linear(spec.memory_size, spec.output_size)
 
     def forward(self, x, lengths):
+        seq, summary = self.encode(x, lengths)
+        return self.head(seq if self.spec.task == "tag" else summary)
+
+    def encode(self, x, lengths):
+        """The top layer's outputs (B, T, H*dirs), zero at padding, and the summary (B, H*dirs)."""
         spec = self.spec
         h = self.embedding(x) if spec.input.type == "text" else x
         steps = h.shape[1]
@@ -110,13 +124,12 @@ class Net(nn.Module):
                 seq, _ = pad_packed_sequence(seq, batch_first=True, total_length=steps)
             h_n = state[0] if isinstance(state, tuple) else state
             top = list(h_n[-spec.num_directions:])
-        if spec.task == "tag":
-            return self.head(seq)
-        return self.head(torch.cat(top, -1))
+        return seq, torch.cat(top, -1)
 
 
 # canonical <-> torch names -----------------------------------------------------
-def _torch_name(net: Net, canonical: str) -> str:
+def torch_name(net: Net, canonical: str) -> str:
+    """The name in ``net``'s state dict of a canonical weight of its encoder or head."""
     parts = canonical.split(".")
     if parts[0] != "rnn":
         return canonical
@@ -128,16 +141,17 @@ def _torch_name(net: Net, canonical: str) -> str:
 
 
 def to_canonical(net: Net) -> dict[str, np.ndarray]:
-    state = _unwrap(net).state_dict()
-    return {k: state[_torch_name(_unwrap(net), k)].detach().cpu().numpy().astype(np.float32)
-            for k in param_shapes(_unwrap(net).spec)}
+    inner = _unwrap(net)
+    state = inner.state_dict()
+    names = encoder_shapes(inner.spec) if inner.head is None else param_shapes(inner.spec)
+    return {k: state[torch_name(inner, k)].detach().cpu().numpy().astype(np.float32) for k in names}
 
 
 def from_canonical(net: Net, params: dict[str, np.ndarray]) -> Net:
     inner = _unwrap(net)
     state = inner.state_dict()
     for k, v in params.items():
-        name = _torch_name(inner, k)
+        name = torch_name(inner, k)
         if tuple(state[name].shape) != tuple(v.shape):
             raise ValueError(f"weight {k}: expected shape {tuple(state[name].shape)}, got {tuple(v.shape)}")
         state[name] = torch.from_numpy(np.asarray(v, np.float32))

@@ -1,0 +1,147 @@
+"""Greedy and beam-search decoding, written once over a backend's ``Stepper`` (numpy, torch and
+Keras each have one in ``backends/<name>/seq2seq.py``): ``start(x, lengths)`` encodes a padded
+batch, ``step(state, tokens)`` runs one decoder step and returns numpy logits, ``select(state,
+rows)`` picks, repeats or reorders rows of the decoder's state.
+
+Rows are decoded together (padded batch decoding): a finished row leaves the batch, and beam search
+keeps ``width`` hypotheses per row in one batch of ``rows x width``. Scores are summed in float64
+from each runtime's float32 logits, so every runtime picks the same tokens.
+
+    >>> import numpy as np
+    >>> from cellforge import ModelSpec
+    >>> from cellforge.backends.numpy import seq2seq
+    >>> spec = ModelSpec(task="seq2seq", cell="gru", hidden_size=8, input={"type": "text", "vocab_size": 9},
+    ...                  target={"vocab_size": 7})
+    >>> stepper = seq2seq.Stepper(seq2seq.build(spec))
+    >>> x, lengths = np.array([[4, 5, 6], [7, 8, 0]]), np.array([3, 2])
+    >>> [len(d.tokens) <= 5 for d in greedy(stepper, x, lengths, max_length=5)]
+    [True, True]
+    >>> beam(stepper, x, lengths, width=1, max_length=5)[0].tokens == greedy(stepper, x, lengths, 5)[0].tokens
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cellforge.seq2seq import BOS, EOS
+
+
+@dataclass
+class Decoded:
+    """One row's output: its tokens (without ``<bos>`` and ``<eos>``), their summed log-probability
+    (``<eos>``'s included when it was reached), and when asked for, the attention weights: one row
+    per decoded step (``<eos>``'s included), one column per input step."""
+
+    tokens: list[int]
+    score: float
+    attention: np.ndarray | None = None
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's (Wu et al. 2016) ((5 + length) / 6) ** alpha: a beam's score is divided by it."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def greedy(stepper, x, lengths, max_length: int, return_attention: bool = False,
+           bos: int = BOS, eos: int = EOS) -> list[Decoded]:
+    """The most likely token at each step, until ``<eos>`` or ``max_length`` tokens (``<eos>`` included)."""
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    state = stepper.start(x, lengths)
+    rows = np.arange(n)  # which input row each state row decodes
+    tokens, scores = [[] for _ in range(n)], np.zeros(n)
+    attention: list[list[np.ndarray]] = [[] for _ in range(n)]
+    prev = np.full(n, bos, np.int64)
+    for _ in range(max_length):
+        logits, state, weights = stepper.step(state, prev)
+        logp = log_softmax(logits)
+        prev = logp.argmax(-1)
+        scores[rows] += logp[np.arange(len(rows)), prev]
+        for i, r in enumerate(rows):
+            if return_attention and weights is not None:
+                attention[r].append(weights[i, : lengths[r]])
+            if prev[i] != eos:
+                tokens[r].append(int(prev[i]))
+        going = prev != eos
+        if not going.any():
+            break
+        if not going.all():  # finished rows leave the batch
+            keep = np.flatnonzero(going)
+            state, rows, prev = stepper.select(state, keep), rows[keep], prev[keep]
+    return [Decoded(tokens[r], float(scores[r]), np.stack(attention[r]) if attention[r] else None)
+            for r in range(n)]
+
+
+def beam(stepper, x, lengths, width: int, max_length: int, alpha: float = 1.0, return_attention: bool = False,
+         bos: int = BOS, eos: int = EOS) -> list[Decoded]:
+    """Beam search: ``width`` hypotheses per row; a row is done when ``width`` hypotheses have ended
+    with ``<eos>`` (or at ``max_length`` tokens); the best by score / length_penalty wins."""
+    lengths = np.asarray(lengths)
+    n, k = len(lengths), width
+    state = stepper.select(stepper.start(x, lengths), np.repeat(np.arange(n), k))
+    scores = np.full((n, k), -np.inf)
+    scores[:, 0] = 0.0  # one live hypothesis to start with, not k copies of it
+    prev = np.full(n * k, bos, np.int64)
+    history: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []  # (tokens, parents, weights) per step
+    finished: list[list[tuple[float, float, int, int]]] = [[] for _ in range(n)]  # (score / penalty, score, step, parent * vocab + token)
+    done = np.zeros(n, bool)
+    for t in range(max_length):
+        logits, state, weights = stepper.step(state, prev)
+        logp = log_softmax(logits).reshape(n, k, -1)
+        vocab = logp.shape[-1]
+        total = (scores[:, :, None] + logp).reshape(n, k * vocab)
+        order = np.argsort(-total, axis=1, kind="stable")[:, : 2 * k]  # k that go on, even if k end here
+        new_tokens, parents = np.full((n, k), eos, np.int64), np.tile(np.arange(k), (n, 1))
+        new_scores = np.full((n, k), -np.inf)
+        for b in range(n):
+            if done[b]:
+                continue
+            live = 0
+            for rank, c in enumerate(order[b]):
+                parent, token, score = c // vocab, c % vocab, total[b, c]
+                if not np.isfinite(score):
+                    break
+                if token == eos or t == max_length - 1:
+                    if rank < k:  # an ending counts only when it ranks among the best k
+                        finished[b].append((score / length_penalty(t + 1, alpha), score, t, int(c)))
+                    if token == eos:
+                        continue
+                if live < k:
+                    new_tokens[b, live], parents[b, live], new_scores[b, live] = token, parent, score
+                    live += 1
+            done[b] = len(finished[b]) >= k or t == max_length - 1
+        history.append((new_tokens, parents, None if weights is None else weights.reshape(n, k, -1)))
+        if done.all():
+            break
+        scores = new_scores
+        rows = (np.arange(n)[:, None] * k + parents).reshape(-1)
+        state, prev = stepper.select(state, rows), new_tokens.reshape(-1)
+    out = []
+    for b in range(n):
+        _, score, t, c = max(finished[b], key=lambda e: e[0])
+        tokens, attention = trace(history, b, t, *divmod(c, logp.shape[-1]), return_attention)
+        if tokens[-1] == eos:
+            tokens = tokens[:-1]
+        out.append(Decoded(tokens, float(score), attention[:, : lengths[b]] if attention is not None else None))
+    return out
+
+
+def trace(history, b: int, t: int, row: int, token: int, return_attention: bool):
+    """The tokens (and attention) of the hypothesis that ``row`` of row group ``b`` extended with
+    ``token`` at step ``t``, read back through each step's (tokens, parents, weights)."""
+    tokens, weights = [int(token)], [history[t][2][b, row] if return_attention and history[t][2] is not None else None]
+    for s in range(t - 1, -1, -1):
+        step_tokens, parents, step_weights = history[s]
+        tokens.append(int(step_tokens[b, row]))
+        row = parents[b, row]
+        weights.append(step_weights[b, row] if weights[0] is not None else None)
+    return tokens[::-1], (np.stack(weights[::-1]) if weights[0] is not None else None)
