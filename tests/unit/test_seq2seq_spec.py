@@ -87,3 +87,14 @@ def test_canonical_shapes_of_the_decoder():
     assert plain["decoder.rnn.0.w_ih"] == (18, 5)
     with pytest.raises(ValueError, match="target.vocab_size is not set"):
         param_shapes(spec.updated(**{"target.vocab_size": None}))
+
+
+def test_fit_and_sweep_refuse_seq2seq_until_it_trains():
+    """Declared, run and decoded in every backend, not yet trained: a clear error, before Ray starts."""
+    import cellforge as cf
+
+    spec = cf.ModelSpec(task="seq2seq", input={"type": "text", "tokenizer": "char"})
+    for call in (lambda: cf.fit(spec, cf.datasets.load("numbers")),
+                 lambda: cf.sweep(spec, cf.datasets.load("numbers"), {"hidden_size": cf.choice([8])})):
+        with pytest.raises(cf.SpecError, match="training them on Ray Train is not built yet"):
+            call()

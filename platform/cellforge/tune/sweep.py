@@ -29,7 +29,7 @@ from cellforge.errors import SpecError
 from cellforge.log import log
 from cellforge.runtime import ensure_ray, own_sigint
 from cellforge.spec import ModelSpec
-from cellforge.train.fit import check_name, runs_dir
+from cellforge.train.fit import check_name, check_trainable, runs_dir
 from cellforge.tune.space import Dim, affects_data, as_space, check_space
 
 if TYPE_CHECKING:  # importing it pulls in Ray Tune; job-file validation stays light without it
@@ -81,6 +81,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     from cellforge.tune.trial import Trial
 
     spec = ModelSpec.of(spec, epochs)
+    check_trainable(spec)
     dims, problems = as_space(space)
     problems += sweep_problems(spec, dims, trials, metric, scheduler, search, workers_per_trial, grace_period,
                                reduction_factor)
