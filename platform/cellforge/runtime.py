@@ -84,6 +84,9 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING,
                  runtime_env={"env_vars": worker_env} if worker_env else None)
     else:
+        # one local node is never drained or preempted: Train's per-run preemption-watcher actor (one
+        # more process to start per fit) has nothing to watch
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         _start_local()
     _ray.filter_worker_output(shown)
 
