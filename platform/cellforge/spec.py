@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from cellforge.attention import ATTENTIONS
 from cellforge.cells import CELLS
@@ -238,6 +238,19 @@ class ModelSpec(_Strict):
             problems.append(("decoder.input_feeding", "feeds the attentional vector back, so it needs attention; "
                                                       "got attention 'none'"))
         return problems
+
+    @model_serializer(mode="wrap")
+    def _without_seq2seq(self, handler) -> dict[str, Any]:
+        """Other tasks' specs (and so their bundles' spec.json) carry no seq2seq fields: what they were
+        before seq2seq existed, readable by the cellforge that wrote the earlier bundles."""
+        data = handler(self)
+        if self.task != "seq2seq" and isinstance(data, dict):
+            for name in SEQ2SEQ_FIELDS:
+                if data.get(name) is None:
+                    data.pop(name, None)
+            if isinstance(data.get("training"), dict) and data["training"].get("teacher_forcing") == 1.0:
+                data["training"].pop("teacher_forcing")
+        return data
 
     def updated(self, **changes: Any) -> ModelSpec:
         """A copy with dotted-path changes, validated: ``spec.updated(**{"training.lr": 0.01})``."""

@@ -77,3 +77,14 @@ def test_every_door_gives_one_spec_error_with_every_problem():
     assert {p for p, _ in e.value.problems} == {"spec.hidden_size", "workers"}
     with pytest.raises(SpecError, match="space.hidden_size"):
         cf.sweep(cf.ModelSpec(), cf.datasets.load("digits"), {"hidden_size": cf.choice([0])})
+
+
+def test_other_tasks_specs_carry_no_seq2seq_fields():
+    """A classifier's spec.json is what it was before seq2seq existed (bundles stay readable by the
+    cellforge that wrote the earlier ones); a seq2seq spec round-trips with its own fields."""
+    keys = set(json.loads(cf.ModelSpec(task="classify").to_json()))
+    assert keys == {"framework", "task", "cell", "hidden_size", "num_layers", "bidirectional", "dropout",
+                    "num_classes", "num_outputs", "horizon", "input", "training"}
+    assert "teacher_forcing" not in json.loads(cf.ModelSpec().to_json())["training"]
+    s2s = cf.ModelSpec(task="seq2seq", input={"type": "text"}, training={"teacher_forcing": 0.5})
+    assert ModelSpec.from_json(s2s.to_json()) == s2s and json.loads(s2s.to_json())["attention"] == "additive"
