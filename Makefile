@@ -19,7 +19,7 @@ demo: $(BIN)/cellforge
 
 # the paths are pyproject's testpaths: tests/ and the package's docstring examples
 test: $(BIN)/cellforge
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=25
 
 test-all: $(BIN)/cellforge
 	$(BIN)/python -m pytest -q

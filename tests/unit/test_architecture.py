@@ -145,3 +145,11 @@ def test_modules_import_in_any_order():
         if name.startswith("cellforge.backends.keras"):
             continue  # imports TensorFlow: covered by the backend contract test
         importlib.import_module(name)
+
+
+def test_test_modules_have_unique_basenames():
+    """pytest imports tests by basename (rootdir mode): tests/unit/x.py and tests/integration/x.py
+    clash at collection in a fresh clone, while a warm checkout's caches can hide it."""
+    tests = PACKAGE.parents[1] / "tests"
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
