@@ -56,8 +56,7 @@ def test_workers_get_the_quiet_tensorflow_log_level(ray_session):
 
 
 # After hold() returns the script leaves at once: what is checked is how the signal is handled (Ray's
-# driver printed its fatal-signal trace at the signal). Ray's own shutdown of a driver connected to the
-# busy shared session Ray once took over 180 s in a full-suite run (1.3-1.7 s, 4 of 4, alone).
+# driver printed its fatal-signal trace at the signal), not Ray's own shutdown.
 HOLD = """
 import os, sys
 from cellforge.runtime import ensure_ray

@@ -87,9 +87,12 @@ def hold(block: bool | None, address: str | None, message: str) -> None:
         block = not (address or os.environ.get("RAY_ADDRESS"))
     if not block:
         return
-    # Ray's driver handles SIGTERM as a fatal signal (a stack trace, exit 15); here it means "stop"
+    # Ray's driver handles SIGTERM as a fatal signal (a stack trace, exit 15); here it means "stop".
+    # SIGINT too is set here: a process started with SIGINT ignored (from a background job, or by a
+    # parent that ignores it - Python then installs no Ctrl-C handler) would otherwise never stop on it
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in stops} if main else {}
     try:
         log.info(message)  # in the try: a signal may come as soon as the line is out
         while True:
@@ -97,8 +100,8 @@ def hold(block: bool | None, address: str | None, message: str) -> None:
     except KeyboardInterrupt:
         log.info("stopping")
     finally:
-        if main:  # None: a handler not set from Python; the default then
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for sig, handler in previous.items():  # None: a handler not set from Python; the default then
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def _interrupt(signum, frame):
