@@ -99,18 +99,25 @@ def test_a_users_own_tensorflow_log_level_wins(monkeypatch):
 
 
 # ------------------------------------------------------------------ SIGTERM while serving
-def test_sigterm_ends_hold_cleanly():
-    """What a container runtime sends stops a held endpoint the way Ctrl-C does: exit 0, no trace
-    (tests/integration/test_quiet_ray.py does it with a Ray driver connected)."""
+def _stop_held_process(sig, preexec_fn=None) -> tuple[int, str, str]:
+    """Start a process held in ``hold()``, send ``sig`` once it serves; (exit code, stdout, stderr)."""
     code = "from cellforge.serving.deploy import hold; hold(True, None, 'serving until Ctrl-C')"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=preexec_fn)
     try:
         assert proc.stdout.readline().strip() == "[cellforge] serving until Ctrl-C"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err
+    return proc.returncode, out, err
+
+
+def test_sigterm_ends_hold_cleanly():
+    """What a container runtime sends stops a held endpoint the way Ctrl-C does: exit 0, no trace
+    (tests/integration/test_quiet_ray.py does it with a Ray driver connected)."""
+    code, out, err = _stop_held_process(signal.SIGTERM)
+    assert code == 0, err
     assert err == "" and "[cellforge] stopping" in out
 
 
@@ -118,16 +125,8 @@ def test_ctrl_c_ends_hold_started_with_sigint_ignored():
     """A process whose parent ignores SIGINT (a background job; after notebooks ran, the test
     session itself) starts with it ignored and Python installs no Ctrl-C handler: hold sets its own.
     Before, the held process never stopped (seen as a 180 s hang in a full-suite run)."""
-    code = "from cellforge.serving.deploy import hold; hold(True, None, 'serving until Ctrl-C')"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    try:
-        assert proc.stdout.readline().strip() == "[cellforge] serving until Ctrl-C"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0 and err == "" and "[cellforge] stopping" in out, err
+    code, out, err = _stop_held_process(signal.SIGINT, lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert code == 0 and err == "" and "[cellforge] stopping" in out, err
 
 
 def test_hold_puts_the_previous_sigterm_handler_back(monkeypatch):
