@@ -70,14 +70,18 @@ def _model_of(annotation) -> type[BaseModel] | None:
     return None
 
 
+def _is_only(annotation, kind: type) -> bool:
+    """Whether ``annotation`` is ``kind`` or ``kind | None``."""
+    return annotation is kind or (typing.get_origin(annotation) in (typing.Union, types.UnionType)
+                                  and set(typing.get_args(annotation)) <= {kind, type(None)})
+
+
 def _is_bool(annotation) -> bool:
-    return annotation is bool or (typing.get_origin(annotation) in (typing.Union, types.UnionType)
-                                  and set(typing.get_args(annotation)) <= {bool, type(None)})
+    return _is_only(annotation, bool)
 
 
 def _is_text(annotation) -> bool:
-    return annotation is str or (typing.get_origin(annotation) in (typing.Union, types.UnionType)
-                                 and set(typing.get_args(annotation)) <= {str, type(None)})
+    return _is_only(annotation, str)
 
 
 def _choices(annotation) -> list[str] | None:
