@@ -169,3 +169,74 @@ def test_tag_explains_one_step_and_bad_arguments_name_the_field():
         explain(spec, params, x, lengths, step=5)
     with pytest.raises(ValueError, match="step: only for task 'tag'"):
         explain(spec_of("gru"), ref.init_params(spec_of("gru")), x, lengths, step=1)
+
+
+# plots ------------------------------------------------------------------------------------------
+@pytest.fixture
+def text_model(tmp_path):
+    from cellforge import bundle
+    from cellforge.data.preprocess import prepare
+
+    data = cf.Sequences(["good movie", "bad plot", "the movie was good", "bad"], ["pos", "neg", "pos", "neg"])
+    spec, prepared = prepare(cf.ModelSpec(task="classify", cell="lstm", hidden_size=6, input={"type": "text"}), data)
+    return cf.load(bundle.save(tmp_path / "b", spec, ref.init_params(spec), prepared.preprocessor.state, {}))
+
+
+def test_model_explain_and_trace_take_raw_text_and_plot(text_model):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ex = text_model.explain(["the movie was good", "bad"])
+    assert ex.tokens == [["the", "movie", "was", "good"], ["bad"]]
+    assert ex.attributions.shape == (2, 4) and ex.prediction["labels"] in (["pos", "pos"], ["pos", "neg"],
+                                                                              ["neg", "pos"], ["neg", "neg"])
+    fig = ex.plot(0)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ex.tokens[0]
+    assert "prediction:" in "".join(t.get_text() for a in fig.axes for t in a.texts)
+    t = text_model.trace(["the movie was good", "bad"])
+    assert t.tokens == ex.tokens and t.prediction["labels"] == ex.prediction["labels"]
+    fig = cf.plot.states(t)
+    assert len(fig.axes) == 2 and len(fig.axes[1].patches) == 3  # one bar per LSTM gate (i, f, o)
+    sat = cf.interpret.plots.saturation(t)["rnn.0.fwd"]
+    f = t.layers["rnn.0.fwd"]["f"]
+    f = f[~np.isnan(f)]
+    assert sat["f"] == pytest.approx(((f < 0.1) | (f > 0.9)).mean())
+
+
+def test_attention_map_is_the_reference_decoders_attention(tmp_path):
+    import matplotlib
+
+    from cellforge import bundle
+    from cellforge.backends.numpy import seq2seq as ref_s2s
+    from cellforge.data.preprocess import prepare
+
+    matplotlib.use("Agg")
+    data = cf.datasets.load("numbers", low=0, high=50)
+    spec = cf.ModelSpec(task="seq2seq", cell="gru", hidden_size=8, input={"type": "text", "tokenizer": "char"},
+                        target={"tokenizer": "word", "max_length": 6})
+    spec, prepared = prepare(spec, data)
+    model = cf.load(bundle.save(tmp_path / "s", spec, ref.init_params(spec, 5), prepared.preprocessor.state, {}))
+    m = cf.interpret.plots.attention(model, "twenty-one")
+    assert m.inputs == list("twenty-one") and m.weights.shape == (len(m.outputs), len(m.inputs))
+    np.testing.assert_allclose(m.weights.sum(1), 1.0, atol=1e-6)
+    # the same weights when the reference decoder is fed the decoded tokens (teacher forcing)
+    x, lengths = model.preprocessor.transform(["twenty-one"])
+    vocab = {w: i for i, w in enumerate(prepared.preprocessor.state["target"]["vocab"])}
+    y_in = np.array([[2] + [vocab[w] for w in m.outputs[:-1]]])
+    _, weights = ref_s2s.logits(ref_s2s.build(spec, model.weights), x, lengths, y_in, return_attention=True)
+    np.testing.assert_allclose(m.weights, weights[0], atol=1e-6)
+    fig = cf.plot.attention(model, "twenty-one")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == m.outputs
+    with pytest.raises(ValueError, match="attention: needs a seq2seq model"):
+        cf.interpret.plots.attention(_classify(tmp_path), "x")
+
+
+def _classify(tmp_path):
+    from cellforge import bundle
+
+    spec = spec_of("gru")
+    return cf.load(bundle.save(tmp_path / "c", spec, ref.init_params(spec),
+                               {"kind": "sequences", "task": "classify", "input_type": "numeric",
+                                "num_features": 5, "scaler": {"shift": [0.0] * 5, "scale": [1.0] * 5}}, {}))

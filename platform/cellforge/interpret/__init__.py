@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from cellforge.interpret.explain import METHODS, N_STEPS, Explanation, explain
-from cellforge.interpret.trace import Trace, trace
+from cellforge.interpret.trace import Trace, input_tokens, trace
 
 
 def explain_model(model, inputs: Any, method: str = "integrated_gradients", **options) -> Explanation:
@@ -32,13 +32,6 @@ def trace_model(model, inputs: Any) -> Trace:
     if t.outputs is not None:
         t.prediction = model.preprocessor.decode(t.outputs, lengths)
     return t
-
-
-def input_tokens(model, inputs: Any, lengths) -> list[list[str]] | None:
-    """Each text input's tokens as the model read them (None for numeric input)."""
-    if model.spec.input.type != "text":
-        return None
-    return [(model.preprocessor.tokenize(text) or ["<unk>"])[: int(n)] for text, n in zip(inputs, lengths)]
 
 
 __all__ = ["METHODS", "N_STEPS", "Explanation", "Trace", "explain", "explain_model", "input_tokens", "trace",

@@ -90,7 +90,7 @@ class Explanation:
 
 def explain(spec: ModelSpec, params: dict[str, np.ndarray], x, lengths, method: str = "integrated_gradients",
             target: int | list[int] | None = None, step: int | None = None, n_steps: int = N_STEPS,
-            device: str | None = None) -> Explanation:
+            baseline=None, device: str | None = None) -> Explanation:
     """Attribute the network's output for model-ready ``x`` (see the module's docstring).
 
     Args:
@@ -98,6 +98,9 @@ def explain(spec: ModelSpec, params: dict[str, np.ndarray], x, lengths, method: 
             forecast), one for all sequences or one per sequence; default the predicted class / 0.
         step: tag only, the step whose tag is explained (default each sequence's last step).
         n_steps: integrated gradients' interpolation steps, all run as one batch.
+        baseline: integrated gradients' and occlusion's reference input, model-ready like ``x``
+            (token ids for text); default all zeros (the features' training mean when they are
+            standard-scaled; for text, a zero embedding).
         device: 'cpu' (default) or 'cuda'.
     """
     import torch
@@ -125,7 +128,8 @@ def explain(spec: ModelSpec, params: dict[str, np.ndarray], x, lengths, method: 
     with torch.no_grad():
         raw = net(inp, ln).cpu().numpy()
     index = _targets(spec, raw, lengths, target, step)
-    base = torch.zeros_like(inp)
+    base = torch.zeros_like(inp) if baseline is None else torch.as_tensor(_baseline(spec, params, x, baseline),
+                                                                            device=device)
     with _rnn_backward_ok(device):
         if method == "integrated_gradients":
             attr, delta = IntegratedGradients(f).attribute(
@@ -136,7 +140,7 @@ def explain(spec: ModelSpec, params: dict[str, np.ndarray], x, lengths, method: 
             attr, delta = InputXGradient(f).attribute(inp, target=index, additional_forward_args=(ln,)), None
         else:  # one window per step, across all its features
             attr = Occlusion(f).attribute(inp, sliding_window_shapes=(1, inp.shape[-1]),
-                                          strides=(1, inp.shape[-1]), baselines=0.0, target=index,
+                                          strides=(1, inp.shape[-1]), baselines=base, target=index,
                                           additional_forward_args=(ln,))[..., 0:1]
             delta = None
         with torch.no_grad():
@@ -164,6 +168,15 @@ def _feature_net(spec: ModelSpec, params: dict[str, np.ndarray], x):
     numeric = spec.updated(**{"input.type": "numeric", "input.num_features": emb.shape[1], "input.vocab_size": None})
     rest = {k: v for k, v in params.items() if k != "embedding.weight"}
     return backend.build(numeric, rest), np.asarray(emb, np.float32)[np.asarray(x, np.int64)]
+
+
+def _baseline(spec: ModelSpec, params, x, baseline) -> np.ndarray:
+    b = np.asarray(baseline)
+    if b.shape != np.asarray(x).shape:
+        raise ValueError(f"baseline: expected the inputs' shape {np.asarray(x).shape}, got {b.shape}")
+    if spec.input.type == "text":
+        return np.asarray(params["embedding.weight"], np.float32)[b.astype(np.int64)]
+    return b.astype(np.float32)
 
 
 def _targets(spec: ModelSpec, raw: np.ndarray, lengths: np.ndarray, target, step) -> list[int]:

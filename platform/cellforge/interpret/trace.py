@@ -89,3 +89,10 @@ def trace(spec: ModelSpec, params: dict[str, np.ndarray], x, lengths) -> Trace:
                 values[name] = v
             layers[f"rnn.{layer}.{d}"] = values
     return Trace(spec, lengths, layers, outputs, cell.gates)
+
+
+def input_tokens(model, inputs: Any, lengths) -> list[list[str]] | None:
+    """Each text input's tokens as the model read them (None for numeric input)."""
+    if model.spec.input.type != "text":
+        return None
+    return [(model.preprocessor.tokenize(text) or ["<unk>"])[: int(n)] for text, n in zip(inputs, lengths)]
