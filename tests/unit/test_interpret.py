@@ -216,7 +216,9 @@ def test_attention_map_is_the_reference_decoders_attention(tmp_path):
     spec = cf.ModelSpec(task="seq2seq", cell="gru", hidden_size=8, input={"type": "text", "tokenizer": "char"},
                         target={"tokenizer": "word", "max_length": 6})
     spec, prepared = prepare(spec, data)
-    model = cf.load(bundle.save(tmp_path / "s", spec, ref.init_params(spec, 5), prepared.preprocessor.state, {}))
+    # the numpy runtime: it holds a seq2seq bundle's weights as they are (Model.predict of seq2seq is not ours)
+    model = cf.load(bundle.save(tmp_path / "s", spec, ref.init_params(spec, 5), prepared.preprocessor.state, {}),
+                    framework="numpy")
     m = cf.interpret.plots.attention(model, "twenty-one")
     assert m.inputs == list("twenty-one") and m.weights.shape == (len(m.outputs), len(m.inputs))
     np.testing.assert_allclose(m.weights.sum(1), 1.0, atol=1e-6)
@@ -240,3 +242,26 @@ def _classify(tmp_path):
     return cf.load(bundle.save(tmp_path / "c", spec, ref.init_params(spec),
                                {"kind": "sequences", "task": "classify", "input_type": "numeric",
                                 "num_features": 5, "scaler": {"shift": [0.0] * 5, "scale": [1.0] * 5}}, {}))
+
+
+# the endpoint's engine, without Serve -----------------------------------------------------------
+def test_engine_explain_equals_model_explain_and_limits_the_cost(text_model):
+    from cellforge.serving.config import DeployConfig
+    from cellforge.serving.engine import EXPLAIN_MAX_PASSES, Engine
+    from cellforge.serving.schema import ApiError, ExplainRequest, InputError
+
+    engine = Engine(DeployConfig(bundle=str(text_model.path), name="m", runtime="numpy"))
+    texts = ["the movie was good", "bad plot"]
+    out = engine.explain(texts, "integrated_gradients")
+    local = text_model.explain(texts)
+    assert out["tokens"] == local.tokens and out["labels"] == local.prediction["labels"]
+    for got, want, n in zip(out["attributions"], local.attributions, local.lengths):
+        np.testing.assert_allclose(got, want[:n], atol=1e-6)
+    with pytest.raises(ApiError, match=f"the explain limit is {EXPLAIN_MAX_PASSES} per request") as e:
+        engine.explain(texts * 11, "integrated_gradients")  # 22 inputs x 50 steps
+    assert e.value.status == 413 and e.value.field == "inputs"
+    with pytest.raises(InputError, match="target: class index 7 out of range"):
+        engine.explain(texts, "occlusion", target=7)
+    assert ExplainRequest(inputs=texts).method == "integrated_gradients"
+    with pytest.raises(cf.SpecError, match="method"):
+        ExplainRequest(inputs=texts, method="shap")
