@@ -265,3 +265,17 @@ def test_engine_explain_equals_model_explain_and_limits_the_cost(text_model):
     assert ExplainRequest(inputs=texts).method == "integrated_gradients"
     with pytest.raises(cf.SpecError, match="method"):
         ExplainRequest(inputs=texts, method="shap")
+
+
+def test_a_keras_trained_network_is_explained_through_its_canonical_weights():
+    spec = spec_of("gru", 1, True, "classify").updated(framework="tensorflow")
+    x, lengths = batch(spec)
+    keras = get_backend("tensorflow")
+    net = keras.build(spec)
+    rng = np.random.default_rng(4)
+    for v in net.weights:
+        v.assign(rng.uniform(-0.5, 0.5, tuple(v.shape)).astype(np.float32))
+    ex = explain(spec, keras.to_canonical(net), x, lengths)
+    want = keras.predict(net, x, lengths)
+    np.testing.assert_allclose(ex.output, want[np.arange(len(x)), want.argmax(-1)], atol=1e-5)
+    np.testing.assert_allclose(ex.per_step.sum(1), ex.output - ex.baseline_output, rtol=0.01, atol=1e-5)
