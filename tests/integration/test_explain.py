@@ -27,12 +27,11 @@ def adding_model(ray_session, tmp_path_factory):
 def test_adding_problem_attributions_fall_on_the_two_marked_values(adding_model):
     test = cf.datasets.load("adding", n=50, length=ADDING["length"], seed=7)
     marks = test.x[..., 1] == 1
-    x, lengths = adding_model.preprocessor.transform(test.x)
     no_values = test.x.copy()
     no_values[..., 0] = 0.0  # the same markers, nothing to add
     shares = {}
-    for name, base in (("zeros", None), ("no values", adding_model.preprocessor.transform(no_values)[0])):
-        ex = cf.interpret.explain(adding_model.spec, adding_model.weights, x, lengths, baseline=base)
+    for name, base in (("zeros", None), ("no values", no_values)):
+        ex = adding_model.explain(test.x, baseline=base)
         value = np.abs(ex.attributions[..., 0])
         shares[name] = (value * marks).sum() / value.sum()
         gap = ex.output - ex.baseline_output
@@ -40,7 +39,11 @@ def test_adding_problem_attributions_fall_on_the_two_marked_values(adding_model)
               f"steps (per sequence min {((value * marks).sum(1) / value.sum(1)).min():.1%}); completeness "
               f"max |delta| / |gap| {np.abs(ex.delta / gap).max():.2e}")
         np.testing.assert_allclose(ex.attributions.sum((1, 2)), gap, rtol=0.01)
-    assert shares["zeros"] >= 0.9
+    # Measured (length 10, test RMSE 0.004): 98.8% with "no values", 57.4% with the default. The default
+    # baseline is every feature at its training mean, a marker of ~2/length on every step: along the
+    # path each step looks partly marked, so unmarked values take a share. "Which values were added?"
+    # asks for the same markers and no values (both baselines are printed; completeness holds for both)
+    assert shares["no values"] >= 0.9
 
 
 # over HTTP -----------------------------------------------------------------------------------------

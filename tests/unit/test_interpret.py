@@ -279,3 +279,13 @@ def test_a_keras_trained_network_is_explained_through_its_canonical_weights():
     want = keras.predict(net, x, lengths)
     np.testing.assert_allclose(ex.output, want[np.arange(len(x)), want.argmax(-1)], atol=1e-5)
     np.testing.assert_allclose(ex.per_step.sum(1), ex.output - ex.baseline_output, rtol=0.01, atol=1e-5)
+
+
+def test_model_explain_takes_a_raw_baseline(text_model):
+    texts = ["the movie was good", "bad plot"]
+    ex = text_model.explain(texts, baseline=["bad bad bad bad", "good movie"])
+    want = text_model.outputs(*text_model.preprocessor.transform(["bad bad bad bad", "good movie"]))
+    np.testing.assert_allclose(ex.baseline_output, want[np.arange(2), ex.target], atol=1e-5)
+    np.testing.assert_allclose(ex.per_step.sum(1), ex.output - ex.baseline_output, rtol=0.01, atol=1e-5)
+    with pytest.raises(ValueError, match="baseline: expected one per input with the same lengths"):
+        text_model.explain(texts, baseline=["bad", "good movie"])

@@ -16,8 +16,15 @@ from cellforge.interpret.trace import Trace, input_tokens, trace
 
 
 def explain_model(model, inputs: Any, method: str = "integrated_gradients", **options) -> Explanation:
-    """``model.explain``: attributions for raw ``inputs`` (what ``model.predict`` takes)."""
+    """``model.explain``: attributions for raw ``inputs`` (what ``model.predict`` takes); a
+    ``baseline`` in ``options`` is raw too, one per input, preprocessed like them."""
     x, lengths = model.preprocessor.transform(inputs)
+    if options.get("baseline") is not None:
+        base, base_lengths = model.preprocessor.transform(options["baseline"])
+        if base.shape != x.shape or (base_lengths != lengths).any():
+            raise ValueError(f"baseline: expected one per input with the same lengths {lengths.tolist()}, "
+                             f"got lengths {base_lengths.tolist()}")
+        options["baseline"] = base
     ex = explain(model.spec, model.weights, x, lengths, method, **options)
     ex.tokens = input_tokens(model, inputs, lengths)
     ex.prediction = model.preprocessor.decode(model.outputs(x, lengths), lengths)

@@ -21,19 +21,9 @@ SATURATED = 0.1  # a gate below 0.1 or above 0.9 is saturated (closed or open); 
 
 
 def _pyplot():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() in ("", "agg") or not _interactive():
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # here, not at import: matplotlib takes ~0.5 s to load
 
     return plt
-
-
-def _interactive() -> bool:
-    import sys
-
-    return "ipykernel" in sys.modules
 
 
 def _prediction_text(ex, index: int) -> str:
