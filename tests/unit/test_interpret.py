@@ -257,6 +257,8 @@ def test_engine_explain_equals_model_explain_and_limits_the_cost(text_model):
     assert out["tokens"] == local.tokens and out["labels"] == local.prediction["labels"]
     for got, want, n in zip(out["attributions"], local.attributions, local.lengths):
         np.testing.assert_allclose(got, want[:n], atol=1e-6)
+    occ = engine.explain(texts, "occlusion")
+    assert "delta" not in occ and len(occ["baseline_output"]) == 2
     with pytest.raises(ApiError, match=f"the explain limit is {EXPLAIN_MAX_PASSES} per request") as e:
         engine.explain(texts * 11, "integrated_gradients")  # 22 inputs x 50 steps
     assert e.value.status == 413 and e.value.field == "inputs"

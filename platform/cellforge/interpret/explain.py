@@ -79,6 +79,7 @@ class Explanation:
                "attributions": [a[: n].tolist() for a, n in zip(self.attributions, self.lengths)]}
         if self.baseline_output is not None:
             out["baseline_output"] = self.baseline_output.tolist()
+        if self.delta is not None:
             out["delta"] = self.delta.tolist()
         if self.tokens is not None:
             out["tokens"] = self.tokens
