@@ -33,6 +33,25 @@ def median_s(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+def measure(m: dict, n_steps: int, repeats: int) -> tuple[float, float, float]:
+    """Median seconds: one prediction (torch runtime, numpy reference) and one explained sequence."""
+    import cellforge as cf
+    from cellforge.backends import get_backend
+    from cellforge.backends import numpy as ref
+    from cellforge.interpret import explain
+
+    spec = cf.ModelSpec(task="classify", cell="lstm", hidden_size=m["hidden_size"], num_classes=m["num_classes"],
+                        input={"num_features": m["features"]})
+    params = ref.init_params(spec)
+    x = np.random.default_rng(0).normal(size=(1, m["steps"], m["features"])).astype(np.float32)
+    lengths = np.array([m["steps"]])
+    torch_backend = get_backend("torch")
+    net = torch_backend.build(spec, params)
+    return (median_s(lambda: torch_backend.predict(net, x, lengths), repeats),
+            median_s(lambda: ref.forward(spec, params, x, lengths), repeats),
+            median_s(lambda: explain(spec, params, x, lengths, "integrated_gradients", n_steps=n_steps), repeats))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
@@ -42,27 +61,10 @@ def main() -> None:
 
     import torch
 
-    import cellforge as cf
-    from cellforge.backends import get_backend
-    from cellforge.backends import numpy as ref
-    from cellforge.interpret import explain
-
     torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) at start; torch threads {args.threads}; "
           f"integrated gradients n_steps {args.n_steps}; median of {args.repeats}")
-    rows = []
-    for name, m in MODELS.items():
-        spec = cf.ModelSpec(task="classify", cell="lstm", hidden_size=m["hidden_size"], num_classes=m["num_classes"],
-                            input={"num_features": m["features"]})
-        params = ref.init_params(spec)
-        x = np.random.default_rng(0).normal(size=(1, m["steps"], m["features"])).astype(np.float32)
-        lengths = np.array([m["steps"]])
-        tnet = get_backend("torch").build(spec, params)
-        torch_predict = median_s(lambda: get_backend("torch").predict(tnet, x, lengths), args.repeats)
-        numpy_predict = median_s(lambda: ref.forward(spec, params, x, lengths), args.repeats)
-        ig = median_s(lambda: explain(spec, params, x, lengths, "integrated_gradients", n_steps=args.n_steps),
-                      args.repeats)
-        rows.append((name, torch_predict, numpy_predict, ig))
+    rows = [(name, *measure(m, args.n_steps, args.repeats)) for name, m in MODELS.items()]
     print(f"{'model':30s} {'predict torch':>14s} {'predict numpy':>14s} {'explain (IG)':>13s} {'x torch':>8s} "
           f"{'x numpy':>8s}")
     for name, tp, npred, ig in rows:
