@@ -87,8 +87,10 @@ def test_explain_endpoint_equals_model_explain_and_limits_the_request(served_dig
         local = model.explain(images, method=method)
         np.testing.assert_allclose(np.asarray(body["attributions"]), local.attributions, atol=1e-5)
         assert body["target"] == local.target and body["labels"] == list(local.prediction["labels"])
-    np.testing.assert_allclose(np.asarray(body["attributions"]).sum(1),
-                               np.asarray(body["output"]) - np.asarray(body["baseline_output"]), atol=1e-4)
+        if method == "integrated_gradients":  # complete: the attributions add up to the output's change
+            np.testing.assert_allclose(np.asarray(body["attributions"]).sum((1, 2)),
+                                       np.asarray(body["output"]) - np.asarray(body["baseline_output"]),
+                                       rtol=0.01)
     # 30 inputs x 50 interpolation steps is over the limit: 413 naming it
     r = httpx.post(url, json={"inputs": images[[0] * 30].tolist()}, timeout=60)
     assert r.status_code == 413 and "explain limit is 1024" in r.json()["message"]
