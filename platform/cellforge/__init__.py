@@ -11,6 +11,7 @@ on a ``backends`` framework) -> ``bundle`` -> ``tune`` (Ray Tune) -> ``serving``
 -> ``client``; ``jobs`` and ``cli`` drive them from files and the terminal.
 """
 
+from cellforge import interpret, plot
 from cellforge.attention import Attention, register_attention
 from cellforge.cells import Cell, register_cell
 from cellforge.client import Client
@@ -23,6 +24,6 @@ from cellforge.train import FitResult, fit
 from cellforge.tune import choice, grid, loguniform, randint, sweep, uniform
 
 __all__ = ["Attention", "BundleError", "Cell", "Client", "FitResult", "Model", "ModelSpec", "Sequences", "Series",
-           "SpecError", "choice", "datasets", "deploy", "fit", "grid", "load", "loguniform", "randint",
-           "register_attention", "register_cell", "sweep", "uniform"]
+           "SpecError", "choice", "datasets", "deploy", "fit", "grid", "interpret", "load", "loguniform", "plot",
+           "randint", "register_attention", "register_cell", "sweep", "uniform"]
 __version__ = "0.1.0"

@@ -11,11 +11,16 @@ cell's parameter names to arrays in canonical layout:
   gate applied after the recurrent matmul (Keras' ``reset_after=True``).
 
 Register your own cell with :func:`register_cell`; see ``Cell`` for an example.
+
+Tracing (:func:`recording`) shows a step's intermediate values by the names the cell gives them
+(its local variables), so write a gate you want to see as its own name, e.g. ``f = op.sigmoid(...)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +45,7 @@ class Cell:
     state: tuple[str, ...] = ("h",)  # state tensors, each (batch, hidden); h comes first
     fused: str | None = None  # the framework's native layer kind, when the cell is built in
     doc: str = field(default="", compare=False)
+    gates: tuple[str, ...] = ()  # names of the step's sigmoid gates, for tracing plots (gate saturation)
 
     def shapes(self, input_size: int, hidden: int) -> dict[str, tuple[int, ...]]:
         def dim(sym: str) -> int:
@@ -67,8 +73,9 @@ def lstm_step(op, p, x, state):
     h, c = state
     gates = op.linear(x, p["w_ih"], p["b_ih"]) + op.linear(h, p["w_hh"], p["b_hh"])
     i, f, g, o = op.split(gates, 4)
-    c = op.sigmoid(f) * c + op.sigmoid(i) * op.tanh(g)
-    h = op.sigmoid(o) * op.tanh(c)
+    i, f, g, o = op.sigmoid(i), op.sigmoid(f), op.tanh(g), op.sigmoid(o)  # named: tracing records them
+    c = f * c + i * g
+    h = o * op.tanh(c)
     return h, (h, c)
 
 
@@ -85,8 +92,10 @@ def gru_step(op, p, x, state):
 
 CELLS: dict[str, Cell] = {
     "rnn": Cell("rnn", rnn_step, _gates(1), ("h",), fused="rnn", doc="Elman RNN with tanh"),
-    "lstm": Cell("lstm", lstm_step, _gates(4), ("h", "c"), fused="lstm", doc="LSTM (Hochreiter & Schmidhuber)"),
-    "gru": Cell("gru", gru_step, _gates(3), ("h",), fused="gru", doc="GRU, reset gate after the matmul"),
+    "lstm": Cell("lstm", lstm_step, _gates(4), ("h", "c"), fused="lstm", doc="LSTM (Hochreiter & Schmidhuber)",
+                 gates=("i", "f", "o")),
+    "gru": Cell("gru", gru_step, _gates(3), ("h",), fused="gru", doc="GRU, reset gate after the matmul",
+                gates=("r", "z")),
 }
 
 
@@ -141,3 +150,41 @@ def load_cells(cells: dict[str, Cell]) -> None:
     """Register cells shipped from the driver (on a Ray worker)."""
     for cell in cells.values():
         register_cell(cell, overwrite=True)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Record every registered cell's steps run in this thread inside the block: a list, in call
+    order, of ``(cell name, {local name: array})`` with the values each step named (its arguments
+    left out), taken as the step returns.
+
+    Nothing changes in the cells or the backends: a profile hook (``sys.setprofile``) is set only
+    for the block, so running a cell outside it costs nothing extra. A step that is not a plain
+    Python function (a callable object, a partial) is not recorded.
+
+        >>> import numpy as np
+        >>> from cellforge.backends.numpy import OPS
+        >>> p = {"w_ih": np.ones((8, 1)), "w_hh": np.zeros((8, 2)), "b_ih": np.zeros(8), "b_hh": np.zeros(8)}
+        >>> with recording() as steps:
+        ...     h, _ = lstm_step(OPS, p, np.zeros((1, 1)), (np.zeros((1, 2)), np.zeros((1, 2))))
+        >>> steps[0][0], sorted(steps[0][1])
+        ('lstm', ['c', 'f', 'g', 'gates', 'h', 'i', 'o'])
+        >>> steps[0][1]["f"]
+        array([[0.5, 0.5]])
+    """
+    codes = {c.step.__code__: c.name for c in CELLS.values() if hasattr(c.step, "__code__")}
+    steps: list[tuple[str, dict[str, Any]]] = []
+    previous = sys.getprofile()
+
+    def hook(frame, event, arg):
+        if event == "return" and frame.f_code in codes:
+            code = frame.f_code
+            args = code.co_varnames[: code.co_argcount]
+            steps.append((codes[code], {k: v for k, v in frame.f_locals.items()
+                                        if k not in args and hasattr(v, "shape")}))
+
+    sys.setprofile(hook)
+    try:
+        yield steps
+    finally:
+        sys.setprofile(previous)

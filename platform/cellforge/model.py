@@ -56,6 +56,21 @@ class Model:
     def predict_proba(self, inputs: Any):
         return self.predict_details(inputs)["probabilities"]
 
+    # interpretability: cellforge.interpret -------------------------------------------------
+    def explain(self, inputs: Any, method: str = "integrated_gradients", **options):
+        """Attributions per step and feature (per token for text) for raw ``inputs``: an
+        ``Explanation`` (``.plot()``). Methods: 'integrated_gradients', 'gradient_x_input',
+        'occlusion'; computed with Captum on the PyTorch runtime whatever this model's runtime."""
+        from cellforge.interpret import explain_model
+
+        return explain_model(self, inputs, method, **options)
+
+    def trace(self, inputs: Any):
+        """Hidden states and gate activations per layer and step (the numpy reference): a ``Trace``."""
+        from cellforge.interpret import trace_model
+
+        return trace_model(self, inputs)
+
 
 def load(path: str | Path, framework: str | None = None) -> Model:
     """Verify and load a bundle; refuses one that is tampered with or incomplete."""

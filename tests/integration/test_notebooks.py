@@ -56,7 +56,7 @@ def images(nb) -> int:
 def test_committed_notebooks_are_clean_and_parameterised():
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert names == ["01_quickstart.ipynb", "02_sweep.ipynb", "03_deploy_and_call.ipynb", "04_custom_cell.ipynb",
-                     "05_submit_to_cluster.ipynb"]
+                     "05_submit_to_cluster.ipynb", "09_interpret.ipynb"]
     for name in names:
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(nb)
@@ -84,6 +84,14 @@ def test_custom_cell_notebook_in_both_frameworks(kernel_env, tmp_path):
     nb = execute("04_custom_cell.ipynb", tmp_path, epochs=2, hidden=16, workers=1)
     out = texts(nb)
     assert "max |diff| vs numpy" in out and images(nb) == 1
+
+
+def test_interpret_notebook(kernel_env, tmp_path):
+    nb = execute("09_interpret.ipynb", tmp_path, epochs=2, hidden=16, numbers=300, adding_n=600, adding_length=8,
+                 name=f"nb-interpret-{uuid.uuid4().hex[:6]}")
+    out = texts(nb)
+    assert images(nb) == 6  # parity heatmap + states, forecast IG + occlusion, adding heatmap + states
+    assert "completeness" in out and "on the marked steps" in out and "mean gate i" in out
 
 
 # ------------------------------------------------------------------ JupyterLab, as a browser does it

@@ -20,10 +20,12 @@ from ray import serve
 
 from cellforge import _ray
 from cellforge.serving.config import INDEX_APP, DeployConfig, resolve_bundle
-from cellforge.serving.engine import Engine
+from cellforge.serving.engine import EXPLAIN_MAX_PASSES, Engine
 from cellforge.serving.http import BodyLimit, bearer_check, install_errors, unknown
 from cellforge.serving.schema import (
     ApiError,
+    ExplainRequest,
+    ExplainResponse,
     ModelInfo,
     ModelList,
     PredictRequest,
@@ -98,6 +100,11 @@ class ModelServer:
                 self._sent = total
                 self.store.report.remote(self.name, self.replica, {"batch_sizes": dict(self.sizes)})
 
+    async def explain(self, req: ExplainRequest) -> dict[str, Any]:
+        # off the event loop: one request is many forward passes and a backward
+        out = await asyncio.to_thread(self.engine.explain, req.inputs, req.method, req.target, req.step, req.n_steps)
+        return {"model": self.name, "version": self.engine.version, "task": self.engine.spec.task, **out}
+
     # sessions ----------------------------------------------------------------------
     async def create_session(self) -> dict[str, Any]:
         if not self.engine.streams:
@@ -165,6 +172,12 @@ def model_api(server: ModelServer) -> FastAPI:
     async def predict(req: PredictRequest):
         return await server.predict(req.inputs)
 
+    @api.post("/explain", response_model=ExplainResponse, response_model_exclude_none=True)
+    async def explain(req: ExplainRequest):
+        """Attributions per step and feature (per token for text) for each input, with the prediction.
+        A request costing more than EXPLAIN_MAX_PASSES sequence forward passes gets 413."""
+        return await server.explain(req)
+
     @api.post("/sessions", response_model=SessionCreated)
     async def create_session():
         return await server.create_session()
@@ -231,6 +244,14 @@ def index_api(index: Index) -> FastAPI:
 
     @api.post("/v1/models/{name}/predict", response_model=PredictResponse)
     async def predict(name: str, req: PredictRequest):
+        await missing(name)
+
+    @api.post("/v1/models/{name}/explain", response_model=ExplainResponse,
+              description="Attributions (integrated gradients, gradient x input, occlusion per step) for each "
+                          "input, with the prediction. Attributions cost many forward passes: a request over "
+                          f"{EXPLAIN_MAX_PASSES} sequence forward passes (inputs x n_steps for integrated "
+                          "gradients, inputs x (steps + 1) for occlusion) gets 413 naming the limit.")
+    async def explain(name: str, req: ExplainRequest):
         await missing(name)
 
     @api.post("/v1/models/{name}/sessions", response_model=SessionCreated)

@@ -28,6 +28,9 @@ from cellforge.serving.schema import ApiError, InputError, Problem
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # ints pass; bools, strings, NaN do not
 STEPS = TypeAdapter(list[Finite | list[Finite]])
 NUMERIC = TypeAdapter(list[list[Finite | list[Finite]]])
+# an explain request's cost, in sequence forward passes (integrated gradients: n_steps per input; occlusion:
+# steps + 1): 1024 lets 20 inputs through at integrated gradients' default 50 steps
+EXPLAIN_MAX_PASSES = 1024
 MAX_PROBLEMS = 5  # a NaN-filled batch would otherwise list every value
 TEXT = TypeAdapter(list[Annotated[str, Field(strict=True)]])
 
@@ -123,6 +126,28 @@ class Engine:
         probs = d["probabilities"]
         probs = [np.asarray(p).tolist() for p in probs] if isinstance(probs, list) else probs.tolist()
         return {"labels": list(d["labels"]), "probabilities": probs, "classes": list(self.state["classes"])}
+
+    # attributions -----------------------------------------------------------------
+    def explain(self, inputs: list[Any], method: str, target: int | list[int] | None = None, step: int | None = None,
+                n_steps: int = 50) -> dict[str, Any]:
+        """Attributions for a request's raw inputs (cellforge.interpret), with the prediction."""
+        from cellforge.interpret import explain, input_tokens
+
+        x, lengths = self.prepare(inputs)
+        per_input = {"integrated_gradients": n_steps, "gradient_x_input": 1, "occlusion": x.shape[1] + 1}[method]
+        passes = len(x) * per_input
+        if passes > EXPLAIN_MAX_PASSES:
+            raise ApiError(413, "too_large", "inputs",
+                           f"this request needs {passes} sequence forward passes ({len(x)} inputs x {per_input} "
+                           f"for {method}); the explain limit is {EXPLAIN_MAX_PASSES} per request: send fewer "
+                           "inputs (or fewer n_steps)")
+        try:
+            ex = explain(self.spec, self.model.weights, x, lengths, method, target=target, step=step, n_steps=n_steps)
+        except ValueError as err:  # "field: message"
+            field, _, message = str(err).partition(": ")
+            raise InputError([Problem(field=field, message=message)]) from None
+        ex.tokens = input_tokens(self.model, inputs, lengths)
+        return {**ex.to_dict(), **self.respond(self.model.outputs(x, lengths), lengths)}
 
     # sessions ----------------------------------------------------------------------
     @property

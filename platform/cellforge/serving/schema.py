@@ -8,7 +8,7 @@ Every error is one JSON object a client can act on::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -67,6 +67,38 @@ class PredictResponse(_Strict):
     probabilities: list[Any] | None = None  # aligned with ``classes``
     classes: list[Any] | None = None
     values: list[Any] | None = None  # regress / forecast, in the data's own units
+
+
+class ExplainRequest(_Strict):
+    """Attributions cost many forward passes (integrated gradients: ``n_steps`` per input; occlusion:
+    one per step), so a request's cost is limited: see the 413 its answer names."""
+
+    inputs: list[Any] = Field(description=INPUTS_DOC, examples=[[[0.0, 1.0], [2.0, 3.0]]])
+    method: Literal["integrated_gradients", "gradient_x_input", "occlusion"] = "integrated_gradients"
+    target: int | list[int] | None = Field(None, description="The output to explain: a class index (classify, "
+                                                             "tag) or output index (regress, forecast), one "
+                                                             "for all inputs or one per input; default the "
+                                                             "predicted class / the first output.")
+    step: int | None = Field(None, ge=0, description="tag only: the step whose tag is explained (default "
+                                                     "each input's last step).")
+    n_steps: int = Field(50, gt=0, le=500, description="integrated gradients' interpolation steps.")
+
+
+class ExplainResponse(_Strict):
+    model: str
+    version: str
+    task: str
+    method: str
+    target: list[int]  # per input: the explained output's index in the flattened network outputs
+    output: list[float]  # the explained output (a logit, or a scaled value) per input
+    attributions: list[Any]  # per input: per step x feature (numeric), or per token / per step (text, occlusion)
+    baseline_output: list[float] | None = None  # integrated gradients and occlusion: the all-zero input's output
+    delta: list[float] | None = None  # integrated gradients: sum of attributions - (output - baseline_output)
+    tokens: list[list[str]] | None = None  # text: the tokens the attributions are for
+    labels: list[Any] | None = None  # the prediction, as /predict answers it
+    probabilities: list[Any] | None = None
+    classes: list[Any] | None = None
+    values: list[Any] | None = None
 
 
 class SessionCreated(_Strict):
