@@ -280,7 +280,30 @@ class DeployStep(DeployConfig, Step):
         return {"name": ep.name, "url": ep.url, "version": ep.version}
 
 
-STEPS: dict[str, type[Step]] = {s.kind: s for s in (TrainStep, EvaluateStep, PredictStep, SweepStep, DeployStep)}
+class ExportStep(Step):
+    """Export a bundle to run outside Python and Ray: ONNX (whole sequences, or --step: one step with the
+    recurrent state as inputs and outputs) or a TensorFlow SavedModel; its preprocessing beside it as JSON."""
+
+    kind: ClassVar[str] = "export"
+    outputs: ClassVar[tuple[str, ...]] = ("model", "preprocessing")
+    positional: ClassVar[tuple[str, ...]] = ("bundle",)
+    reads_bundle: ClassVar[bool] = True
+
+    bundle: str
+    out: str  # the graph file (.onnx) or the SavedModel directory, relative to the job file
+    format: Literal["onnx", "savedmodel"] = "onnx"
+    step: bool = False  # ONNX: the single-step graph (unidirectional models)
+
+    def run(self, base: Path, address: str | None) -> dict[str, Any]:
+        from cellforge.export import export
+
+        files = export(base / self.bundle, base / self.out, self.format, self.step)
+        log.info("%s written to %s (preprocessing: %s)", self.format, files["model"], files["preprocessing"])
+        return {k: str(v) for k, v in files.items()}
+
+
+STEPS: dict[str, type[Step]] = {s.kind: s for s in (TrainStep, EvaluateStep, PredictStep, SweepStep, DeployStep,
+                                                     ExportStep)}
 
 
 def _short(v) -> str:
