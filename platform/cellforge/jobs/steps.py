@@ -302,8 +302,34 @@ class ExportStep(Step):
         return {k: str(v) for k, v in files.items()}
 
 
+class CompressStep(Step):
+    """Prune (optionally fine-tuning on Ray Train) and/or quantize a bundle to int8; a new bundle recording
+    what was done and its test metrics beside the original's."""
+
+    kind: ClassVar[str] = "compress"
+    outputs: ClassVar[tuple[str, ...]] = ("bundle", "compression")
+    positional: ClassVar[tuple[str, ...]] = ("bundle",)
+    reads_bundle: ClassVar[bool] = True
+    files: ClassVar[tuple[str, ...]] = ("data.path",)
+
+    bundle: str
+    data: DataRef  # what the bundle was trained on: its test split scores both bundles
+    out: str  # the new bundle's directory, relative to the job file
+    quantize: Literal["int8"] | None = None
+    prune: float | None = Field(None, ge=0, lt=1)  # sparsity: the fraction of each weight matrix zeroed
+    finetune: int = Field(0, ge=0)  # epochs of training after pruning
+    workers: int = Field(1, gt=0)  # Ray Train workers for fine-tuning
+
+    def run(self, base: Path, address: str | None) -> dict[str, Any]:
+        from cellforge.export.compress import compress
+
+        record = compress(base / self.bundle, self.data.load(base), base / self.out, self.quantize, self.prune,
+                          self.finetune, self.workers, address)
+        return {"bundle": str(base / self.out), "compression": record}
+
+
 STEPS: dict[str, type[Step]] = {s.kind: s for s in (TrainStep, EvaluateStep, PredictStep, SweepStep, DeployStep,
-                                                     ExportStep)}
+                                                     ExportStep, CompressStep)}
 
 
 def _short(v) -> str:
