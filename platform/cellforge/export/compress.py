@@ -16,6 +16,7 @@ the result is pruned again to the target sparsity, so the bundle is exactly that
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,13 @@ def quantize_int8(model) -> bytes:
     with tempfile.TemporaryDirectory() as d:
         src, dst = Path(d) / "float.onnx", Path(d) / "int8.onnx"
         src.write_bytes(model.SerializeToString())
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        # the quantizer logs a "consider pre-processing" hint to the root logger on every call (for
+        # image models: shape inference + graph fusion; our graphs are already in fused form)
+        logging.disable(logging.WARNING)
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
         return dst.read_bytes()
 
 
