@@ -77,3 +77,22 @@ def test_onnx_backend_holds_to_the_contract():
     from cellforge.backends import Backend, get_backend
 
     assert isinstance(get_backend("onnx"), Backend) and not get_backend("onnx").TRAINS
+
+
+def test_why_not_torch_onnx_export():
+    """The exporter choice (see cellforge.backends.onnx.graph): torch's TorchScript exporter fails on the torch
+    net's packed (padding-aware) LSTM; if this starts passing, torch.onnx became an option to re-measure."""
+    import io
+    import warnings
+
+    import torch
+
+    from cellforge.backends import torch as tb
+
+    spec = make_spec("lstm", 1, True, "classify")
+    net = tb.build(spec, ref.init_params(spec))
+    x, lengths = padded_batch(spec)
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="range_check"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.from_numpy(x), torch.from_numpy(lengths)), io.BytesIO(), dynamo=False,
+                          input_names=["x", "lengths"], dynamic_axes={"x": {0: "b", 1: "t"}, "lengths": {0: "b"}})
