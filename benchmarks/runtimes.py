@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 
-def timed(fn, reps: int) -> list[float]:
-    fn()  # warm-up (ORT sessions, torch's first call)
+def timed(fn, x, lengths, reps: int) -> list[float]:
+    fn(x, lengths)  # warm-up (ORT sessions, torch's first call)
     out = []
     for _ in range(reps):
         t = time.perf_counter()
-        fn()
+        fn(x, lengths)
         out.append(time.perf_counter() - t)
     return out
 
@@ -60,8 +60,8 @@ def measure(name: str, spec, weights, x, lengths, score, threads: int, reps: int
         int8.write_bytes(quantize_int8(sequence_graph(spec, weights)))
         rows = []
         for rt, fn in runtimes(spec, weights, int8, threads).items():
-            one = timed(lambda: fn(x[:1], lengths[:1]), reps)
-            big = timed(lambda: fn(x[:64], lengths[:64]), max(3, reps // 10))
+            one = timed(fn, x[:1], lengths[:1], reps)
+            big = timed(fn, x[:64], lengths[:64], max(3, reps // 10))
             rows.append({"model": name, "runtime": rt, "p50_ms": 1e3 * float(np.median(one)),
                          "seq_per_s": 64 / float(np.median(big)), **score(fn(x, lengths))})
     base = next(r for r in rows if r["runtime"] == "torch")

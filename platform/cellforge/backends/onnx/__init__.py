@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from cellforge.backends.numpy.model import init_params
-from cellforge.backends.onnx.model import Net, build, from_canonical, predict, session, step, to_canonical
+from cellforge.backends.onnx.model import (
+    Net,
+    build,
+    from_canonical,
+    predict,
+    session,
+    step,
+    to_canonical,
+)
 from cellforge.errors import SpecError
 
 NAME = "onnx"
