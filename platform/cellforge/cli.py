@@ -8,6 +8,8 @@
     cellforge predict digits --input images.json                   # ...or a deployed model
     cellforge sweep spec.yaml --data digits --space space.yaml --trials 8
     cellforge deploy runs/quickstart/bundle --name digits --max-replicas 4
+    cellforge export runs/quickstart/bundle --out digits.onnx [--step]          # or --format savedmodel
+    cellforge compress runs/quickstart/bundle --data digits --quantize int8 --out runs/digits-int8
 
 Every step command is made from the job step of the same name (``cellforge.jobs.steps``): one
 flag per field (``--config FILE`` for a YAML mapping of them), the same validation, and it runs
