@@ -25,6 +25,7 @@ def test_int8_bundle_is_smaller_answers_close_and_records_what_was_done(digits, 
     record = compress(path, data, tmp_path / "small", quantize="int8", prune=0.25)
     sizes = record["size_bytes"]
     assert sizes["float32"] / sizes["int8"] >= 3, sizes
+    assert record["int8_ops"] == ["DynamicQuantizeLSTM", "DynamicQuantizeLinear", "MatMulInteger"]
     assert (tmp_path / "small" / "model.onnx").stat().st_size == sizes["int8"]
     assert record["sparsity"] == pytest.approx(0.25, abs=1e-3) and set(record["test"]) == {"original", "compressed"}
     small = cf.load(tmp_path / "small", framework="onnx")

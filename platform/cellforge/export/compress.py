@@ -103,6 +103,8 @@ def compress(source: str | Path, data: Any, out: str | Path, quantize: str | Non
         prune: the fraction of each weight matrix to zero (0.5 = half), or None.
         finetune: epochs of training after pruning, on Ray Train with ``workers`` workers.
     """
+    import onnx
+
     from cellforge.backends.onnx.graph import sequence_graph, step_graph
     from cellforge.evaluate import evaluate
 
@@ -124,6 +126,9 @@ def compress(source: str | Path, data: Any, out: str | Path, quantize: str | Non
             extra[STEP_GRAPH] = quantize_int8(step_graph(spec, weights))
         record["quantizer"] = "onnxruntime.quantization.quantize_dynamic (QInt8 weights)"
         record["size_bytes"] = {"float32": len(float_graph.SerializeToString()), "int8": len(extra[GRAPH])}
+        # what ORT turned into int8 kernels: LSTM and MatMul (a GRU/RNN layer or a Scan cell stays float)
+        record["int8_ops"] = sorted({n.op_type for n in onnx.load_from_string(extra[GRAPH]).graph.node
+                                     if "Integer" in n.op_type or n.op_type.startswith("DynamicQuantize")})
     out = Path(out)
     _bundle.save(out, spec, weights, state, {**metrics, "compression": record}, extra)
     before = evaluate(source, data, "test", "onnx")
