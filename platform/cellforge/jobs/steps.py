@@ -144,7 +144,7 @@ class EvaluateStep(Step):
     data: DataRef
     # 'test' re-creates the bundle's own held-out split of this data (same fractions and seed)
     split: Literal["test", "val", "train", "all"] = "test"
-    framework: Literal["torch", "tensorflow", "numpy"] | None = None  # runtime; default as trained
+    framework: Literal["torch", "tensorflow", "numpy", "onnx"] | None = None  # runtime; default as trained
 
     def run(self, base: Path, address: str | None) -> dict[str, Any]:
         metrics = evaluate(base / self.bundle, self.data.load(base), self.split, self.framework)
@@ -166,7 +166,7 @@ class PredictStep(Step):
     output: str  # .csv or .json, relative to the job file
     columns: list[str] | None = None  # feature (or text) columns; default: every other numeric column
     group: str | None = None  # rows sharing this column form one sequence; default the spec's input.group
-    framework: Literal["torch", "tensorflow", "numpy"] | None = None
+    framework: Literal["torch", "tensorflow", "numpy", "onnx"] | None = None
 
     @field_validator("output")
     @classmethod
