@@ -8,6 +8,8 @@
     cellforge predict digits --input images.json                   # ...or a deployed model
     cellforge sweep spec.yaml --data digits --space space.yaml --trials 8
     cellforge deploy runs/quickstart/bundle --name digits --max-replicas 4
+    cellforge export runs/quickstart/bundle --out digits.onnx [--step]          # or --format savedmodel
+    cellforge compress runs/quickstart/bundle --data digits --quantize int8 --out runs/digits-int8
 
 Every step command is made from the job step of the same name (``cellforge.jobs.steps``): one
 flag per field (``--config FILE`` for a YAML mapping of them), the same validation, and it runs
@@ -126,12 +128,12 @@ def add_step_command(sub, step: type[Step]) -> None:
     p.add_argument("--config", help="a YAML file of this step's fields; flags override it")
     p.add_argument("--address", help=ADDRESS_HELP)
     if step.kind == "predict":  # predict also answers from a deployed model, by name
-        p.set_defaults(fn=_predict, step=step)
+        p.set_defaults(fn=_predict, step_class=step)
         p.add_argument("--url", default=os.environ.get("CELLFORGE_URL", "http://127.0.0.1:8000"),
                        help="a deployed model's server (when BUNDLE is a model name, not a directory)")
         p.add_argument("--api-key", default=os.environ.get("CELLFORGE_API_KEY"))
     else:
-        p.set_defaults(fn=_step, step=step)
+        p.set_defaults(fn=_step, step_class=step)
 
 
 def _help(step: type[Step], name: str) -> str | None:
@@ -188,7 +190,7 @@ def _yaml(value: str, field: str) -> Any:
 
 def _step(args, log_level: str = "info") -> int:
     """Run one step as a one-step job (the same validation as a job file's)."""
-    step: type[Step] = args.step
+    step: type[Step] = args.step_class
     run_job({"name": step.kind, "log_level": log_level, "steps": [{step.kind: step_body(step, args)}]},
             address=args.address, base=Path.cwd())
     return 0

@@ -22,7 +22,7 @@ from cellforge.data import Preprocessor
 
 
 class Model:
-    """Predict from a bundle. ``framework``: the runtime — 'torch', 'tensorflow' or 'numpy'
+    """Predict from a bundle. ``framework``: the runtime — 'torch', 'tensorflow', 'numpy' or 'onnx'
     (default: the framework it was trained in). ``net`` is that runtime's network."""
 
     def __init__(self, path: str | Path, framework: str | None = None):
@@ -32,6 +32,8 @@ class Model:
         self.framework = framework or self.spec.framework
         self.backend = get_backend(self.framework)
         self.net = self.backend.build(self.spec, self.weights)
+        if self.framework == "onnx" and (self.path / "model.onnx").exists():
+            self.net.graph_file = self.path / "model.onnx"  # a compressed bundle runs its own (int8) graph
 
     def __repr__(self) -> str:
         s = self.spec

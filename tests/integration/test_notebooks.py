@@ -78,6 +78,7 @@ def test_deploy_and_call_notebook(kernel_env, tmp_path):
     out = texts(nb)
     assert '"labels"' in out  # curl's answer
     assert images(nb) == 1  # the streamed forecast
+    assert "onnx int8" in out and "ONNX graph: float32" in out  # the runtimes section at the end
 
 
 def test_custom_cell_notebook_in_both_frameworks(kernel_env, tmp_path):

@@ -55,7 +55,7 @@ class FitResult:
 
 
 def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_checkpoint: str | None = None,
-                  verbose: bool = True) -> dict[str, Any]:
+                  verbose: bool = True, init_weights: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """What every Train worker of a run gets (``train_loop_config``): the spec, the prepared splits in
     Ray's object store, custom cells, where to start from, and how much to log (the driver's level of
     the ``cellforge`` logger: a notebook that quiets it quiets its workers too)."""
@@ -63,7 +63,8 @@ def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_ch
 
     return {"spec": spec.model_dump(), "data": ray.put(prepared.splits), "use_gpu": use_gpu,
             "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": custom_cells(),
-            "init_checkpoint": init_checkpoint, "verbose": verbose, "log_level": log.getEffectiveLevel()}
+            "init_checkpoint": init_checkpoint, "verbose": verbose, "log_level": log.getEffectiveLevel(),
+            "init_weights": None if init_weights is None else ray.put(init_weights)}
 
 
 def trainer(spec: ModelSpec, config: dict[str, Any], workers: int, use_gpu: bool, run_config):
@@ -76,7 +77,8 @@ def trainer(spec: ModelSpec, config: dict[str, Any], workers: int, use_gpu: bool
 
 def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = False, epochs: int | None = None,
         name: str | None = None, storage_path: str | Path | None = None, bundle_path: str | Path | None = None,
-        address: str | None = None, max_failures: int = 0, verbose: bool = True) -> FitResult:
+        address: str | None = None, max_failures: int = 0, verbose: bool = True,
+        init_weights: dict[str, np.ndarray] | None = None) -> FitResult:
     """Train ``spec`` on ``data`` with ``workers`` Ray Train workers and save a bundle.
 
     Args:
@@ -90,6 +92,7 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
         bundle_path: where to save the bundle (default ``<storage>/<name>/bundle``).
         address: a Ray cluster; default ``$RAY_ADDRESS`` or an embedded local Ray.
         max_failures: worker failures to recover from (from the last checkpoint).
+        init_weights: canonical weights to start from (a warm start: ``cellforge compress`` fine-tunes so).
 
     Returns:
         FitResult with ``metrics`` (``test_*``), ``history`` and ``bundle``.
@@ -106,7 +109,7 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     ensure_ray(address)
     use_gpu = _gpu_or_cpu(use_gpu, address)
     weights, state = run(spec, prepared, workers=workers, use_gpu=use_gpu, name=name, storage=storage,
-                         max_failures=max_failures, verbose=verbose)
+                         max_failures=max_failures, verbose=verbose, init_weights=init_weights)
     return finish(spec, prepared, weights, state, bundle_path or storage / name / "bundle", storage / name, verbose)
 
 
@@ -141,13 +144,13 @@ def check_name(name: str) -> str:
 
 
 def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, name: str, storage: Path,
-        max_failures: int = 0, callbacks: list | None = None, verbose: bool = True
-        ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        max_failures: int = 0, callbacks: list | None = None, verbose: bool = True,
+        init_weights: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run the Ray Train job for prepared data; returns the final weights and the loop's state
     (history, best epoch). Resumes from the last checkpoint of a run with the same name and storage."""
     import ray.train
 
-    config = worker_config(spec, prepared, use_gpu, verbose=verbose)
+    config = worker_config(spec, prepared, use_gpu, verbose=verbose, init_weights=init_weights)
     run_config = ray.train.RunConfig(
         name=name, storage_path=str(storage), callbacks=callbacks,
         failure_config=ray.train.FailureConfig(max_failures=max_failures),

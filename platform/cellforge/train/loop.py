@@ -83,6 +83,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is None and config.get("init_checkpoint"):
         ckpt = ray.train.Checkpoint.from_directory(config["init_checkpoint"])
+    if ckpt is None and config.get("init_weights") is not None:  # a warm start from given weights
+        fitter.set_weights(ray.get(config["init_weights"]))
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state, best_weights = checkpoint.restore(fitter, Path(d))
