@@ -1,4 +1,4 @@
-"""Where Ray runs: an embedded local Ray by default, a cluster when an address is given."""
+"""Where Ray runs: this machine's local cellforge Ray by default (``local_ray``), a cluster when an address is given."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 
-from cellforge import _ray
+from cellforge import _ray, local_ray
 
 # a Tune trial plus its Train workers (or Serve replicas) each hold a logical CPU; on a
 # small machine they would deadlock waiting for cores, so the embedded Ray advertises more
@@ -25,12 +26,15 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 # Workers' output lines the driver does not print (they stay in the worker's log file in Ray's log
 # directory): Ray's C++ info/warning/error lines (fatal ones and check failures still show), absl's
 # info/warning lines (TensorFlow/XLA's start-up lines, logged before TF reads its log level), and Ray
-# Serve's DEBUG/INFO lines (each replica started, "Got updated endpoints: {...}", access logs).
+# Serve's DEBUG/INFO lines (each replica started, "Got updated endpoints: {...}", access logs), and the
+# raylet's warning that many worker processes started (a sweep's trials, Train workers and their
+# controllers start a dozen at once by design).
 RAY_CHATTER = re.compile(
     r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWE] \d+ \d+\] (\(\w+\) )?[\w/.-]+:\d+: "
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w/.-]+:\d+\] "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
-    r"|(DEBUG|INFO) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
+    r"|(DEBUG|INFO) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ "
+    r"|WARNING: \d+ PYTHON worker processes have been started on node")
 
 
 def shown(line: str) -> bool:
@@ -38,10 +42,21 @@ def shown(line: str) -> bool:
 
     >>> shown("[2026-01-01 10:00:00,123 E 77 78] core_worker.cc:2465: Actor with class name: ...")
     False
+    >>> shown("WARNING: 8 PYTHON worker processes have been started on node: c52d with address: 127.0.0.1, ...")
+    False
     >>> shown("[cellforge] epoch 1/3  loss 0.5"), shown("ValueError: bad input")
     (True, True)
     """
     return not RAY_CHATTER.match(line)
+
+
+def mine(line: str) -> bool:
+    """cellforge's own lines (epochs, progress), printed without Ray's ``(RayTrainWorker pid=...)`` prefix.
+
+    >>> mine("[cellforge] epoch 1/3  loss 0.5"), mine("ValueError: bad input")
+    (True, False)
+    """
+    return line.startswith("[cellforge] ")
 
 
 def _warnings_and_up(record: logging.LogRecord) -> bool:
@@ -63,7 +78,8 @@ def quiet_ray() -> None:
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray bound to 127.0.0.1.
+    """Connect to ``address`` / ``RAY_ADDRESS``, or to this machine's local cellforge Ray, bound to
+    127.0.0.1 (the first caller starts it, and it outlives this process: see ``cellforge.local_ray``).
 
     Does nothing when Ray is already initialised in this process (a notebook, a test session).
     """
@@ -80,39 +96,35 @@ def ensure_ray(address: str | None = None) -> None:
     worker_env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}  # a job's own settings win
     quiet_ray()
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": worker_env} if worker_env else None)
-    else:
+    if not address:
         # one local node is never drained or preempted: Train's per-run preemption-watcher actor (one
-        # more process to start per fit) has nothing to watch
+        # more process to start per fit) has nothing to watch. The local Ray's processes inherit this
+        # process's environment (the settings above included), so no runtime_env is needed for it.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        _start_local()
-    _ray.filter_worker_output(shown)
+        cpus = int(os.environ.get("CELLFORGE_NUM_CPUS", max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)))
+        address, worker_env = local_ray.address(cpus), {}
+    ray.init(address=address, logging_level=logging.WARNING,
+             runtime_env={"env_vars": worker_env} if worker_env else None)
+    _ray.filter_worker_output(shown, plain=mine)
+    _quiet_kernel_exit()
 
 
-def _start_local() -> None:
-    import ray
+def _quiet_kernel_exit() -> None:
+    """In a Jupyter kernel, SIGTERM (how Jupyter ends a kernel that did not leave at once on shutdown
+    or restart) ends it quietly. ``ray.init`` made it a fatal signal that printed Ray's
+    ``*** SIGTERM received ... epoll_wait`` stack trace in the terminal running JupyterLab. The kernel
+    is only a driver of the local Ray, which keeps running (and notices the driver went)."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    if type(shell).__name__ != "ZMQInteractiveShell" or threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _leave)
 
-    cpus = int(os.environ.get("CELLFORGE_NUM_CPUS", max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)))
-    _ray.loopback_only()  # keep the embedded Ray's node on 127.0.0.1
-    import psutil
 
-    for attempt in (1, 2, 3):
-        before = {c.pid for c in psutil.Process().children(recursive=True)}
-        try:
-            ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-                     logging_level=logging.WARNING)
-            return
-        except Exception as e:
-            # On a busy small machine the raylet can give up waiting for its metrics agent (a fixed
-            # 15 s, ray-project/ray#65983) and the start times out; a second try usually succeeds.
-            if attempt == 3 or "timed out during startup" not in str(e):
-                raise
-            ray.shutdown()
-            for child in psutil.Process().children(recursive=True):  # the failed start's GCS, dashboard...
-                if child.pid not in before:
-                    child.kill()
+def _leave(signum, frame):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the plain end SIGTERM means, without Ray's handler
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextlib.contextmanager
