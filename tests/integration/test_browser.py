@@ -105,6 +105,7 @@ def open_notebook(page, base: str, token: str, name: str) -> None:
     """Open ``name`` in a workspace of its own (tabs of one JupyterLab do not rearrange each other)."""
     page.goto(f"{base}/lab/workspaces/w{uuid.uuid4().hex[:8]}/tree/{name}?token={token}")
     page.wait_for_selector(".jp-NotebookPanel .jp-CodeCell .cm-content", timeout=120_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=180_000)  # the status bar: kernel ready
 
 
 def set_parameters(page, text: str) -> None:
@@ -119,7 +120,7 @@ def set_parameters(page, text: str) -> None:
 
 
 def run_all(page) -> None:
-    page.locator(".jp-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
 
 
@@ -188,7 +189,7 @@ def test_each_notebook_runs_in_the_browser_then_three_at_once(ray_session, lab, 
         check_outputs(page, name)
         if name.startswith("02"):
             assert len(tables) >= 3, f"the sweep's table changed {len(tables) - 1} times: {tables}"
-        page.locator(".jp-MenuBar-itemLabel", has_text="Kernel").first.click()
+        page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Shut Down All Kernels").first.click()
         page.locator(".jp-Dialog-button.jp-mod-accept, .jp-Dialog-button.jp-mod-warn").first.click()
 
