@@ -1,6 +1,6 @@
 """One local cellforge Ray per machine: the first kernel, job or CLI call starts it, the others connect.
 
-The Ray belongs to a small process of its own (``python -m cellforge.local_ray``), started detached
+The Ray belongs to a small process of its own (``local_ray.main``), started detached
 in a session of its own: it starts Ray as an embedded Ray is started (bound to 127.0.0.1, Ray's token
 authentication on), writes ``<home>/ray.json`` (the GCS address, its pid) and keeps Ray until it is
 stopped (``cellforge ray stop``, or SIGTERM) or idle - no process that used it alive and no Serve
@@ -98,7 +98,9 @@ def _start_owner(cpus: int) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
     env.pop("RAY_ADDRESS", None)
     log = open(home() / "ray.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "cellforge.local_ray", "--cpus", str(cpus)], env=env,
+    # not `-m cellforge.local_ray`: importing the package imports this module first, and runpy warns
+    owner = "import sys; from cellforge.local_ray import main; main(sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", owner, "--cpus", str(cpus)], env=env,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
     while (s := state()) is None:
@@ -234,11 +236,8 @@ def _own(cpus: int, idle_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cellforge.local_ray", description="own the local cellforge Ray")
+    p = argparse.ArgumentParser(prog="cellforge-local-ray", description="own the local cellforge Ray")
     p.add_argument("--cpus", type=int, required=True)
     args = p.parse_args(argv)
     _own(args.cpus, float(os.environ.get("CELLFORGE_RAY_IDLE_S", IDLE_S)))
 
-
-if __name__ == "__main__":
-    main()
