@@ -62,8 +62,9 @@ def quiet_token_auth_notice() -> None:
 
 
 def filter_worker_output(keep, plain=None) -> None:
-    """Print only the lines of the workers' stdout/stderr that ``keep(line)`` accepts on this driver,
-    and those that ``plain(line)`` accepts without Ray's ``(RayTrainWorker pid=...)`` prefix (checked
+    """Print only the lines of the workers' stdout/stderr that ``keep(batch)`` returns (a batch: Ray's
+    dict of one worker's ``pid`` and ``lines``) on this driver, and those that ``plain(line)`` accepts
+    without Ray's ``(RayTrainWorker pid=...)`` prefix (checked
     against Ray 2.60.0). ``ray.init(log_to_driver=...)`` is all or nothing, and cellforge's epoch lines
     and a worker's traceback come that way; Ray registers its printer (a ``functools.partial`` of
     ``print_to_stdstream`` with ``ignore_prefix``) as the ``ray_print_logs`` handler of a private
@@ -79,7 +80,7 @@ def filter_worker_output(keep, plain=None) -> None:
         bare = functools.partial(handler.func, ignore_prefix=True) if isinstance(handler, functools.partial) else handler
 
         def filtered(data, show=handler, bare=bare):
-            lines = [line for line in data.get("lines", []) if keep(line)]
+            lines = keep(data)
             as_is = [line for line in lines if plain is not None and plain(line)]
             rest = [line for line in lines if line not in as_is]
             if as_is:

@@ -216,14 +216,14 @@ def _own(cpus: int, idle_s: float) -> None:
     tmp = home() / "ray.json.tmp"
     tmp.write_text(json.dumps(s))
     tmp.replace(home() / "ray.json")
-    print(f"[cellforge] local Ray at {s['address']} (pid {me.pid}), stops after {idle_s:.0f} s idle", flush=True)
+    log.info("local Ray at %s (pid %d), stops after %.0f s idle", s["address"], me.pid, idle_s)
     last_used = time.monotonic()
     while not stopping:
         time.sleep(POLL_S)
         if clients() or _serving():
             last_used = time.monotonic()
         elif time.monotonic() - last_used > idle_s:
-            print("[cellforge] local Ray idle: stopping", flush=True)
+            log.info("local Ray idle: stopping")
             break
     with contextlib.suppress(OSError):
         if json.loads((home() / "ray.json").read_text()).get("pid") == me.pid:
@@ -232,7 +232,7 @@ def _own(cpus: int, idle_s: float) -> None:
     for child in me.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             child.kill()
-    print("[cellforge] local Ray stopped", flush=True)
+    log.info("local Ray stopped")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,6 +50,48 @@ def shown(line: str) -> bool:
     return not RAY_CHATTER.match(line)
 
 
+# A Ray Train controller's warning, with its traceback, that a resource request to Ray's autoscaling
+# coordinator timed out: Train retries it by itself (the warning says it is safe to ignore), and on a
+# busy small machine it came every few seconds, traceback and all, between the epoch lines.
+TRAIN_RETRY = "Failed to send resource request for "
+
+
+class Visible:
+    """The lines of a batch of one worker's output that reach the user's console: ``shown`` ones, less
+    the Train controller's retried resource-request warnings and their tracebacks (which may run on
+    into the worker's next batch).
+
+    >>> v = Visible()
+    >>> v({"pid": 7, "lines": ["[cellforge] epoch 1/2", TRAIN_RETRY + "train-1. If this ...", "Traceback (most "
+    ...    "recent call last):", '  File "x.py", line 1, in f']})
+    ['[cellforge] epoch 1/2']
+    >>> v({"pid": 7, "lines": ["    ray.get(", "ray.exceptions.GetTimeoutError: Get timed out", "[cellforge] epoch 2/2"]})
+    ['[cellforge] epoch 2/2']
+    """
+
+    def __init__(self):
+        self.skipping: set = set()  # pids in the middle of such a warning
+
+    def __call__(self, data: dict) -> list[str]:
+        pid, out = data.get("pid"), []
+        for line in data.get("lines", []):
+            if line.startswith(TRAIN_RETRY):
+                self.skipping.add(pid)
+                continue
+            if pid in self.skipping:
+                if not line or line[0].isspace() or line.startswith("Traceback (most recent call last)"):
+                    continue
+                self.skipping.discard(pid)
+                if line.startswith("ray.exceptions."):  # the traceback's last line
+                    continue
+            if shown(line):
+                out.append(line)
+        return out
+
+
+VISIBLE = Visible()
+
+
 def mine(line: str) -> bool:
     """cellforge's own lines (epochs, progress), printed without Ray's ``(RayTrainWorker pid=...)`` prefix.
 
@@ -105,7 +147,7 @@ def ensure_ray(address: str | None = None) -> None:
         address, worker_env = local_ray.address(cpus), {}
     ray.init(address=address, logging_level=logging.WARNING,
              runtime_env={"env_vars": worker_env} if worker_env else None)
-    _ray.filter_worker_output(shown, plain=mine)
+    _ray.filter_worker_output(VISIBLE, plain=mine)
     _quiet_kernel_exit()
 
 
