@@ -105,7 +105,7 @@ def _start_owner(cpus: int) -> dict[str, Any]:
     deadline = time.monotonic() + START_TIMEOUT_S
     while (s := state()) is None:
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+            _end_session(proc.pid)  # the owner and whatever of Ray it had started
             tail = (home() / "ray.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"the local Ray did not start (see {home() / 'ray.log'}):\n{tail}")
         time.sleep(0.2)
