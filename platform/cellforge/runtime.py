@@ -145,8 +145,14 @@ def ensure_ray(address: str | None = None) -> None:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         cpus = int(os.environ.get("CELLFORGE_NUM_CPUS", max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)))
         address, worker_env = local_ray.address(cpus), {}
+        # the local Ray's node is 127.0.0.1: without this a driver looks for a node at the machine's
+        # own IP and waits for it (the owner sets the same when it starts Ray)
+        _ray.loopback_only()
+        local = {"_node_ip_address": "127.0.0.1"}
+    else:
+        local = {}
     ray.init(address=address, logging_level=logging.WARNING,
-             runtime_env={"env_vars": worker_env} if worker_env else None)
+             runtime_env={"env_vars": worker_env} if worker_env else None, **local)
     _ray.filter_worker_output(VISIBLE, plain=mine)
     _quiet_kernel_exit()
 
