@@ -138,21 +138,23 @@ def ensure_ray(address: str | None = None) -> None:
     worker_env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}  # a job's own settings win
     quiet_ray()
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": worker_env} if worker_env else None)
+    else:
         # one local node is never drained or preempted: Train's per-run preemption-watcher actor (one
         # more process to start per fit) has nothing to watch. The local Ray's processes inherit this
         # process's environment (the settings above included), so no runtime_env is needed for it.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         cpus = int(os.environ.get("CELLFORGE_NUM_CPUS", max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)))
-        address, worker_env = local_ray.address(cpus), {}
-        # the local Ray's node is 127.0.0.1: without this a driver looks for a node at the machine's
-        # own IP and waits for it (the owner sets the same when it starts Ray)
-        _ray.loopback_only()
-        local = {"_node_ip_address": "127.0.0.1"}
-    else:
-        local = {}
-    ray.init(address=address, logging_level=logging.WARNING,
-             runtime_env={"env_vars": worker_env} if worker_env else None, **local)
+        if os.environ.get("CELLFORGE_SHARED_RAY", "1") == "0":  # a Ray of this process's own, as before
+            local_ray.start_embedded(cpus)
+        else:
+            address = local_ray.address(cpus)
+            # the local Ray's node is 127.0.0.1: without this a driver looks for a node at the machine's
+            # own IP and waits for it (the owner sets the same when it starts Ray)
+            _ray.loopback_only()
+            ray.init(address=address, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
     _ray.filter_worker_output(VISIBLE, plain=mine)
     _quiet_kernel_exit()
 
