@@ -91,3 +91,114 @@ def filter_worker_output(keep, plain=None) -> None:
         filtered.keeps = keep
         dispatcher.remove_handler(name)
         dispatcher.add_handler(name, filtered)
+
+
+def haproxy_admin_listeners(config: str, host: str | None) -> str:
+    """Ray Serve's HAProxy config with its stats page and Prometheus endpoint removed, or bound to
+    ``host`` (checked against Ray 2.60.0's ``serve/_private/haproxy_templates.py``).
+
+    Ray renders both as sections of their own, ``frontend prometheus`` (``bind :9101``) and ``listen
+    stats`` (``bind *:8404``), on every interface, and no setting changes their host:
+    ``RAY_SERVE_HAPROXY_METRICS_ENABLED=0`` stops the per-request metrics but keeps the bind. Ray itself
+    reads neither (its metrics come through a Unix socket, its stats through the admin socket), so they
+    go; other sections are left as they are. Self-contained: ``haproxy_launcher`` copies its source.
+
+    >>> cfg = "frontend prometheus\\n    bind :9101\\nfrontend http_frontend\\n    bind 127.0.0.1:8000\\n"
+    >>> print(haproxy_admin_listeners(cfg + "listen stats\\n  bind *:8404\\n  stats enable\\n", None), end="")
+    frontend http_frontend
+        bind 127.0.0.1:8000
+    >>> print(haproxy_admin_listeners(cfg, "127.0.0.1").splitlines()[1])
+        bind 127.0.0.1:9101
+    """
+    out, drop, rebind = [], False, False
+    for line in config.splitlines(keepends=True):
+        if line.strip() and not line[0].isspace() and not line.startswith("#"):  # a section starts
+            admin = " ".join(line.split()[:2]) in ("frontend prometheus", "listen stats")
+            drop, rebind = admin and host is None, admin and host is not None
+        if drop:
+            continue
+        if rebind and line.split()[:1] == ["bind"]:
+            indent = line[:len(line) - len(line.lstrip())]
+            line = f"{indent}bind {host}:{line.split()[1].rsplit(':', 1)[1]}\n"
+        out.append(line)
+    return "".join(out)
+
+
+_LAUNCHER = '''#!{python}
+"""HAProxy for Ray Serve, written by cellforge (cellforge._ray.haproxy_launcher, checked against Ray
+2.60.0): takes HAProxy's stats page and Prometheus endpoint off every interface in the config Ray just
+wrote (off, or on $CELLFORGE_HAPROXY_STATS_HOST), then runs the real binary with Ray's arguments."""
+import fcntl
+import os
+import sys
+
+{rewrite}
+
+args = sys.argv[1:]
+if "-f" in args:
+    path = args[args.index("-f") + 1]
+    with open(path + ".lock", "a") as lock:  # Ray writes the config holding this lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(path) as f:
+            config = f.read()
+        fixed = haproxy_admin_listeners(config, os.environ.get("CELLFORGE_HAPROXY_STATS_HOST") or None)
+        if fixed != config:
+            with open(path, "w") as f:
+                f.write(fixed)
+os.execv({real!r}, [{real!r}, *args])
+'''
+
+
+def haproxy_launcher(path: str, real: str) -> str:
+    """Write at ``path`` (when it differs) the executable that Ray Serve runs as HAProxy through
+    ``RAY_SERVE_HAPROXY_BINARY_PATH`` (checked against Ray 2.60.0); returns ``path``.
+
+    Ray starts HAProxy as ``<binary> -db -f <config> [-dR] [-sf PIDS] [-x SOCKET]`` after writing
+    ``<config>`` under ``<config>.lock``, and on every reload. The launcher fixes the config's admin
+    listeners (``haproxy_admin_listeners``) under that lock, then execs ``real`` with the same
+    arguments: the process keeps its pid and its ``-f <config>`` argument, by which Ray finds its
+    HAProxy processes in /proc. A template that changes those section names leaves the listeners in
+    place, which tests/integration/test_ingress.py catches."""
+    import inspect
+    import os
+    import sys
+    import tempfile
+
+    text = _LAUNCHER.format(python=sys.executable, real=real, rewrite=inspect.getsource(haproxy_admin_listeners))
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return path
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)  # atomic: a HAProxy starting now runs the old launcher or the new one
+    return path
+
+
+def replica_grpc_on_loopback() -> None:
+    """In this Serve replica, open Ray's inter-deployment gRPC server on 127.0.0.1 instead of every
+    interface (checked against Ray 2.60.0).
+
+    ``ray.serve._private.replica.Replica._on_initialized`` binds it as ``[::]:0`` with no setting for the
+    host, after the deployment's ``__init__`` has run; so a deployment calls this from ``__init__`` on a
+    node whose IP is 127.0.0.1 (the embedded Ray, where every caller is local) and the replica module's
+    reference to ``add_port_to_grpc_server`` gets the loopback address. A cluster's replicas keep
+    Ray's binding: other nodes' handles reach them through it."""
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+    if getattr(bind, "cellforge_loopback", False):
+        return
+
+    def on_loopback(server, address: str):
+        if address.startswith("[::]:"):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return bind(server, address)
+
+    on_loopback.cellforge_loopback = True
+    replica.add_port_to_grpc_server = on_loopback

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,9 @@ def _locked():
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def address(cpus: int) -> str:
-    """The local Ray's GCS address, starting it (with ``cpus`` logical CPUs) if none is running; this
-    process is recorded as using it."""
+def address(cpus: int, env: Callable[[], dict[str, str]] | None = None) -> str:
+    """The local Ray's GCS address, starting it (with ``cpus`` logical CPUs, and ``env()`` added to the
+    environment of its processes) if none is running; this process is recorded as using it."""
     with _locked():
         s = state()
         if s is None:
@@ -85,15 +86,15 @@ def address(cpus: int) -> str:
             log.info("starting this machine's local Ray on 127.0.0.1 (other notebooks and commands share it; it "
                      "stops after %.0f min idle, or with `cellforge ray stop`)", idle / 60)
             start = time.monotonic()
-            s = _start_owner(cpus)
+            s = _start_owner(cpus, env() if env else {})
             log.info("local Ray up in %.0f s", time.monotonic() - start)
     _register(os.getpid())
     return s["address"]
 
 
-def _start_owner(cpus: int) -> dict[str, Any]:
+def _start_owner(cpus: int, extra: dict[str, str]) -> dict[str, Any]:
     (home() / "ray.json").unlink(missing_ok=True)
-    env = dict(os.environ)
+    env = {**os.environ, **extra}
     src = str(Path(__file__).resolve().parents[1])  # this cellforge, wherever it was imported from
     env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
     env.pop("RAY_ADDRESS", None)

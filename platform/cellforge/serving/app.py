@@ -14,9 +14,11 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import ray
 from fastapi import Depends, FastAPI
 from ray import serve
 
+from cellforge import _ray
 from cellforge.serving.config import INDEX_APP, DeployConfig, resolve_bundle
 from cellforge.serving.engine import Engine
 from cellforge.serving.http import BodyLimit, bearer_check, install_errors, unknown
@@ -35,12 +37,20 @@ from cellforge.serving.sessions import get_store
 FLUSH_EVERY_S = 0.25  # how often a replica sends its batch statistics to the store
 
 
+def on_loopback_if_local() -> None:
+    """On a node at 127.0.0.1 (the embedded Ray) nothing of a replica listens beyond it: Ray would open
+    the replica's inter-deployment gRPC port on every interface."""
+    if ray.util.get_node_ip_address() == "127.0.0.1":
+        _ray.replica_grpc_on_loopback()
+
+
 @serve.deployment(name="Model")
 @serve.ingress()
 class ModelServer:
     """One replica of a model endpoint; all per-session state lives in the store actor."""
 
     async def __init__(self, config: dict[str, Any]):
+        on_loopback_if_local()
         self.cfg = DeployConfig.parse(config)
         self.name = self.cfg.name
         self.engine = Engine(self.cfg)
@@ -185,6 +195,7 @@ class Index:
     """Health, the model list, and 404s for model names nobody serves."""
 
     def __init__(self):
+        on_loopback_if_local()
         self.store = get_store()
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -1,0 +1,89 @@
+"""The fast ingress by default (issue 18): a plain ``cf.deploy`` on the session's embedded Ray answers
+through HAProxy, over real HTTP, with the model's own predictions; and nothing of Ray's or HAProxy's
+listens beyond 127.0.0.1.
+
+Serve is started here on a free port when no Serve is running (and shut down after); otherwise the
+running one is used and only this module's application is removed.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import psutil
+import pytest
+
+import cellforge as cf
+from cellforge import bundle as B
+from cellforge.backends.numpy import init_params
+
+pytestmark = pytest.mark.integration
+
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")  # the last: IPv4 loopback on a dual-stack socket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def numeric_bundle(path):
+    """A real bundle with random weights: serving's arithmetic needs no training."""
+    spec = cf.ModelSpec(task="classify", cell="gru", hidden_size=8, input={"num_features": 3}, num_classes=4)
+    state = {"kind": "sequences", "task": "classify", "input_type": "numeric", "max_length": None,
+             "num_features": 3, "scaler": {"shift": [0.5] * 3, "scale": [2.0] * 3}, "classes": ["a", "b", "c", "d"]}
+    return B.save(path, spec, init_params(spec, 0), state, {})
+
+
+def ray_processes() -> list[psutil.Process]:
+    """The embedded Ray's processes: everything this test process started (GCS, raylet, workers, the
+    HAProxy a Serve actor runs)."""
+    return psutil.Process().children(recursive=True)
+
+
+def listening(proc: psutil.Process) -> list:
+    try:
+        return [c for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_session, tmp_path_factory):
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    started = _get_global_client(raise_if_no_controller_running=False) is None
+    bundle = numeric_bundle(tmp_path_factory.mktemp("ingress") / "bundle")
+    ep = cf.deploy(bundle, "ingress", num_replicas=1, port=free_port())  # every other setting its default
+    yield ep, bundle
+    if started:
+        serve.shutdown()
+    else:
+        serve.delete("ingress")
+
+
+def test_a_default_deploy_answers_through_haproxy(endpoint):
+    ep, bundle = endpoint
+    x = np.random.default_rng(0).normal(size=(5, 7, 3))
+    got = cf.Client(ep.base_url).predict("ingress", x.tolist())
+    np.testing.assert_allclose(got["probabilities"], cf.load(bundle).predict_proba(x), atol=1e-5)
+    assert got["labels"] == cf.load(bundle).predict(x).tolist()
+    # the endpoint's port is HAProxy's: Serve's Python proxy does not listen on it
+    port = int(ep.base_url.rsplit(":", 1)[1])
+    owners = {p.name() for p in ray_processes() for c in listening(p) if c.laddr.port == port}
+    assert owners == {"haproxy"}, f"port {port} is listened on by {owners}"
+
+
+def test_nothing_of_ray_or_haproxy_listens_beyond_loopback(endpoint):
+    wide, names = [], set()
+    for proc in ray_processes():
+        for conn in listening(proc):
+            names.add(proc.name())
+            if conn.laddr.ip not in LOOPBACK:
+                wide.append(f"{proc.name()} (pid {proc.pid}) on {conn.laddr.ip}:{conn.laddr.port}: "
+                            f"{' '.join(proc.cmdline())[:160]}")
+    assert "haproxy" in names and "raylet" in names  # the check saw the processes it is about
+    assert not wide, "listening beyond 127.0.0.1:\n" + "\n".join(wide)
