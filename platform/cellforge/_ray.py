@@ -202,3 +202,17 @@ def replica_grpc_on_loopback() -> None:
 
     on_loopback.cellforge_loopback = True
     replica.add_port_to_grpc_server = on_loopback
+
+
+def token_auth_on() -> None:
+    """Turn Ray's token authentication on in this process before it connects to the local cellforge Ray
+    that another process started (checked against Ray 2.60.0). ``ray.init`` turns it on by itself only for
+    a Ray it starts, or finds with ``address="auto"`` (which may find another user's Ray); with an explicit
+    address it stays off and the connection is refused. Ray reads ``RAY_AUTH_MODE`` into its cached
+    config when imported, so the config is read again (what Ray's own ``_enable_token_auth`` does)."""
+    import os
+
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")

@@ -231,6 +231,8 @@ def ensure_ray(address: str | None = None) -> None:
             # the local Ray's node is 127.0.0.1: without this a driver looks for a node at the machine's
             # own IP and waits for it (the owner sets the same when it starts Ray)
             _ray.loopback_only()
+            if "RAY_AUTH_MODE" not in os.environ:  # the owner's Ray has token auth on (Ray's default)
+                _ray.token_auth_on()
             ray.init(address=address, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
     _ray.filter_worker_output(VISIBLE, plain=mine)
     _quiet_kernel_exit()
