@@ -21,10 +21,13 @@ print(ray.get_runtime_context().gcs_address, ray.get(ray.remote(lambda: os.getpi
 """
 
 
-def _use(env) -> list[str]:
+def _use(env, starts: bool) -> list[str]:
+    """Run a process that uses the local Ray: (its GCS address, whether a task ran in a worker)."""
     out = subprocess.run([sys.executable, "-c", USE], env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.split()
+    lines = out.stdout.strip().splitlines()
+    assert ("[cellforge] starting this machine's local Ray" in out.stdout) == starts, out.stdout  # the status
+    return lines[-1].split()
 
 
 def _cli(env, *args):
@@ -52,13 +55,13 @@ def test_the_test_session_uses_its_own_local_ray(ray_session):
 def test_processes_share_one_local_ray_that_outlives_them_until_stopped_or_idle(tmp_path, monkeypatch):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(CELLFORGE_HOME=str(tmp_path / "home"), CELLFORGE_RAY_IDLE_S="3600")
-    first = _use(env)  # starts it, then exits
-    assert first[1] == "True"  # a task ran in a worker of that Ray
     monkeypatch.setenv("CELLFORGE_HOME", env["CELLFORGE_HOME"])  # what local_ray reads here
     try:
+        first = _use(env, starts=True)  # starts it, then exits
+        assert first[1] == "True"  # a task ran in a worker of that Ray
         s = local_ray.state()
         assert s is not None and s["address"] == first[0]  # it outlived the process that started it
-        assert _use(env)[0] == first[0]  # a second process connects to it, no second Ray
+        assert _use(env, starts=False)[0] == first[0]  # a second process connects to it, no second Ray
         status = _cli(env, "status")
         assert status.returncode == 0 and first[0] in status.stdout, status
         assert _session(s["pid"]), "the local Ray's processes run in the owner's session"
@@ -68,7 +71,7 @@ def test_processes_share_one_local_ray_that_outlives_them_until_stopped_or_idle(
         assert _cli(env, "status").returncode == 1
 
         env["CELLFORGE_RAY_IDLE_S"] = "3"
-        second = _use(env)
+        second = _use(env, starts=True)
         s = local_ray.state()
         assert s is not None and second[0] == s["address"]
         deadline = time.monotonic() + 120
