@@ -233,7 +233,11 @@ def ensure_ray(address: str | None = None) -> None:
             _ray.loopback_only()
             if "RAY_AUTH_MODE" not in os.environ:  # the owner's Ray has token auth on (Ray's default)
                 _ray.token_auth_on()
-            ray.init(address=address, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+            # RAY_ADDRESS for the job's workers: Ray Train's PlacementGroupCleaner asks Ray's state API
+            # without an address, which fails with "Found multiple active Ray instances" (a traceback in
+            # the notebook) wherever another Ray runs on the machine (another user's, a test session's)
+            ray.init(address=address, _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
+                     runtime_env={"env_vars": {"RAY_ADDRESS": address}})
     _ray.filter_worker_output(VISIBLE, plain=mine)
     _quiet_kernel_exit()
 
