@@ -10,6 +10,8 @@
     cellforge deploy runs/quickstart/bundle --name digits --max-replicas 4
     cellforge export runs/quickstart/bundle --out digits.onnx [--step]          # or --format savedmodel
     cellforge compress runs/quickstart/bundle --data digits --quantize int8 --out runs/digits-int8
+    cellforge ray status                      # the local Ray every kernel, job and command shares
+    cellforge ray stop
 
 Every step command is made from the job step of the same name (``cellforge.jobs.steps``): one
 flag per field (``--config FILE`` for a YAML mapping of them), the same validation, and it runs
@@ -23,6 +25,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import types
 import typing
 from pathlib import Path
@@ -35,7 +38,7 @@ from cellforge.errors import BundleError, SpecError
 from cellforge.jobs import STEPS, DataRef, Step, parse_job, run_job
 from cellforge.submit import register as register_submit
 
-ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS or an embedded local Ray)"
+ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS or the local cellforge Ray)"
 # flags kept from before the step commands were generated: flag -> (field path, factor)
 ALIASES = {"deploy": {"batch_wait_ms": ("batching.batch_wait_timeout_s", 0.001)}}
 # fields whose default comes from the environment
@@ -237,6 +240,30 @@ def _predict_remote(args) -> int:
     return 0
 
 
+def _ray_status(args) -> int:
+    from cellforge import local_ray
+
+    s = local_ray.state()
+    if s is None:
+        print(f"no local cellforge Ray under {local_ray.home()} (the next kernel, job or command starts one)")
+        return 1
+    users = local_ray.clients()
+    print(f"local cellforge Ray at {s['address']}: pid {s['pid']}, {s['cpus']} CPUs, up "
+          f"{(time.time() - s['started']) / 60:.0f} min; used by {len(users)} process(es)"
+          + (f" ({', '.join(map(str, users))})" if users else "") + f"; home {local_ray.home()}")
+    return 0
+
+
+def _ray_stop(args) -> int:
+    from cellforge import local_ray
+
+    if not local_ray.stop():
+        print(f"no local cellforge Ray under {local_ray.home()}")
+        return 0
+    print("local cellforge Ray stopped")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cellforge", description="Recurrent models on Ray: train, sweep, serve.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -250,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     for step in STEPS.values():
         add_step_command(sub, step)
     register_submit(sub)  # submit, jobs: Ray jobs on a cluster
+    ray_cmd = sub.add_parser("ray", help="this machine's local cellforge Ray (every kernel, job and command shares it)")
+    ray_sub = ray_cmd.add_subparsers(dest="ray_command", required=True)
+    ray_sub.add_parser("status", help="its address, age and users").set_defaults(fn=_ray_status)
+    ray_sub.add_parser("stop", help="stop it and every process it started").set_defaults(fn=_ray_stop)
     return p
 
 

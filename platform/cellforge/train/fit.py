@@ -156,6 +156,8 @@ def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, nam
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         logging_config=ray.train.LoggingConfig(log_level="WARNING"))  # our epoch line says it all
+    if verbose:  # a status while Train starts its workers (the first epoch line follows)
+        log.info("starting %d Ray Train worker%s", workers, "s" * (workers != 1))
     with own_sigint():
         result = trainer(spec, config, workers, use_gpu, run_config).fit()
     if result.error is not None:
