@@ -27,6 +27,7 @@ from cellforge.errors import SpecError
 from cellforge.log import log
 from cellforge.runtime import ensure_ray, own_sigint
 from cellforge.spec import TASKS, ModelSpec
+from cellforge.train import seq2seq_eval
 from cellforge.train.checkpoint import final_weights
 from cellforge.train.loop import worker_loop
 
@@ -63,6 +64,7 @@ def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_ch
 
     return {"spec": spec.model_dump(), "data": ray.put(prepared.splits), "use_gpu": use_gpu,
             "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": custom_cells(),
+            "target": prepared.preprocessor.state.get("target"),  # seq2seq's vocabulary: val texts
             "init_checkpoint": init_checkpoint, "verbose": verbose, "log_level": log.getEffectiveLevel(),
             "init_weights": None if init_weights is None else ray.put(init_weights)}
 
@@ -125,11 +127,10 @@ def _gpu_or_cpu(use_gpu: bool, address: str | None) -> bool:
 
 
 def check_trainable(spec: ModelSpec) -> None:
-    """Refuse, before anything starts, a spec this cellforge can declare but not yet train."""
-    if spec.task == "seq2seq":  # the spec, networks and decoding exist; the training loop does not yet
-        raise SpecError([("task", "seq2seq models can be declared, run and decoded in every backend "
-                                  "(cellforge.decode), but training them on Ray Train is not built yet; "
-                                  f"trainable tasks: {[t for t in TASKS if t != 'seq2seq']}")], what="fit arguments")
+    """Refuse, before anything starts, a spec this cellforge can declare but not train (none today:
+    every task in TASKS trains; the hook stays for the next one)."""
+    if spec.task not in TASKS:
+        raise SpecError([("task", f"expected one of {list(TASKS)}, got {spec.task!r}")], what="fit arguments")
 
 
 def check_workers(workers: Any) -> None:
@@ -182,6 +183,8 @@ def finish(spec: ModelSpec, prepared, weights, state, bundle_path: str | Path, r
 
 def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Test-split metrics with the final weights, plus a few predictions beside the truth."""
+    if spec.task == "seq2seq":  # decoded texts, scored by sacrebleu and rouge-score
+        return seq2seq_eval.test(spec, weights, prepared)
     test = prepared.splits["test"]
     if not len(test["y"]):
         return {}, []
