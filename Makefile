@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # constraints.txt pins the CPU build of torch (and the versions we test) on our machines
 PIP_INSTALL := $(BIN)/pip install -c constraints.txt
 
-.PHONY: demo test test-all test-unit lint lab bench clean
+.PHONY: demo test test-all test-unit lint lab chromium bench clean
 
 $(BIN)/cellforge: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,10 +18,10 @@ demo: $(BIN)/cellforge
 	$(BIN)/cellforge run jobs/quickstart.yaml
 
 # the paths are pyproject's testpaths: tests/ and the package's docstring examples
-test: $(BIN)/cellforge
+test: $(BIN)/cellforge chromium
 	$(BIN)/python -m pytest -q -m "not slow" --durations=25
 
-test-all: $(BIN)/cellforge
+test-all: $(BIN)/cellforge chromium
 	$(BIN)/python -m pytest -q
 
 test-unit: $(BIN)/cellforge
@@ -33,9 +33,20 @@ lint: $(BIN)/cellforge
 # JupyterLab on the loopback address only (it prints a URL with its login token); the notebooks
 # name the standard "python3" kernel, which is the Python of the Jupyter running them (this venv's
 # here, papermill's or a cluster's elsewhere), so no kernel is registered. LAB_PORT=8899 for another port
+# As root (a container, a CI image) Jupyter refuses to start without --allow-root: given then, still
+# on 127.0.0.1 with a token. The notebooks' kernels share the local cellforge Ray (`cellforge ray
+# status|stop`); it stops by itself once idle.
 LAB_PORT ?= 8888
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(BIN)/cellforge
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir=notebooks --no-browser
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir=notebooks \
+		--no-browser $(ROOT_FLAG)
+
+# the browser test (tests/integration/test_browser.py) drives Debian's Chromium: Playwright's own
+# browser download is not reachable from our machines
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
+
+# "the" local cellforge Ray is the one under $CELLFORGE_HOME (cellforge.local_ray): this test session's
+# is its own, so it never joins the Ray of another session (another worktree's, a user's notebooks), and
+# it is stopped when the session ends (pytest_unconfigure)
+os.environ["CELLFORGE_HOME"] = tempfile.mkdtemp(prefix="cf-home-")
 
 # more logical CPUs than this machine's 2 cores, so a Tune trial plus its Train workers,
 # or several Serve replicas, never wait on each other for a CPU slot
@@ -28,6 +35,15 @@ def ray_session(tmp_path_factory):
     ensure_ray()
     yield ray
     ray.shutdown()
+
+
+def pytest_unconfigure(config):
+    """Stop this session's local Ray and whatever it started (a test may have started it without the
+    ``ray_session`` fixture, e.g. through a CLI subprocess)."""
+    from cellforge import local_ray
+
+    local_ray.stop()
+    shutil.rmtree(local_ray.home(), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

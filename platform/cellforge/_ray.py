@@ -61,22 +61,32 @@ def quiet_token_auth_notice() -> None:
     logging.getLogger(authentication_token_setup.__name__).setLevel(logging.ERROR)
 
 
-def filter_worker_output(keep) -> None:
-    """Print only the lines of the workers' stdout/stderr that ``keep(line)`` accepts on this driver
-    (checked against Ray 2.60.0). ``ray.init(log_to_driver=...)`` is all or nothing, and cellforge's
-    epoch lines and a worker's traceback come that way; Ray registers its printer as the
-    ``ray_print_logs`` handler of a private dispatcher at every ``ray.init``, so call this after it.
-    Every line stays in the worker's log file in Ray's log directory."""
+def filter_worker_output(keep, plain=None) -> None:
+    """Print only the lines of the workers' stdout/stderr that ``keep(batch)`` returns (a batch: Ray's
+    dict of one worker's ``pid`` and ``lines``) on this driver, and those that ``plain(line)`` accepts
+    without Ray's ``(RayTrainWorker pid=...)`` prefix (checked
+    against Ray 2.60.0). ``ray.init(log_to_driver=...)`` is all or nothing, and cellforge's epoch lines
+    and a worker's traceback come that way; Ray registers its printer (a ``functools.partial`` of
+    ``print_to_stdstream`` with ``ignore_prefix``) as the ``ray_print_logs`` handler of a private
+    dispatcher at every ``ray.init``, so call this after it. Every line stays in the worker's log file
+    in Ray's log directory."""
+    import functools
+
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     for name, handler in list(dispatcher.handlers):
         if name != "ray_print_logs" or getattr(handler, "keeps", None) is keep:
             continue
+        bare = functools.partial(handler.func, ignore_prefix=True) if isinstance(handler, functools.partial) else handler
 
-        def filtered(data, show=handler):
-            lines = [line for line in data.get("lines", []) if keep(line)]
-            if lines:
-                show({**data, "lines": lines})
+        def filtered(data, show=handler, bare=bare):
+            lines = keep(data)
+            as_is = [line for line in lines if plain is not None and plain(line)]
+            rest = [line for line in lines if line not in as_is]
+            if as_is:
+                bare({**data, "lines": as_is})
+            if rest:
+                show({**data, "lines": rest})
 
         filtered.keeps = keep
         dispatcher.remove_handler(name)
@@ -236,3 +246,17 @@ def lean_trainer(trainer) -> None:
         return start(**kwargs)
 
     trainer._initialize_and_run_controller = lean
+
+
+def token_auth_on() -> None:
+    """Turn Ray's token authentication on in this process before it connects to the local cellforge Ray
+    that another process started (checked against Ray 2.60.0). ``ray.init`` turns it on by itself only for
+    a Ray it starts, or finds with ``address="auto"`` (which may find another user's Ray); with an explicit
+    address it stays off and the connection is refused. Ray reads ``RAY_AUTH_MODE`` into its cached
+    config when imported, so the config is read again (what Ray's own ``_enable_token_auth`` does)."""
+    import os
+
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")

@@ -42,8 +42,11 @@ def sha256(path: Path) -> str:
 
 
 def save(path: str | Path, spec: ModelSpec, weights: dict[str, np.ndarray], preprocessing: dict[str, Any],
-         metrics: dict[str, Any]) -> Path:
-    """Write a bundle atomically; an existing bundle at ``path`` is replaced only once the new one is whole."""
+         metrics: dict[str, Any], extra: dict[str, bytes] | None = None) -> Path:
+    """Write a bundle atomically; an existing bundle at ``path`` is replaced only once the new one is whole.
+
+    ``extra``: more files (name -> bytes), checksummed in the manifest like the others (a compressed
+    bundle's ONNX graphs, see cellforge.export.compress)."""
     path = Path(path)
     expected = param_shapes(spec)
     if set(weights) != set(expected):
@@ -57,8 +60,12 @@ def save(path: str | Path, spec: ModelSpec, weights: dict[str, np.ndarray], prep
                   str(tmp / "weights.safetensors"), metadata={"format": FORMAT})
         (tmp / "preprocessing.json").write_text(json.dumps(preprocessing, indent=1))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+        for name, data in (extra or {}).items():
+            if name in FILES or name == "manifest.json" or Path(name).name != name:
+                raise BundleError(f"extra file {name!r}: use a plain file name other than {FILES}")
+            (tmp / name).write_bytes(data)
         manifest = {"format": FORMAT, "version": VERSION, "framework": spec.framework,
-                    "files": {f: sha256(tmp / f) for f in FILES}}
+                    "files": {f: sha256(tmp / f) for f in (*FILES, *(extra or {}))}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         old = None
         if path.exists():

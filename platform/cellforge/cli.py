@@ -8,6 +8,10 @@
     cellforge predict digits --input images.json                   # ...or a deployed model
     cellforge sweep spec.yaml --data digits --space space.yaml --trials 8
     cellforge deploy runs/quickstart/bundle --name digits --max-replicas 4
+    cellforge export runs/quickstart/bundle --out digits.onnx [--step]          # or --format savedmodel
+    cellforge compress runs/quickstart/bundle --data digits --quantize int8 --out runs/digits-int8
+    cellforge ray status                      # the local Ray every kernel, job and command shares
+    cellforge ray stop
 
 Every step command is made from the job step of the same name (``cellforge.jobs.steps``): one
 flag per field (``--config FILE`` for a YAML mapping of them), the same validation, and it runs
@@ -21,6 +25,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import types
 import typing
 from pathlib import Path
@@ -33,7 +38,7 @@ from cellforge.errors import BundleError, SpecError
 from cellforge.jobs import STEPS, DataRef, Step, parse_job, run_job
 from cellforge.submit import register as register_submit
 
-ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS or an embedded local Ray)"
+ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS or the local cellforge Ray)"
 # flags kept from before the step commands were generated: flag -> (field path, factor)
 ALIASES = {"deploy": {"batch_wait_ms": ("batching.batch_wait_timeout_s", 0.001)}}
 # fields whose default comes from the environment
@@ -126,12 +131,12 @@ def add_step_command(sub, step: type[Step]) -> None:
     p.add_argument("--config", help="a YAML file of this step's fields; flags override it")
     p.add_argument("--address", help=ADDRESS_HELP)
     if step.kind == "predict":  # predict also answers from a deployed model, by name
-        p.set_defaults(fn=_predict, step=step)
+        p.set_defaults(fn=_predict, step_class=step)
         p.add_argument("--url", default=os.environ.get("CELLFORGE_URL", "http://127.0.0.1:8000"),
                        help="a deployed model's server (when BUNDLE is a model name, not a directory)")
         p.add_argument("--api-key", default=os.environ.get("CELLFORGE_API_KEY"))
     else:
-        p.set_defaults(fn=_step, step=step)
+        p.set_defaults(fn=_step, step_class=step)
 
 
 def _help(step: type[Step], name: str) -> str | None:
@@ -188,7 +193,7 @@ def _yaml(value: str, field: str) -> Any:
 
 def _step(args, log_level: str = "info") -> int:
     """Run one step as a one-step job (the same validation as a job file's)."""
-    step: type[Step] = args.step
+    step: type[Step] = args.step_class
     run_job({"name": step.kind, "log_level": log_level, "steps": [{step.kind: step_body(step, args)}]},
             address=args.address, base=Path.cwd())
     return 0
@@ -235,6 +240,30 @@ def _predict_remote(args) -> int:
     return 0
 
 
+def _ray_status(args) -> int:
+    from cellforge import local_ray
+
+    s = local_ray.state()
+    if s is None:
+        print(f"no local cellforge Ray under {local_ray.home()} (the next kernel, job or command starts one)")
+        return 1
+    users = local_ray.clients()
+    print(f"local cellforge Ray at {s['address']}: pid {s['pid']}, {s['cpus']} CPUs, up "
+          f"{(time.time() - s['started']) / 60:.0f} min; used by {len(users)} process(es)"
+          + (f" ({', '.join(map(str, users))})" if users else "") + f"; home {local_ray.home()}")
+    return 0
+
+
+def _ray_stop(args) -> int:
+    from cellforge import local_ray
+
+    if not local_ray.stop():
+        print(f"no local cellforge Ray under {local_ray.home()}")
+        return 0
+    print("local cellforge Ray stopped")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cellforge", description="Recurrent models on Ray: train, sweep, serve.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -248,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     for step in STEPS.values():
         add_step_command(sub, step)
     register_submit(sub)  # submit, jobs: Ray jobs on a cluster
+    ray_cmd = sub.add_parser("ray", help="this machine's local cellforge Ray (every kernel, job and command shares it)")
+    ray_sub = ray_cmd.add_subparsers(dest="ray_command", required=True)
+    ray_sub.add_parser("status", help="its address, age and users").set_defaults(fn=_ray_status)
+    ray_sub.add_parser("stop", help="stop it and every process it started").set_defaults(fn=_ray_stop)
     return p
 
 

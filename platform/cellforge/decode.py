@@ -145,3 +145,83 @@ def trace(history, b: int, t: int, row: int, token: int, return_attention: bool)
         row = parents[b, row]
         weights.append(step_weights[b, row] if weights[0] is not None else None)
     return tokens[::-1], (np.stack(weights[::-1]) if weights[0] is not None else None)
+
+
+def runtime(framework: str):
+    """The seq2seq module of a runtime ('numpy', 'torch', 'tensorflow'/'keras'):
+    ``build``, ``logits``, ``Stepper`` and, for those that train, ``Fitter``."""
+    import importlib
+
+    from cellforge.backends import get_backend
+
+    return importlib.import_module(f"{get_backend(framework).__name__}.seq2seq")
+
+
+def run(spec, stepper, x, lengths, *, strategy: str | None = None, beam_width: int | None = None,
+        return_attention: bool = False, batch_size: int = 256) -> list[Decoded]:
+    """Decode model-ready inputs as ``spec.decode`` says (``strategy``/``beam_width`` override it),
+    ``batch_size`` rows at a time."""
+    d = spec.decode
+    strategy = strategy or d.strategy
+    width = beam_width or (d.width if strategy == d.strategy else 5)
+    max_length = d.max_length or spec.target.max_length
+    lengths = np.asarray(lengths)
+    out: list[Decoded] = []
+    for s in range(0, len(lengths), batch_size):
+        lb = lengths[s: s + batch_size]
+        xb = x[s: s + batch_size][:, : int(lb.max())]
+        if strategy == "beam":
+            out += beam(stepper, xb, lb, width, max_length, d.alpha, return_attention)
+        else:
+            out += greedy(stepper, xb, lb, max_length, return_attention)
+    return out
+
+
+def check_texts(inputs) -> list[str]:
+    """A seq2seq model's inputs: a list of non-empty strings. Raises SpecError naming ``inputs.<i>``."""
+    from cellforge.errors import SpecError
+
+    if isinstance(inputs, str) or not isinstance(inputs, (list, tuple)):
+        raise SpecError([("inputs", f"expected a list of strings, got {type(inputs).__name__}")], what="input")
+    if not inputs:
+        raise SpecError([("inputs", "expected at least one string, got an empty list")], what="input")
+    problems = []
+    for i, t in enumerate(inputs):
+        if not isinstance(t, str):
+            problems.append((f"inputs.{i}", f"expected a string, got {type(t).__name__}"))
+        elif not t.strip():
+            problems.append((f"inputs.{i}", "expected a non-empty string, got an empty one"))
+    if problems:
+        raise SpecError(problems, what="input")
+    return list(inputs)
+
+
+def translate(spec, preprocessor, stepper, inputs, *, return_attention: bool = False, strategy: str | None = None,
+              beam_width: int | None = None) -> list:
+    """Raw strings in, decoded strings out (``spec.decode`` unless overridden); with
+    ``return_attention`` one dict per input: ``text``, ``input_tokens``, ``output_tokens`` (the
+    decoded tokens, ``<eos>`` when reached) and ``attention``, (output tokens x input tokens)."""
+    from cellforge.data import targets
+    from cellforge.errors import SpecError
+
+    texts = check_texts(inputs)
+    limit = spec.input.max_length
+    if limit is not None:
+        long = [(f"inputs.{i}", f"{len(preprocessor.tokenize(t))} tokens, over input.max_length ({limit})")
+                for i, t in enumerate(texts) if len(preprocessor.tokenize(t)) > limit]
+        if long:
+            raise SpecError(long, what="input")
+    x, lengths = preprocessor.transform(texts)
+    state = preprocessor.state["target"]
+    decoded = run(spec, stepper, x, lengths, strategy=strategy, beam_width=beam_width,
+                  return_attention=return_attention)
+    if not return_attention:
+        return [targets.decode(state, d.tokens) for d in decoded]
+    out = []
+    for text, n, d in zip(texts, lengths, decoded):
+        words = [state["vocab"][t] for t in d.tokens] + ["<eos>"]
+        rows = 0 if d.attention is None else len(d.attention)
+        out.append({"text": targets.decode(state, d.tokens), "input_tokens": preprocessor.tokenize(text)[: int(n)],
+                    "output_tokens": words[: rows or len(d.tokens)],
+                    "attention": d.attention if d.attention is not None else np.zeros((0, int(n)), np.float32)})
+    return out

@@ -76,3 +76,47 @@ def score(spec, out: np.ndarray, y: np.ndarray, target_scaler: dict | None = Non
 def mode_of(metric: str) -> str:
     """'min' or 'max' for a metric name such as 'val_accuracy'."""
     return MODES.get(metric.split("_", 1)[-1] if metric.startswith(("val_", "train_", "test_")) else metric, "min")
+
+
+# seq2seq ---------------------------------------------------------------------------------------
+MODES.update({"token_accuracy": "max", "exact_match": "max", "bleu": "max", "chrf": "max", "rouge_l": "max"})
+
+
+def token_stats(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Teacher-forced sufficient statistics of one shard: [loss sum, real target tokens, tokens
+    predicted right]; ``y`` (B, T) is -100 at padding (skipped)."""
+    z = np.asarray(logits, np.float64).reshape(-1, logits.shape[-1])
+    t = np.asarray(y).reshape(-1)
+    keep = t != -100
+    z, t = z[keep], t[keep]
+    m = z.max(-1, keepdims=True)
+    logp = z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+    return np.array([-logp[np.arange(len(t)), t].sum(), len(t), (z.argmax(-1) == t).sum()], np.float64)
+
+
+class _Whitespace:
+    """rouge-score's default tokenizer keeps only [a-z0-9] (it would drop 'é' from 'zéro');
+    seq2seq targets are any language, so ROUGE-L reads whitespace-separated tokens."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+
+def text_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Exact match, corpus BLEU and chrF (sacrebleu) and mean ROUGE-L F1 (rouge-score) of decoded
+    texts against their references.
+
+        >>> s = text_scores(["quatre mille douze", "mille"], ["quatre mille douze", "mille un"])
+        >>> s["exact_match"], round(s["chrf"], 1) > 50, 0 < s["rouge_l"] < 1
+        (0.5, True, True)
+    """
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if not references:
+        return {}
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Whitespace())
+    return {"exact_match": float(np.mean([h == r for h, r in zip(hypotheses, references)])),
+            "bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),
+            "chrf": float(sacrebleu.corpus_chrf(hypotheses, [references]).score),
+            "rouge_l": float(np.mean([scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references)]))}

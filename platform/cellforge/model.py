@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from cellforge import bundle as _bundle
+from cellforge import decode
 from cellforge.backends import get_backend
 from cellforge.data import Preprocessor
 
 
 class Model:
-    """Predict from a bundle. ``framework``: the runtime — 'torch', 'tensorflow' or 'numpy'
+    """Predict from a bundle. ``framework``: the runtime — 'torch', 'tensorflow', 'numpy' or 'onnx'
     (default: the framework it was trained in). ``net`` is that runtime's network."""
 
     def __init__(self, path: str | Path, framework: str | None = None):
@@ -31,7 +32,10 @@ class Model:
         self.preprocessor = Preprocessor(state)
         self.framework = framework or self.spec.framework
         self.backend = get_backend(self.framework)
-        self.net = self.backend.build(self.spec, self.weights)
+        self.net = (self.backend.build(self.spec, self.weights) if self.spec.task != "seq2seq"
+                    else decode.runtime(self.framework).build(self.spec, self.weights))
+        if self.framework == "onnx" and (self.path / "model.onnx").exists():
+            self.net.graph_file = self.path / "model.onnx"  # a compressed bundle runs its own (int8) graph
 
     def __repr__(self) -> str:
         s = self.spec
@@ -46,12 +50,23 @@ class Model:
         x, lengths = self.preprocessor.transform(inputs)
         return self.preprocessor.decode(self.outputs(x, lengths), lengths)
 
-    def predict(self, inputs: Any):
-        """Class labels, per-step tags, or values in the data's own units."""
+    def predict(self, inputs: Any, **options):
+        """Class labels, per-step tags, or values in the data's own units; seq2seq: strings
+        (``options``: ``return_attention``, ``strategy``, ``beam_width``; see ``translate``)."""
+        if self.spec.task == "seq2seq":
+            return self.translate(inputs, **options)
         out = self.predict_details(inputs)
         if "values" in out:
             return out["values"]
         return out["labels"] if self.spec.task == "tag" else np.asarray(out["labels"])
+
+    def translate(self, inputs: list[str], *, return_attention: bool = False, strategy: str | None = None,
+                  beam_width: int | None = None) -> list:
+        """seq2seq: decoded strings, or with ``return_attention`` a dict per input with the text and
+        its (output tokens x input tokens) attention matrix (:func:`cellforge.decode.translate`)."""
+        stepper = decode.runtime(self.framework).Stepper(self.net)
+        return decode.translate(self.spec, self.preprocessor, stepper, inputs, return_attention=return_attention,
+                                strategy=strategy, beam_width=beam_width)
 
     def predict_proba(self, inputs: Any):
         return self.predict_details(inputs)["probabilities"]

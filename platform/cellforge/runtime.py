@@ -1,4 +1,4 @@
-"""Where Ray runs: an embedded local Ray by default, a cluster when an address is given."""
+"""Where Ray runs: this machine's local cellforge Ray by default (``local_ray``), a cluster when an address is given."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 
-from cellforge import _ray
+from cellforge import _ray, local_ray
 from cellforge.log import log
 
 # a Tune trial plus its Train workers (or Serve replicas) each hold a logical CPU; on a
@@ -30,12 +30,15 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 # Workers' output lines the driver does not print (they stay in the worker's log file in Ray's log
 # directory): Ray's C++ info/warning/error lines (fatal ones and check failures still show), absl's
 # info/warning lines (TensorFlow/XLA's start-up lines, logged before TF reads its log level), and Ray
-# Serve's DEBUG/INFO lines (each replica started, "Got updated endpoints: {...}", access logs).
+# Serve's DEBUG/INFO lines (each replica started, "Got updated endpoints: {...}", access logs), and the
+# raylet's warning that many worker processes started (a sweep's trials, Train workers and their
+# controllers start a dozen at once by design).
 RAY_CHATTER = re.compile(
     r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWE] \d+ \d+\] (\(\w+\) )?[\w/.-]+:\d+: "
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w/.-]+:\d+\] "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
-    r"|(DEBUG|INFO) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
+    r"|(DEBUG|INFO) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ "
+    r"|WARNING: \d+ PYTHON worker processes have been started on node")
 
 
 def shown(line: str) -> bool:
@@ -43,10 +46,63 @@ def shown(line: str) -> bool:
 
     >>> shown("[2026-01-01 10:00:00,123 E 77 78] core_worker.cc:2465: Actor with class name: ...")
     False
+    >>> shown("WARNING: 8 PYTHON worker processes have been started on node: c52d with address: 127.0.0.1, ...")
+    False
     >>> shown("[cellforge] epoch 1/3  loss 0.5"), shown("ValueError: bad input")
     (True, True)
     """
     return not RAY_CHATTER.match(line)
+
+
+# A Ray Train controller's warning, with its traceback, that a resource request to Ray's autoscaling
+# coordinator timed out: Train retries it by itself (the warning says it is safe to ignore), and on a
+# busy small machine it came every few seconds, traceback and all, between the epoch lines.
+TRAIN_RETRY = "Failed to send resource request for "
+
+
+class Visible:
+    """The lines of a batch of one worker's output that reach the user's console: ``shown`` ones, less
+    the Train controller's retried resource-request warnings and their tracebacks (which may run on
+    into the worker's next batch).
+
+    >>> v = Visible()
+    >>> v({"pid": 7, "lines": ["[cellforge] epoch 1/2", TRAIN_RETRY + "train-1. If this ...", "Traceback (most "
+    ...    "recent call last):", '  File "x.py", line 1, in f']})
+    ['[cellforge] epoch 1/2']
+    >>> v({"pid": 7, "lines": ["    ray.get(", "ray.exceptions.GetTimeoutError: Get timed out", "[cellforge] epoch 2/2"]})
+    ['[cellforge] epoch 2/2']
+    """
+
+    def __init__(self):
+        self.skipping: set = set()  # pids in the middle of such a warning
+
+    def __call__(self, data: dict) -> list[str]:
+        pid, out = data.get("pid"), []
+        for line in data.get("lines", []):
+            if line.startswith(TRAIN_RETRY):
+                self.skipping.add(pid)
+                continue
+            if pid in self.skipping:
+                if not line or line[0].isspace() or line.startswith("Traceback (most recent call last)"):
+                    continue
+                self.skipping.discard(pid)
+                if line.startswith("ray.exceptions."):  # the traceback's last line
+                    continue
+            if shown(line):
+                out.append(line)
+        return out
+
+
+VISIBLE = Visible()
+
+
+def mine(line: str) -> bool:
+    """cellforge's own lines (epochs, progress), printed without Ray's ``(RayTrainWorker pid=...)`` prefix.
+
+    >>> mine("[cellforge] epoch 1/3  loss 0.5"), mine("ValueError: bad input")
+    (True, False)
+    """
+    return line.startswith("[cellforge] ")
 
 
 def _warnings_and_up(record: logging.LogRecord) -> bool:
@@ -141,7 +197,8 @@ def _set_environ(values: dict[str, str | None]) -> None:
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray bound to 127.0.0.1.
+    """Connect to ``address`` / ``RAY_ADDRESS``, or to this machine's local cellforge Ray, bound to
+    127.0.0.1 (the first caller starts it, and it outlives this process: see ``cellforge.local_ray``).
 
     Does nothing when Ray is already initialised in this process (a notebook, a test session).
     """
@@ -163,40 +220,58 @@ def ensure_ray(address: str | None = None) -> None:
                  runtime_env={"env_vars": worker_env} if worker_env else None)
     else:
         # one local node is never drained or preempted: Train's per-run preemption-watcher actor (one
-        # more process to start per fit) has nothing to watch
+        # more process to start per fit) has nothing to watch. The local Ray's processes inherit this
+        # process's environment (the settings above included), so no runtime_env is needed for it.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        _start_local()
-    _ray.filter_worker_output(shown)
+        cpus = int(os.environ.get("CELLFORGE_NUM_CPUS", max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)))
+        if os.environ.get("CELLFORGE_SHARED_RAY", "1") == "0":  # a Ray of this process's own, as before
+            _start_local(cpus)
+        else:
+            address = local_ray.address(cpus, env=_ingress)  # the owner's Ray starts with the fast ingress
+            # the local Ray's node is 127.0.0.1: without this a driver looks for a node at the machine's
+            # own IP and waits for it (the owner sets the same when it starts Ray)
+            _ray.loopback_only()
+            if "RAY_AUTH_MODE" not in os.environ:  # the owner's Ray has token auth on (Ray's default)
+                _ray.token_auth_on()
+            # RAY_ADDRESS for the job's workers: Ray Train's PlacementGroupCleaner asks Ray's state API
+            # without an address, which fails with "Found multiple active Ray instances" (a traceback in
+            # the notebook) wherever another Ray runs on the machine (another user's, a test session's)
+            ray.init(address=address, _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
+                     runtime_env={"env_vars": {"RAY_ADDRESS": address}})
+    _ray.filter_worker_output(VISIBLE, plain=mine)
+    _quiet_kernel_exit()
 
 
-def _start_local() -> None:
-    import ray
+def _quiet_kernel_exit() -> None:
+    """In a Jupyter kernel, SIGTERM (how Jupyter ends a kernel that did not leave at once on shutdown
+    or restart) ends it quietly. ``ray.init`` made it a fatal signal that printed Ray's
+    ``*** SIGTERM received ... epoll_wait`` stack trace in the terminal running JupyterLab. The kernel
+    is only a driver of the local Ray, which keeps running (and notices the driver went)."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    if type(shell).__name__ != "ZMQInteractiveShell" or threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _leave)
 
-    cpus = int(os.environ.get("CELLFORGE_NUM_CPUS", max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)))
-    _ray.loopback_only()  # keep the embedded Ray's node on 127.0.0.1
-    import psutil
 
-    # Serve's fast ingress for every Serve this Ray runs (cf.deploy, serve.start, serve run against it).
-    # Ray's processes read these when they start; this one drops them after: Ray's HAProxy mode moves
-    # the default HTTP host to every interface, and a Serve started here without a host stays on
-    # 127.0.0.1 instead. RAY_SERVE_ENABLE_HA_PROXY=0 keeps Serve's own proxy.
-    ingress = {} if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "0" else fast_ingress_env()
-    for attempt in (1, 2, 3):
-        before = {c.pid for c in psutil.Process().children(recursive=True)}
-        try:
-            with _environ(ingress):
-                ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1",
-                         dashboard_host="127.0.0.1", logging_level=logging.WARNING)
-            return
-        except Exception as e:
-            # On a busy small machine the raylet can give up waiting for its metrics agent (a fixed
-            # 15 s, ray-project/ray#65983) and the start times out; a second try usually succeeds.
-            if attempt == 3 or "timed out during startup" not in str(e):
-                raise
-            ray.shutdown()
-            for child in psutil.Process().children(recursive=True):  # the failed start's GCS, dashboard...
-                if child.pid not in before:
-                    child.kill()
+def _leave(signum, frame):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the plain end SIGTERM means, without Ray's handler
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _ingress() -> dict[str, str]:
+    """Serve's fast ingress for every Serve a local Ray runs (cf.deploy, serve.start, serve run against it).
+    Ray's processes read these when they start; a driver does not keep them: Ray's HAProxy mode moves the
+    default HTTP host to every interface, and a Serve started from the driver without a host stays on
+    127.0.0.1 instead. RAY_SERVE_ENABLE_HA_PROXY=0 keeps Serve's own proxy."""
+    return {} if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "0" else fast_ingress_env()
+
+
+def _start_local(cpus: int) -> None:
+    """A Ray of this process's own (CELLFORGE_SHARED_RAY=0), with the fast ingress."""
+    with _environ(_ingress()):
+        local_ray.start_embedded(cpus)
 
 
 @contextlib.contextmanager

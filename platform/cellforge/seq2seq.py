@@ -111,3 +111,16 @@ def select(op, state: dict[str, Any], rows) -> dict[str, Any]:
     """The state of the batch rows ``rows`` (an index: to pick, repeat or reorder hypotheses)."""
     return {k: ([tuple(op.take(t, rows) for t in s) for s in v] if k == "layers" else op.take(v, rows))
             for k, v in state.items()}
+
+
+def scheduled(op, spec: ModelSpec, p: dict[str, Any], memory, summary, mask, y_in, truth, argmax):
+    """Logits (B, T, V) under scheduled sampling (Bengio et al. 2015, ``training.teacher_forcing`` < 1):
+    step t reads the true token ``y_in[:, t]`` where ``truth[:, t]`` (a bool (B, T)), else the
+    previous step's own most likely token (``argmax``, the backend's, over the last axis)."""
+    state = start(op, spec, p, memory, summary, mask)
+    logits = []
+    for t in range(y_in.shape[1]):
+        tokens = y_in[:, t] if t == 0 else op.where(truth[:, t], y_in[:, t], argmax(logits[-1]))
+        out, state, _ = step(op, spec, p, state, tokens)
+        logits.append(out)
+    return op.stack(logits, 1)

@@ -161,6 +161,10 @@ class DecodeSpec(_Strict):
         return 1.0 if self.length_penalty is None else self.length_penalty
 
 
+KEY_FIELDS = ("framework", "task", "cell", "hidden_size")  # what to_yaml always shows, default or not
+INFERRED = ("num_classes", "num_outputs", "num_features", "vocab_size")  # fit fills these in from the data
+
+
 class ModelSpec(_Strict):
     """A recurrent model and how to train it, independent of the framework.
 
@@ -275,8 +279,31 @@ class ModelSpec(_Strict):
     def from_json(cls, text: str) -> ModelSpec:
         return cls.parse(json.loads(text))
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+    def to_yaml(self, full: bool = False) -> str:
+        """The spec as YAML: the model's key fields, then every field that differs from its default (what
+        was set, and what ``fit`` inferred from the data, marked ``# from the data``). Defaults are left
+        out, and ``ModelSpec.parse`` puts them back; ``full=True`` writes every field.
+
+            >>> spec = ModelSpec(task="classify", hidden_size=32, training={"epochs": 3})
+            >>> print(spec.updated(num_classes=10, **{"input.num_features": 8}).to_yaml().strip())
+            framework: torch
+            task: classify
+            cell: lstm
+            hidden_size: 32
+            num_classes: 10  # from the data
+            input:
+              num_features: 8  # from the data
+            training:
+              epochs: 3
+            >>> ModelSpec.from_yaml(spec.to_yaml()) == spec
+            True
+        """
+        if full:
+            return yaml.safe_dump(self.model_dump(), sort_keys=False)
+        data = {k: getattr(self, k) for k in KEY_FIELDS} | self.model_dump(exclude_defaults=True)
+        lines = yaml.safe_dump(data, sort_keys=False).splitlines()
+        return "\n".join(line + ("  # from the data" if line.strip().split(":")[0] in INFERRED
+                                  and not line.rstrip().endswith(":") else "") for line in lines) + "\n"
 
     @classmethod
     def from_yaml(cls, text_or_path: str | Path) -> ModelSpec:

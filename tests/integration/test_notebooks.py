@@ -65,11 +65,24 @@ def test_committed_notebooks_are_clean_and_parameterised():
         assert papermill.inspect_notebook(str(NOTEBOOKS / name)), f"{name}: no 'parameters' cell"
 
 
-def test_sweep_notebook(kernel_env, tmp_path):
-    nb = execute("02_sweep.ipynb", tmp_path, trials=2, epochs=2, hidden_sizes=[16], workers_per_trial=1,
-                 name=f"nb-sweep-{uuid.uuid4().hex[:6]}")
-    assert images(nb) >= 1
+def leaderboard_text(nb) -> str:
+    cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.strip() == "sweep.leaderboard()")
+    return cell.outputs[0]["data"]["text/plain"]
+
+
+def test_sweep_notebook_and_its_rerun_resumes(kernel_env, tmp_path):
+    """Run All twice with the same name: the second run resumes the finished sweep and shows the same
+    leaderboard without training again (no new Train run)."""
+    params = dict(trials=2, epochs=2, hidden_sizes=[16], workers_per_trial=1, name=f"nb-sweep-{uuid.uuid4().hex[:6]}")
+    nb = execute("02_sweep.ipynb", tmp_path, **params)
+    assert images(nb) == 1  # the plot, once
     assert "test_accuracy" in texts(nb)
+    train_runs = sorted(p.name for p in (kernel_env / params["name"] / "train").iterdir())
+    (tmp_path / "again").mkdir()
+    again = execute("02_sweep.ipynb", tmp_path / "again", **params)
+    assert "resuming sweep" in texts(again) and images(again) == 1
+    assert leaderboard_text(again) == leaderboard_text(nb)
+    assert sorted(p.name for p in (kernel_env / params["name"] / "train").iterdir()) == train_runs
 
 
 def test_deploy_and_call_notebook(kernel_env, tmp_path):
@@ -78,6 +91,7 @@ def test_deploy_and_call_notebook(kernel_env, tmp_path):
     out = texts(nb)
     assert '"labels"' in out  # curl's answer
     assert images(nb) == 1  # the streamed forecast
+    assert "onnx int8" in out and "ONNX graph: float32" in out  # the runtimes section at the end
 
 
 def test_custom_cell_notebook_in_both_frameworks(kernel_env, tmp_path):

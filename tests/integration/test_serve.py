@@ -347,3 +347,21 @@ def test_serve_run_with_the_yaml(server, digits, tmp_path):
     with pytest.raises(RequestError) as e:
         client.predict("digits-yaml", [[[1.0] * 8] * 2000])
     assert e.value.status == 422 and e.value.problems[0][0] == "inputs.0"
+
+
+# the ONNX Runtime runtime ---------------------------------------------------------------------
+def test_onnx_runtime_answers_and_streams_as_cf_load(server, digits):
+    from ray import serve
+
+    ep = cf.deploy(digits.bundle, "digits-onnx", num_replicas=1, runtime="onnx", num_cpus=0.25)
+    server.mine.append("digits-onnx")
+    client, ref = cf.Client(server.base), cf.load(digits.bundle)
+    got = client.predict("digits-onnx", digits.x)
+    np.testing.assert_allclose(got["probabilities"], ref.predict_proba(digits.x), atol=1e-5)
+    assert got["labels"] == ref.predict(digits.x).tolist() and got["version"] == ep.version
+    assert {m["name"]: m for m in client.models()}["digits-onnx"]["runtime"] == "onnx"
+    x = digits.x[1]
+    with client.session("digits-onnx") as s:  # through the single-step graph
+        probs = np.concatenate([s.step(x[a:b])["probabilities"] for a, b in ((0, 2), (2, 7), (7, 8))])
+    np.testing.assert_allclose(probs, ref.predict_proba([x[: t + 1] for t in range(8)]), atol=1e-5)
+    serve.delete("digits-onnx")

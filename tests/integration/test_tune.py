@@ -158,6 +158,11 @@ def test_failing_trial_is_reported_and_the_sweep_goes_on(ray_session, runs):
     assert out["best"]["params"] == {"training.lr": 0.05}
     assert Path(out["bundle"]) == runs / "failing" / "best" / "bundle"
     assert cf.load(out["bundle"]).spec.training.lr == 0.05
+    # running it again resumes the failed sweep: the same leaderboard, no trial retrained or retried
+    train_runs = sorted(p.name for p in (runs / "failing" / "train").iterdir())
+    again = run_job(job)["search"]
+    assert again["leaderboard"] == out["leaderboard"] and again["best"] == out["best"]
+    assert sorted(p.name for p in (runs / "failing" / "train").iterdir()) == train_runs
 
 
 @pytest.mark.slow

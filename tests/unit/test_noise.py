@@ -64,8 +64,8 @@ def test_the_driver_prints_only_shown_worker_lines():
     printed = []
     dispatcher.add_handler("ray_print_logs", lambda data: printed.append(data))
     try:
-        _ray.filter_worker_output(runtime.shown)
-        _ray.filter_worker_output(runtime.shown)  # a second call does not wrap it twice
+        _ray.filter_worker_output(runtime.VISIBLE)
+        _ray.filter_worker_output(runtime.VISIBLE)  # a second call does not wrap it twice
         assert sum(name == "ray_print_logs" for name, _ in dispatcher.handlers) == 1
         dispatcher.emit({"pid": 7, "is_err": True, "lines": CHATTER + SHOWN})
         dispatcher.emit({"pid": 8, "is_err": True, "lines": CHATTER})  # nothing left: nothing printed
@@ -73,6 +73,24 @@ def test_the_driver_prints_only_shown_worker_lines():
         dispatcher.remove_handler("ray_print_logs")
     assert [d["pid"] for d in printed] == [7]
     assert printed[0]["lines"] == SHOWN
+
+
+def test_cellforge_lines_are_printed_without_rays_worker_prefix():
+    """Ray's printer is ``partial(print_to_stdstream, ignore_prefix=...)``: cellforge's own lines go to it
+    with ``ignore_prefix=True`` (no "(RayTrainWorker pid=...)"), every other shown line as before."""
+    import functools
+
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    printed = []
+    dispatcher.add_handler("ray_print_logs", functools.partial(
+        lambda data, ignore_prefix: printed.append((ignore_prefix, data["lines"])), ignore_prefix=False))
+    try:
+        _ray.filter_worker_output(runtime.VISIBLE, plain=runtime.mine)
+        dispatcher.emit({"pid": 7, "is_err": False, "lines": ["[cellforge] epoch 1/2  loss 0.5", "a user's print"]})
+    finally:
+        dispatcher.remove_handler("ray_print_logs")
+    assert printed == [(True, ["[cellforge] epoch 1/2  loss 0.5"]), (False, ["a user's print"])]
 
 
 def test_quiet_ray_sets_worker_env_and_quiets_the_driver_loggers(monkeypatch):

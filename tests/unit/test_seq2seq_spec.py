@@ -89,12 +89,10 @@ def test_canonical_shapes_of_the_decoder():
         param_shapes(spec.updated(**{"target.vocab_size": None}))
 
 
-def test_fit_and_sweep_refuse_seq2seq_until_it_trains():
-    """Declared, run and decoded in every backend, not yet trained: a clear error, before Ray starts."""
+def test_fit_refuses_seq2seq_data_that_is_not_text_pairs_before_ray_starts():
+    """seq2seq trains now (tests/integration/test_seq2seq.py); its data is checked before Ray starts."""
     import cellforge as cf
 
     spec = cf.ModelSpec(task="seq2seq", input={"type": "text", "tokenizer": "char"})
-    for call in (lambda: cf.fit(spec, cf.datasets.load("numbers")),
-                 lambda: cf.sweep(spec, cf.datasets.load("numbers"), {"hidden_size": cf.choice([8])})):
-        with pytest.raises(cf.SpecError, match="training them on Ray Train is not built yet"):
-            call()
+    with pytest.raises(cf.SpecError, match="seq2seq targets must be strings"):
+        cf.fit(spec, (["one", "two", "three", "four"], [1, 2, 3, 4]))

@@ -31,6 +31,7 @@ BACKENDS: dict[str, str] = {
     "torch": "cellforge.backends.torch",
     "tensorflow": "cellforge.backends.keras",
     "keras": "cellforge.backends.keras",
+    "onnx": "cellforge.backends.onnx",  # ONNX Runtime, inference only (cellforge.backends.onnx.graph)
 }
 
 
@@ -58,7 +59,7 @@ class Backend(Protocol):
 
 
 def get_backend(name: str) -> Backend:
-    """The backend for ``name``: 'numpy', 'torch' or 'tensorflow' (alias 'keras')."""
+    """The backend for ``name``: 'numpy', 'torch', 'tensorflow' (alias 'keras') or 'onnx'."""
     try:
         module = BACKENDS[name]
     except (KeyError, TypeError):

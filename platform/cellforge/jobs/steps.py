@@ -144,7 +144,7 @@ class EvaluateStep(Step):
     data: DataRef
     # 'test' re-creates the bundle's own held-out split of this data (same fractions and seed)
     split: Literal["test", "val", "train", "all"] = "test"
-    framework: Literal["torch", "tensorflow", "numpy"] | None = None  # runtime; default as trained
+    framework: Literal["torch", "tensorflow", "numpy", "onnx"] | None = None  # runtime; default as trained
 
     def run(self, base: Path, address: str | None) -> dict[str, Any]:
         metrics = evaluate(base / self.bundle, self.data.load(base), self.split, self.framework)
@@ -166,7 +166,7 @@ class PredictStep(Step):
     output: str  # .csv or .json, relative to the job file
     columns: list[str] | None = None  # feature (or text) columns; default: every other numeric column
     group: str | None = None  # rows sharing this column form one sequence; default the spec's input.group
-    framework: Literal["torch", "tensorflow", "numpy"] | None = None
+    framework: Literal["torch", "tensorflow", "numpy", "onnx"] | None = None
 
     @field_validator("output")
     @classmethod
@@ -280,7 +280,56 @@ class DeployStep(DeployConfig, Step):
         return {"name": ep.name, "url": ep.url, "version": ep.version}
 
 
-STEPS: dict[str, type[Step]] = {s.kind: s for s in (TrainStep, EvaluateStep, PredictStep, SweepStep, DeployStep)}
+class ExportStep(Step):
+    """Export a bundle to run outside Python and Ray: ONNX (whole sequences, or --step: one step with the
+    recurrent state as inputs and outputs) or a TensorFlow SavedModel; its preprocessing beside it as JSON."""
+
+    kind: ClassVar[str] = "export"
+    outputs: ClassVar[tuple[str, ...]] = ("model", "preprocessing")
+    positional: ClassVar[tuple[str, ...]] = ("bundle",)
+    reads_bundle: ClassVar[bool] = True
+
+    bundle: str
+    out: str  # the graph file (.onnx) or the SavedModel directory, relative to the job file
+    format: Literal["onnx", "savedmodel"] = "onnx"
+    step: bool = False  # ONNX: the single-step graph (unidirectional models)
+
+    def run(self, base: Path, address: str | None) -> dict[str, Any]:
+        from cellforge.export import export
+
+        files = export(base / self.bundle, base / self.out, self.format, self.step)
+        log.info("%s written to %s (preprocessing: %s)", self.format, files["model"], files["preprocessing"])
+        return {k: str(v) for k, v in files.items()}
+
+
+class CompressStep(Step):
+    """Prune (optionally fine-tuning on Ray Train) and/or quantize a bundle to int8; a new bundle recording
+    what was done and its test metrics beside the original's."""
+
+    kind: ClassVar[str] = "compress"
+    outputs: ClassVar[tuple[str, ...]] = ("bundle", "compression")
+    positional: ClassVar[tuple[str, ...]] = ("bundle",)
+    reads_bundle: ClassVar[bool] = True
+    files: ClassVar[tuple[str, ...]] = ("data.path",)
+
+    bundle: str
+    data: DataRef  # what the bundle was trained on: its test split scores both bundles
+    out: str  # the new bundle's directory, relative to the job file
+    quantize: Literal["int8"] | None = None
+    prune: float | None = Field(None, ge=0, lt=1)  # sparsity: the fraction of each weight matrix zeroed
+    finetune: int = Field(0, ge=0)  # epochs of training after pruning
+    workers: int = Field(1, gt=0)  # Ray Train workers for fine-tuning
+
+    def run(self, base: Path, address: str | None) -> dict[str, Any]:
+        from cellforge.export.compress import compress
+
+        record = compress(base / self.bundle, self.data.load(base), base / self.out, self.quantize, self.prune,
+                          self.finetune, self.workers, address)
+        return {"bundle": str(base / self.out), "compression": record}
+
+
+STEPS: dict[str, type[Step]] = {s.kind: s for s in (TrainStep, EvaluateStep, PredictStep, SweepStep, DeployStep,
+                                                     ExportStep, CompressStep)}
 
 
 def _short(v) -> str:

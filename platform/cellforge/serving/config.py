@@ -65,7 +65,9 @@ class DeployConfig(_Strict):
     batching: Batching = Field(default_factory=Batching)
     num_cpus: float = Field(0.5, gt=0)  # per replica; fractions let several replicas share a small machine
     num_gpus: float = Field(0, ge=0)  # > 0 runs the network with torch on CUDA
-    runtime: Literal["numpy", "torch"] = "numpy"  # numpy is fastest for small recurrent nets on a CPU
+    # numpy is fast for small recurrent nets on a CPU; onnx (ONNX Runtime) runs the exported graph, and a
+    # compressed bundle's int8 graph (see benchmarks/runtimes.py)
+    runtime: Literal["numpy", "torch", "onnx"] = "numpy"
     max_length: int = Field(1000, gt=0)  # longest sequence accepted (steps or tokens); longer -> 422
     max_inputs: int = Field(1024, gt=0)  # sequences per request
     max_body_bytes: int = Field(1 << 20, gt=0)  # larger request bodies -> 413

@@ -6,8 +6,8 @@
     >>> answer["labels"] == cf.load(bundle).predict(images[:2]).tolist()
     True
 
-Numbers come from ``cellforge.model.Model`` (numpy or torch runtime) and, for sessions, from the
-numpy reference's ``step``, so an endpoint answers what ``cf.load(bundle).predict`` answers.
+Numbers come from ``cellforge.model.Model`` (numpy, torch or onnx runtime) and, for sessions, from the
+numpy reference's ``step`` (with runtime onnx: the single-step ONNX graph), so an endpoint answers what ``cf.load(bundle).predict`` answers.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class Engine:
 
             torch.set_num_threads(threads)
         self.model = load(cfg.bundle, framework=cfg.runtime)
+        if cfg.runtime == "onnx":
+            self.model.net.threads = threads  # ORT's sessions are made on first use, with this many threads
         if cfg.num_gpus:  # runtime torch (DeployConfig checks)
             self.model.backend.to_cuda(self.model.net)
         self.spec, self.pre = self.model.spec, self.model.preprocessor
@@ -192,12 +194,18 @@ class Engine:
         if not self.streams:
             raise ApiError(400, "unsupported", "model", "a bidirectional model reads whole sequences; "
                                                         "sessions need a unidirectional one")
-        out, new_state = reference_step(self.spec, self.model.weights, x, state)
+        out, new_state = self._step(x, state)
         steps = out.shape[1]
         if self.spec.task == "tag":
             d = self.respond(out, np.asarray([steps]))
             return {k: (v[0] if k != "classes" else v) for k, v in d.items()}, new_state
         return self.respond(out[0], np.full(steps, 1)), new_state
+
+    def _step(self, x: np.ndarray, state: list | None):
+        """The numpy reference's step, or with runtime onnx the single-step ONNX graph (same state layout)."""
+        if self.cfg.runtime == "onnx":
+            return self.model.backend.step(self.model.net, x, state)
+        return reference_step(self.spec, self.model.weights, x, state)
 
     # description -------------------------------------------------------------------
     def info(self, name: str) -> dict[str, Any]:

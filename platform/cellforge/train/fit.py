@@ -28,6 +28,7 @@ from cellforge.errors import SpecError
 from cellforge.log import log
 from cellforge.runtime import ensure_ray, own_sigint
 from cellforge.spec import TASKS, ModelSpec
+from cellforge.train import seq2seq_eval
 from cellforge.train.checkpoint import final_weights
 from cellforge.train.loop import worker_loop
 
@@ -56,7 +57,7 @@ class FitResult:
 
 
 def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_checkpoint: str | None = None,
-                  verbose: bool = True) -> dict[str, Any]:
+                  verbose: bool = True, init_weights: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """What every Train worker of a run gets (``train_loop_config``): the spec, the prepared splits in
     Ray's object store, custom cells, where to start from, and how much to log (the driver's level of
     the ``cellforge`` logger: a notebook that quiets it quiets its workers too)."""
@@ -64,7 +65,9 @@ def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_ch
 
     return {"spec": spec.model_dump(), "data": ray.put(prepared.splits), "use_gpu": use_gpu,
             "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": custom_cells(),
-            "init_checkpoint": init_checkpoint, "verbose": verbose, "log_level": log.getEffectiveLevel()}
+            "target": prepared.preprocessor.state.get("target"),  # seq2seq's vocabulary: val texts
+            "init_checkpoint": init_checkpoint, "verbose": verbose, "log_level": log.getEffectiveLevel(),
+            "init_weights": None if init_weights is None else ray.put(init_weights)}
 
 
 def trainer(spec: ModelSpec, config: dict[str, Any], workers: int, use_gpu: bool, run_config):
@@ -87,7 +90,8 @@ def _local_node() -> bool:
 
 def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = False, epochs: int | None = None,
         name: str | None = None, storage_path: str | Path | None = None, bundle_path: str | Path | None = None,
-        address: str | None = None, max_failures: int = 0, verbose: bool = True) -> FitResult:
+        address: str | None = None, max_failures: int = 0, verbose: bool = True,
+        init_weights: dict[str, np.ndarray] | None = None) -> FitResult:
     """Train ``spec`` on ``data`` with ``workers`` Ray Train workers and save a bundle.
 
     Args:
@@ -101,6 +105,7 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
         bundle_path: where to save the bundle (default ``<storage>/<name>/bundle``).
         address: a Ray cluster; default ``$RAY_ADDRESS`` or an embedded local Ray.
         max_failures: worker failures to recover from (from the last checkpoint).
+        init_weights: canonical weights to start from (a warm start: ``cellforge compress`` fine-tunes so).
 
     Returns:
         FitResult with ``metrics`` (``test_*``), ``history`` and ``bundle``.
@@ -117,7 +122,7 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     ensure_ray(address)
     use_gpu = _gpu_or_cpu(use_gpu, address)
     weights, state = run(spec, prepared, workers=workers, use_gpu=use_gpu, name=name, storage=storage,
-                         max_failures=max_failures, verbose=verbose)
+                         max_failures=max_failures, verbose=verbose, init_weights=init_weights)
     return finish(spec, prepared, weights, state, bundle_path or storage / name / "bundle", storage / name, verbose)
 
 
@@ -133,11 +138,10 @@ def _gpu_or_cpu(use_gpu: bool, address: str | None) -> bool:
 
 
 def check_trainable(spec: ModelSpec) -> None:
-    """Refuse, before anything starts, a spec this cellforge can declare but not yet train."""
-    if spec.task == "seq2seq":  # the spec, networks and decoding exist; the training loop does not yet
-        raise SpecError([("task", "seq2seq models can be declared, run and decoded in every backend "
-                                  "(cellforge.decode), but training them on Ray Train is not built yet; "
-                                  f"trainable tasks: {[t for t in TASKS if t != 'seq2seq']}")], what="fit arguments")
+    """Refuse, before anything starts, a spec this cellforge can declare but not train (none today:
+    every task in TASKS trains; the hook stays for the next one)."""
+    if spec.task not in TASKS:
+        raise SpecError([("task", f"expected one of {list(TASKS)}, got {spec.task!r}")], what="fit arguments")
 
 
 def check_workers(workers: Any) -> None:
@@ -152,18 +156,20 @@ def check_name(name: str) -> str:
 
 
 def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, name: str, storage: Path,
-        max_failures: int = 0, callbacks: list | None = None, verbose: bool = True
-        ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        max_failures: int = 0, callbacks: list | None = None, verbose: bool = True,
+        init_weights: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run the Ray Train job for prepared data; returns the final weights and the loop's state
     (history, best epoch). Resumes from the last checkpoint of a run with the same name and storage."""
     import ray.train
 
-    config = worker_config(spec, prepared, use_gpu, verbose=verbose)
+    config = worker_config(spec, prepared, use_gpu, verbose=verbose, init_weights=init_weights)
     run_config = ray.train.RunConfig(
         name=name, storage_path=str(storage), callbacks=callbacks,
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         logging_config=ray.train.LoggingConfig(log_level="WARNING"))  # our epoch line says it all
+    if verbose:  # a status while Train starts its workers (the first epoch line follows)
+        log.info("starting %d Ray Train worker%s", workers, "s" * (workers != 1))
     with own_sigint():
         result = trainer(spec, config, workers, use_gpu, run_config).fit()
     if result.error is not None:
@@ -188,6 +194,8 @@ def finish(spec: ModelSpec, prepared, weights, state, bundle_path: str | Path, r
 
 def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Test-split metrics with the final weights, plus a few predictions beside the truth."""
+    if spec.task == "seq2seq":  # decoded texts, scored by sacrebleu and rouge-score
+        return seq2seq_eval.test(spec, weights, prepared)
     test = prepared.splits["test"]
     if not len(test["y"]):
         return {}, []

@@ -8,6 +8,7 @@ checkpoints and resuming from the last one.
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 import time
 from pathlib import Path
@@ -20,22 +21,30 @@ from cellforge.backends import get_backend
 from cellforge.cells import load_cells
 from cellforge.log import log
 from cellforge.spec import ModelSpec
-from cellforge.train import checkpoint
+from cellforge.train import checkpoint, seq2seq_eval
 from cellforge.train.worker import WorkerInfo
 
 
-def batches(split: dict[str, np.ndarray], idx: np.ndarray, batch_size: int):
-    """Mini-batches over ``idx``, each trimmed to its longest sequence."""
+def batches(split: dict[str, np.ndarray], idx: np.ndarray, batch_size: int, task: str | None = None):
+    """Mini-batches over ``idx``, each trimmed to its longest sequence (a tagger's targets with it;
+    seq2seq targets, of their own length, to their own longest)."""
     for s in range(0, len(idx), batch_size):
         b = idx[s: s + batch_size]
         lengths = split["lengths"][b]
         steps = int(lengths.max())
         y = split["y"][b]
-        yield split["x"][b][:, :steps], lengths, (y[:, :steps] if y.ndim == 2 and y.dtype == np.int64 else y)
+        if task == "seq2seq":
+            y = seq2seq_eval.trim(y)
+        elif y.ndim == 2 and y.dtype == np.int64:
+            y = y[:, :steps]
+        yield split["x"][b][:, :steps], lengths, y
 
 
-def shard_eval(fitter, spec: ModelSpec, split: dict[str, np.ndarray], info: WorkerInfo, scaler) -> dict[str, float]:
+def shard_eval(fitter, spec: ModelSpec, split: dict[str, np.ndarray], info: WorkerInfo, scaler,
+               target: dict | None = None) -> dict[str, float]:
     """Metrics of a whole split: each rank takes every world-th example, stats are summed."""
+    if spec.task == "seq2seq":
+        return seq2seq_eval.evaluate(fitter, spec, split, info, target)
     idx = np.arange(info.rank, len(split["y"]), info.world)
     if len(idx):
         outs = [fitter.predict(xb, lb) for xb, lb, _ in batches(split, idx, 1024)]
@@ -74,7 +83,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     scaler = config.get("target_scaler")
     ctx = ray.train.get_context()
     info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_world_size(), config["use_gpu"])
-    fitter = get_backend(spec.framework).Fitter(spec, info)
+    fitter = fitter_class(spec)(spec, info)
     t = spec.training
     es = t.early_stopping
     state = {"epoch": -1, "history": [], "best": None, "bad": 0, "best_epoch": None}
@@ -83,6 +92,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is None and config.get("init_checkpoint"):
         ckpt = ray.train.Checkpoint.from_directory(config["init_checkpoint"])
+    if ckpt is None and config.get("init_weights") is not None:  # a warm start from given weights
+        fitter.set_weights(ray.get(config["init_weights"]))
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state, best_weights = checkpoint.restore(fitter, Path(d))
@@ -97,14 +108,15 @@ def worker_loop(config: dict[str, Any]) -> None:
         start = time.perf_counter()
         order = np.random.default_rng(t.seed + epoch).permutation(len(train["y"]))
         idx = order[info.rank:: info.world][:n_local]
-        loss_sum, count = fitter.train_epoch(epoch, batches(train, idx, local_bs))
+        loss_sum, count = fitter.train_epoch(epoch, batches(train, idx, local_bs, spec.task))
         loss_sum, count = fitter.allreduce(np.array([loss_sum, count], np.float64))
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / max(count, 1), "lr": fitter.lr.value}
         if not np.isfinite(row["loss"]):
             raise FloatingPointError(f"training loss became {row['loss']} at epoch {epoch + 1}; lower training.lr "
                                      "or set training.clip_norm")
         if len(splits["val"]["y"]):
-            row.update({f"val_{k}": v for k, v in shard_eval(fitter, spec, splits["val"], info, scaler).items()})
+            row.update({f"val_{k}": v for k, v in shard_eval(fitter, spec, splits["val"], info, scaler,
+                                                                          config.get("target")).items()})
         row["time_s"] = time.perf_counter() - start
         fitter.lr.end_epoch(row.get("val_loss"))
         state["history"].append(row)
@@ -139,6 +151,14 @@ def worker_loop(config: dict[str, Any]) -> None:
             ray.train.report({k: v for k, v in row.items()} | {"stopped_early": stop}, checkpoint=saved)
         if stop:
             break
+
+
+def fitter_class(spec: ModelSpec):
+    """The backend's Fitter; an encoder-decoder's lives beside its network (backends/<name>/seq2seq.py)."""
+    backend = get_backend(spec.framework)
+    if spec.task == "seq2seq":
+        return importlib.import_module(f"{backend.__name__}.seq2seq").Fitter
+    return backend.Fitter
 
 
 def _rank_spread(fitter, info: WorkerInfo) -> float:

@@ -1,6 +1,6 @@
 """Sweep progress: one table updated in place in a notebook, a few plain lines in a terminal.
 
-Ray Tune's own table is switched off (``verbose=0``). ``Progress`` keeps each trial's epochs and
+Ray Tune's own table is switched off (``verbose=0`` and the ``Quiet`` reporter). ``Progress`` keeps each trial's epochs and
 shows them; Tune is given a ``Relay`` that forwards its hooks, by the sweep's name, to the
 ``Progress`` live in this process. Tune pickles its callbacks with the experiment and a resumed
 sweep gets those back, so the relay holds only the name: a resumed sweep shows on the current
@@ -78,6 +78,22 @@ class Progress(tune.Callback):
         self.handle = None
         self.last_draw = self.last_beat = 0.0
         self.best: float | None = None
+        self.status = "starting"  # the line above the table: what the sweep is doing now
+
+    def say(self, status: str) -> None:
+        """Change the status line (Ray starting, trials' workers starting, ...) and show it now."""
+        self.status = status
+        self._draw(force=True)
+
+    def earlier(self, trials: list[dict[str, Any]]) -> None:
+        """The trials a resumed sweep had run before (``result.trial_record`` records): their rows in the table,
+        their metric in 'best so far'. A finished sweep's resume has no new trial, and the table still
+        shows every trial."""
+        for t in trials:
+            value = t["last"].get(self.metric)
+            self.seen([value] if t["status"] != "error" else [])
+            self.rows[f"earlier-{t['trial']}"] = {"trial": t["trial"], **{p: t["params"].get(p) for p in self.params},
+                                                  "status": t["status"], "epochs": t["epochs"], self.metric: value}
 
     def seen(self, values: list[Any]) -> None:
         """Metric values reported before this run (a resumed sweep's earlier trials), for 'best so far'."""
@@ -87,13 +103,14 @@ class Progress(tune.Callback):
 
     # the hooks Relay forwards -------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._row(trial)["status"] = "running"
+        self._row(trial)["status"] = "starting workers"  # 'running' once its first epoch ends
+        self.status = "running"
         self._draw(force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         row = self._row(trial)
         row.update(status="running", epochs=result.get("epoch"), **{self.metric: result.get(self.metric)})
-        self._draw()
+        self._draw(force=True)  # every epoch as it ends: a trial reports one every second or more
         self._heartbeat()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -124,12 +141,15 @@ class Progress(tune.Callback):
         self._draw(force=True)
 
     def on_experiment_end(self, trials, **info):
+        self.status = "finished"
         self._draw(force=True)
 
     # display ------------------------------------------------------------------------------
     def _row(self, trial) -> dict[str, Any]:
+        n = _number(trial)
         if trial.trial_id not in self.rows:
-            self.rows[trial.trial_id] = {"trial": _number(trial),
+            self.rows.pop(f"earlier-{n}", None)  # a resumed trial: its row from before continues here
+            self.rows[trial.trial_id] = {"trial": n,
                                          **{p: trial.config.get(p) for p in self.params},
                                          "status": "pending", "epochs": 0, self.metric: None}
         return self.rows[trial.trial_id]
@@ -160,14 +180,56 @@ class Progress(tune.Callback):
         if not force and now - self.last_draw < NOTEBOOK_REFRESH_S:
             return
         self.last_draw = now
-        import pandas as pd
         from IPython.display import display
 
-        df = pd.DataFrame(sorted(self.rows.values(), key=lambda r: r["trial"])).set_index("trial")
+        view = Table(self._headline(), sorted(self.rows.values(), key=lambda r: r["trial"]))
         if self.handle is None:
-            self.handle = display(df, display_id=True)
+            self.handle = display(view, display_id=True)
         else:
-            self.handle.update(df)
+            self.handle.update(view)
+
+    def _headline(self) -> str:
+        counts: dict[str, int] = {}
+        for r in self.rows.values():
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        done = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        best = f"; best {self.metric} {fmt(self.best)}" if self.best is not None else ""
+        return f"sweep {self.name}: {self.status}" + (f" ({done} of {self.total} trials)" if done else "") + best
+
+
+class Table:
+    """What the notebook shows: a status line, then a row per trial (none yet while Ray starts)."""
+
+    def __init__(self, headline: str, rows: list[dict[str, Any]]):
+        self.headline, self.rows = headline, [dict(r) for r in rows]  # as they are now
+
+    def frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows).set_index("trial") if self.rows else None
+
+    def _repr_html_(self) -> str:
+        import html
+
+        df = self.frame()
+        return f"<p><b>{html.escape(self.headline)}</b></p>" + (df.to_html() if df is not None else "")
+
+    def __repr__(self) -> str:
+        df = self.frame()
+        return self.headline + ("\n" + df.to_string() if df is not None else "")
+
+
+class Quiet(tune.ProgressReporter):
+    """Tune's progress reporter for a sweep: reports nothing, ``Progress`` shows the sweep. In a notebook
+    Tune's default (``JupyterNotebookReporter``) clears the cell's output as it is created, which wiped
+    the status line and table drawn before the run (and the 'resuming' line), and left an empty HTML
+    output. Tune pickles it with the experiment, so a resumed sweep keeps it."""
+
+    def should_report(self, trials, done=False):
+        return False
+
+    def report(self, trials, done, *sys_info):
+        pass
 
 
 class Relay(tune.Callback):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,10 @@ from cellforge.spec import ModelSpec
 from cellforge.train.checkpoint import final_weights
 from cellforge.train.fit import finish
 from cellforge.tune.progress import error_line, fmt, trial_number
+
+PLOT_WIDTH_IN = 9.5  # a JupyterLab notebook column at the inline backend's 100 dpi: labels stay readable
+PANEL_HEIGHT_IN = 3.2
+CATEGORICAL_MAX = 8  # integer parameters with at most this many values get a categorical axis
 
 
 class Sweep:
@@ -29,22 +34,31 @@ class Sweep:
                  prepared, raw_data=None):
         self.name, self.path, self.params, self.metric, self.mode = name, Path(path), params, metric, mode
         self._spec, self._prepared, self._raw = spec, prepared, raw_data
-        self.trials = [_trial(r, params, metric, i + 1) for i, r in enumerate(grid)]  # creation order
+        self.trials = [trial_record(r, params, metric, i + 1) for i, r in enumerate(grid)]  # creation order
         self.trials.sort(key=lambda t: t["trial"])
         self._bundle: Path | None = None
 
     # tables -------------------------------------------------------------------------------
     def leaderboard(self):
-        """A row per trial, best first: parameters, last and best metric, epochs run, status, error.
+        """A row per trial, best first: parameters, last metric, epochs run, status.
 
         Status is ``completed`` (every epoch, or the spec's own early stopping), ``early-stopped``
-        (the scheduler stopped it) or ``error`` (with the message in ``error``)."""
+        (the scheduler stopped it) or ``error`` (with the message in an ``error`` column, there only
+        when a trial failed). ``best_<metric>`` (the best epoch's value) is there only when it differs
+        from the last epoch's for some trial."""
         import pandas as pd
 
         rows = [{"trial": t["trial"], **t["params"], self.metric: t["last"].get(self.metric),
                  f"best_{self.metric}": t["best"], "val_loss": t["last"].get("val_loss"), "epochs": t["epochs"],
                  "status": t["status"], "error": t["error"]} for t in self.trials]
         df = pd.DataFrame(rows).set_index("trial")
+        if df.empty:
+            return df
+        if df["error"].isna().all():
+            df = df.drop(columns="error")
+        last, best = df[self.metric], df[f"best_{self.metric}"]
+        if ((last == best) | (last.isna() & best.isna())).all():
+            df = df.drop(columns=f"best_{self.metric}")
         return df.sort_values(self.metric, ascending=self.mode == "min", na_position="last")
 
     @property
@@ -68,7 +82,7 @@ class Sweep:
         b = self.best
         best = (f"best trial {b['trial']}: {self.metric} {fmt(b['metrics'][self.metric])} "
                 f"[{' '.join(f'{k}={fmt(v)}' for k, v in b['params'].items())}]") if b else "no trial reported"
-        return (f"[cellforge] sweep {self.name}: {len(self.trials)} trials ("
+        return (f"sweep {self.name}: {len(self.trials)} trials ("
                 + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                 + f"), {self.trial_epochs} trial-epochs; {best}")
 
@@ -100,12 +114,24 @@ class Sweep:
     def plot(self, params: list[str] | None = None):
         """Learning curves of every trial (the metric per epoch), then the metric against each parameter.
 
-        Returns the matplotlib Figure (a notebook shows it)."""
-        import matplotlib.pyplot as plt
+        Returns a matplotlib Figure not registered with pyplot: a notebook cell ending in
+        ``sweep.plot()`` shows it once (pyplot's inline backend would show a pyplot figure a second
+        time), and ``fig.savefig(...)`` saves it anywhere. Sized for a notebook column: at most three
+        panels a row. A parameter with few integer values (``choice([32, 64])``), text values or a
+        single value gets a categorical axis; a continuous one spanning more than 20x a log axis.
+        """
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         params = params or self.params
-        fig, axes = plt.subplots(1, 1 + len(params), figsize=(5 * (1 + len(params)), 3.8), squeeze=False)
-        ax = axes[0][0]
+        panels = 1 + len(params)
+        cols = min(3, panels)
+        rows = -(-panels // cols)
+        fig = Figure(figsize=(PLOT_WIDTH_IN, PANEL_HEIGHT_IN * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        for ax in axes[panels:]:
+            ax.remove()
+        ax = axes[0]
         best = (self.best or {}).get("trial")
         for t in self.trials:
             h = t["history"]
@@ -113,33 +139,50 @@ class Sweep:
                 ax.plot([r["epoch"] for r in h], [r.get(self.metric) for r in h], marker=".",
                         lw=2.5 if t["trial"] == best else 1, alpha=1 if t["trial"] == best else 0.6,
                         label=f"trial {t['trial']}" + (" (best)" if t["trial"] == best else ""))
-        ax.set(xlabel="epoch", ylabel=self.metric, title=f"{self.name}: learning curves")
-        if len(self.trials) <= 12:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.set(xlabel="epoch", ylabel=self.metric, title="learning curves")
+        if len(self.trials) <= 8:
             ax.legend(fontsize=7)
-        for ax, p in zip(axes[0][1:], params):
+        for ax, p in zip(axes[1:], params):
             pts = [(t["params"].get(p), t["last"].get(self.metric), t["status"]) for t in self.trials
                    if t["last"].get(self.metric) is not None]
             xs = [x for x, _, _ in pts]
-            numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-            labels = sorted({str(x) for x in xs}) if not numeric else None
+            labels = categories(xs)
             for status, marker in (("completed", "o"), ("early-stopped", "x")):
                 sel = [(x, y) for x, y, s in pts if s == status]
-                ax.scatter([x if numeric else labels.index(str(x)) for x, _ in sel], [y for _, y in sel],
-                           marker=marker, label=status)
-            if numeric and xs and min(xs) > 0 and max(xs) / min(xs) > 20:
-                ax.set_xscale("log")
+                if sel:
+                    ax.scatter([labels.index(x) if labels else x for x, _ in sel], [y for _, y in sel],
+                               marker=marker, label=status)
             if labels:
-                ax.set_xticks(range(len(labels)), labels)
+                ax.set_xticks(range(len(labels)), [fmt(x) for x in labels])
+                ax.set_xlim(-0.5, len(labels) - 0.5)
+            elif xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+                ax.set_xscale("log")
             ax.set(xlabel=p, ylabel=f"last {self.metric}")
             ax.legend(fontsize=7)
-        fig.tight_layout()
         return fig
 
     def __repr__(self) -> str:
         return f"Sweep({self.name!r}, {len(self.trials)} trials, metric={self.metric!r})"
 
 
-def _trial(result, params: list[str], metric: str, place: int) -> dict[str, Any]:
+def categories(xs: list[Any]) -> list[Any] | None:
+    """The sorted distinct values of a parameter when its axis is categorical, else None: text or
+    booleans, a single value, or at most ``CATEGORICAL_MAX`` integers (a ``choice`` of sizes).
+
+    >>> categories([64, 32, 64]), categories(["gru", "lstm"]), categories([0.003]), categories([0.1, 0.02])
+    ([32, 64], ['gru', 'lstm'], [0.003], None)
+    """
+    distinct = set(xs)
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in distinct)
+    if not numeric:
+        return sorted(distinct, key=str)
+    if len(distinct) <= 1 or (all(isinstance(x, int) for x in distinct) and len(distinct) <= CATEGORICAL_MAX):
+        return sorted(distinct)
+    return None
+
+
+def trial_record(result, params: list[str], metric: str, place: int) -> dict[str, Any]:
     """One trial's record from a Tune Result: parameters, per-epoch history, status and error."""
     last = dict(result.metrics or {})
     df = result.metrics_dataframe
@@ -153,10 +196,20 @@ def _trial(result, params: list[str], metric: str, place: int) -> dict[str, Any]
         error = error_line(result.error)
     status = "error" if error else ("completed" if last.get("complete") else "early-stopped" if history else "not run")
     tid = last.get("trial_id") or Path(result.path).name
-    return {"trial": trial_number(tid, place), "params": {p: (result.config or {}).get(p) for p in params},
+    config = result.config or _params_file(result.path)
+    return {"trial": trial_number(tid, place), "params": {p: config.get(p) for p in params},
             "last": {k: v for k, v in last.items() if k in ("epoch", "loss", "val_loss") or k.startswith("val_")},
             "best": best, "epochs": len(history), "status": status, "error": error, "history": history,
             "checkpoint": result.checkpoint}
+
+
+def _params_file(trial_dir: str) -> dict[str, Any]:
+    """A trial's parameters as Tune wrote them in its folder: a restored sweep's errored trial comes
+    back without its config (Ray 2.60)."""
+    try:
+        return json.loads((Path(trial_dir) / "params.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _nan(v) -> bool:

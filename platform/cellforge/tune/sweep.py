@@ -76,8 +76,8 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     import ray
     from ray import tune
 
-    from cellforge.tune.progress import Progress, Relay, live
-    from cellforge.tune.result import Sweep
+    from cellforge.tune.progress import Progress, Quiet, Relay, live
+    from cellforge.tune.result import Sweep, trial_record
     from cellforge.tune.trial import Trial
 
     spec = ModelSpec.of(spec, epochs)
@@ -93,6 +93,11 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     name = check_name(name or f"sweep-{spec.task}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage = Path(storage_path).resolve() if storage_path else runs_dir()
     spec, prepared = prepare(spec, data)  # the data's problems surface here, before any trial
+    max_epochs = max([spec.training.epochs, *dims["training.epochs"].probes()] if "training.epochs" in dims
+                     else [spec.training.epochs])
+    progress = Progress(name, list(dims), metric, mode, n_trials, max_epochs, verbose=verbose)
+    if not ray.is_initialized():
+        progress.say("connecting to Ray (the first use on this machine starts the local one)")
     ensure_ray(address)
     workers_cpu = workers_per_trial  # one CPU per Train worker (see cellforge.train.fit.trainer)
     if max_concurrent is None:
@@ -116,12 +121,10 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     ctx = {"spec": spec.model_dump(), "prepared": None if per_trial_data else prepared,
            "data": data if per_trial_data else None, "workers": workers_per_trial, "use_gpu": use_gpu,
            "train_storage": str(exp / "train"), "cells": custom_cells()}
+    progress.say("sending the data to Ray")
     trainable = tune.with_resources(tune.with_parameters(Trial, ctx=ctx), {"cpu": 1})
-    max_epochs = max([spec.training.epochs, *dims["training.epochs"].probes()] if "training.epochs" in dims
-                     else [spec.training.epochs])
-    progress = Progress(name, list(dims), metric, mode, n_trials, max_epochs, verbose=verbose)
     run_config = tune.RunConfig(
-        name=name, storage_path=str(storage), verbose=0, callbacks=[Relay(name)],
+        name=name, storage_path=str(storage), verbose=0, callbacks=[Relay(name)], progress_reporter=Quiet(),
         # PBT restores a trial from another's checkpoint some time after choosing it, by when the other
         # may have moved on: keep them all (a few KB each); otherwise the last two suffice to resume
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None if scheduler == "pbt" else 2,
@@ -132,10 +135,11 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
             log.info("resuming sweep %s from %s", name, exp)
         # the restored experiment brings its own Relay(name) back, which finds this call's Progress
         tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=False)
-        try:  # what the earlier run's trials reported, so 'best so far' means over the whole sweep
-            progress.seen([r.metrics.get(metric) for r in tuner.get_results() if r.metrics and r.error is None])
+        try:  # the earlier run's trials: their rows, and 'best so far' over the whole sweep
+            progress.earlier([trial_record(r, list(dims), metric, i + 1) for i, r in enumerate(tuner.get_results())])
         except RuntimeError:  # nothing was recorded before the interruption
             pass
+        progress.say("resuming: starting the unfinished trials, if any")
     else:
         exp.mkdir(parents=True, exist_ok=True)
         (exp / "sweep.json").write_text(json.dumps(asked, indent=1))
@@ -149,6 +153,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
         if verbose:
             log.info("sweep %s: %d trials x %d worker(s), %s on %s (%s), %d at a time; results in %s", name,
                      n_trials, workers_per_trial, scheduler, metric, mode, max_concurrent, exp)
+        progress.say(f"starting trials ({max_concurrent} at a time), each with its Train workers")
     with live(name, progress), own_sigint():
         grid_ = tuner.fit()
     result = Sweep(name, exp, list(dims), metric, mode, grid_, spec, prepared, data if per_trial_data else None)

@@ -113,7 +113,7 @@ class Fitter:
             pass
         keras.utils.set_random_seed(spec.training.seed)
         self.spec, self.world = spec, info.world
-        self.net = Net(spec)
+        self.net = self.make_net(spec)
         self.vars = list(self.net.trainable_variables)
         # L1/L2 on weight matrices, not biases (Keras' GRU keeps its two biases in one matrix)
         self.penalized = [v for v in self.vars if len(v.shape) > 1 and "bias" not in v.path]
@@ -125,6 +125,10 @@ class Fitter:
             flat = self._flat([v.value for v in self.vars]).numpy()
             _dist().broadcast(_torch(flat), src=0)
             self._assign_flat(flat)
+
+    def make_net(self, spec: ModelSpec):
+        """The network trained (seq2seq's Fitter makes its encoder-decoder)."""
+        return Net(spec)
 
     # compiled pieces ------------------------------------------------------------------
     def _flat(self, tensors):

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cellforge import seq2seq
-from cellforge.backends.network import decoder_shapes, encoder_shapes
+from cellforge.backends.network import decoder_shapes, encoder_shapes, thread_share
 from cellforge.backends.numpy.model import init_params
-from cellforge.backends.torch import model
-from cellforge.backends.torch.model import OPS
+from cellforge.backends.torch import model, train
+from cellforge.backends.torch.model import OPS, full_float32
+from cellforge.data.targets import IGNORE, teacher_inputs
 from cellforge.spec import ModelSpec
+from cellforge.train.worker import LRSchedule, WorkerInfo
 
-__all__ = ["Net", "Stepper", "build", "from_canonical", "logits", "to_canonical"]
+__all__ = ["Fitter", "Net", "Stepper", "build", "from_canonical", "logits", "to_canonical"]
 
 
 def key(canonical: str) -> str:
@@ -50,17 +53,23 @@ class Net(nn.Module):
         mask = torch.arange(memory.shape[1], device=memory.device)[None, :] < lengths.to(memory.device)[:, None]
         return memory, summary, mask
 
-    def forward(self, x, lengths, y_in):
-        return seq2seq.teacher_forced(OPS, self.spec, self.params(), *self.encode(x, lengths), y_in)[0]
+    def forward(self, x, lengths, y_in, truth=None):
+        """Teacher-forced logits; with ``truth`` (B, T) bool, scheduled sampling (seq2seq.scheduled)."""
+        if truth is None:
+            return seq2seq.teacher_forced(OPS, self.spec, self.params(), *self.encode(x, lengths), y_in)[0]
+        return seq2seq.scheduled(OPS, self.spec, self.params(), *self.encode(x, lengths), y_in, truth,
+                                 lambda z: z.argmax(-1))
 
 
 def to_canonical(net: Net) -> dict[str, np.ndarray]:
+    net = net.module if hasattr(net, "module") else net  # DDP
     out = model.to_canonical(net.encoder)
     out.update({n: v.detach().cpu().numpy().astype(np.float32) for n, v in net.params().items()})
     return out
 
 
 def from_canonical(net: Net, params: dict[str, np.ndarray]) -> Net:
+    net = net.module if hasattr(net, "module") else net  # DDP
     encoder = encoder_shapes(net.spec)
     model.from_canonical(net.encoder, {k: v for k, v in params.items() if k in encoder})
     with torch.no_grad():
@@ -111,3 +120,68 @@ class Stepper:
 
     def select(self, state: dict, rows: np.ndarray) -> dict:
         return seq2seq.select(OPS, state, torch.as_tensor(np.asarray(rows, np.int64), device=self.device))
+
+
+def loss_fn(out, y):
+    """Cross-entropy per target token, padding (IGNORE) skipped: the mean over real tokens."""
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+
+
+class Fitter(train.Fitter):
+    """The torch Fitter (``cellforge.train.loop`` drives it) for an encoder-decoder: teacher-forced
+    (or scheduled-sampling) steps, loss over real target tokens; ``predict`` gives teacher-forced
+    logits and ``stepper`` decodes with the worker's current weights."""
+
+    def __init__(self, spec: ModelSpec, info: WorkerInfo):
+        import ray.train.torch as rt
+
+        torch.set_num_threads(thread_share(info.local_world))
+        torch.manual_seed(spec.training.seed)
+        self.spec, self.world = spec, info.world
+        self.device = rt.get_device() if info.use_gpu else torch.device("cpu")
+        if info.use_gpu:
+            full_float32()
+        self.model = Net(spec)
+        # prepare_model moves to the device and wraps in DDP when there is more than one worker
+        self.net = rt.prepare_model(self.model) if info.world > 1 or info.use_gpu else self.model
+        self.opt = train.make_optimizer(spec, self.net.parameters())
+        self.lr = LRSchedule(spec)
+        self.rng = np.random.default_rng([spec.training.seed, info.rank])  # scheduled sampling's draws
+
+    def train_epoch(self, epoch: int, batches) -> tuple[float, int]:
+        self.net.train()
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr.value
+        t = self.spec.training
+        total, count = torch.zeros((), dtype=torch.float64), 0
+        for xb, lb, yb in batches:
+            y_in = torch.as_tensor(teacher_inputs(yb), device=self.device)
+            truth = None
+            if t.teacher_forcing < 1:
+                truth = torch.as_tensor(self.rng.random(yb.shape) < t.teacher_forcing, device=self.device)
+            out = self.net(torch.as_tensor(xb, device=self.device), torch.as_tensor(lb), y_in, truth)
+            yt = torch.as_tensor(yb, device=self.device)
+            loss = loss_fn(out, yt)
+            full = loss + train.penalty(self.spec, self.net)
+            self.opt.zero_grad(set_to_none=True)
+            full.backward()
+            if t.clip_norm:
+                nn.utils.clip_grad_norm_(self.net.parameters(), t.clip_norm)
+            self.opt.step()
+            total += loss.detach().double().cpu() * len(xb)
+            count += len(xb)
+        return float(total), count
+
+    def predict(self, x, lengths, y) -> np.ndarray:
+        """Teacher-forced logits (B, T, V) for targets ``y`` (B, T)."""
+        self.model.eval()
+        return logits(self.model, x, lengths, teacher_inputs(y))
+
+    def stepper(self) -> Stepper:
+        return Stepper(self.model)
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return to_canonical(self.model)
+
+    def set_weights(self, params: dict[str, np.ndarray]) -> None:
+        from_canonical(self.model, params)
