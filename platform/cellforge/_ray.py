@@ -260,3 +260,23 @@ def token_auth_on() -> None:
 
     os.environ["RAY_AUTH_MODE"] = "token"
     Config.initialize("")
+
+
+def filter_error_messages(keep) -> None:
+    """Print only the raylet's messages to this driver that ``keep(batch)`` returns lines of (checked
+    against Ray 2.60.0): Ray's error-message listener prints them through the private module function
+    ``print_to_stdstream`` directly, not through the dispatcher ``filter_worker_output`` wraps (the
+    "(raylet) WARNING: 8 PYTHON worker processes have been started" of every sweep)."""
+    from ray._private import worker
+
+    original = worker.print_to_stdstream
+    if getattr(original, "keeps", None) is keep:
+        return
+
+    def filtered(data, ignore_prefix, show=original):
+        lines = keep(data)
+        if lines:
+            show({**data, "lines": lines}, ignore_prefix)
+
+    filtered.keeps = keep
+    worker.print_to_stdstream = filtered

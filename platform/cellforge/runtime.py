@@ -239,6 +239,7 @@ def ensure_ray(address: str | None = None) -> None:
             ray.init(address=address, _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
                      runtime_env={"env_vars": {"RAY_ADDRESS": address}})
     _ray.filter_worker_output(VISIBLE, plain=mine)
+    _ray.filter_error_messages(VISIBLE)
     _quiet_kernel_exit()
 
 

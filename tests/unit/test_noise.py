@@ -224,3 +224,17 @@ def test_no_bare_progress_print_in_the_package():
             if name not in results or "[cellforge]" in line:
                 bad.append(f"{name}:{n}: {line.strip()}")
     assert not bad, "use cellforge.log.log instead:\n" + "\n".join(bad)
+
+
+def test_the_raylets_worker_count_warning_is_not_printed(monkeypatch):
+    """Ray's error-message listener prints through ``print_to_stdstream`` itself (not the dispatcher)."""
+    from ray._private import worker
+
+    printed = []
+    monkeypatch.setattr(worker, "print_to_stdstream", lambda data, ignore_prefix: printed.append(data["lines"]))
+    _ray.filter_error_messages(runtime.VISIBLE)
+    worker.print_to_stdstream({"pid": "raylet", "is_err": False, "lines": [
+        "WARNING: 8 PYTHON worker processes have been started on node: 52da with address: 127.0.0.1, which is 4x"]},
+        ignore_prefix=False)
+    worker.print_to_stdstream({"pid": "raylet", "is_err": False, "lines": ["a real problem"]}, ignore_prefix=False)
+    assert printed == [["a real problem"]]
