@@ -18,7 +18,7 @@ demo: $(BIN)/cellforge
 	$(BIN)/cellforge run jobs/quickstart.yaml
 
 # the paths are pyproject's testpaths: tests/ and the package's docstring examples
-test: $(BIN)/cellforge chromium
+test: $(BIN)/cellforge
 	$(BIN)/python -m pytest -q -m "not slow" --durations=25
 
 test-all: $(BIN)/cellforge chromium
@@ -42,7 +42,7 @@ lab: $(BIN)/cellforge
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir=notebooks \
 		--no-browser $(ROOT_FLAG)
 
-# the browser test (tests/integration/test_browser.py) drives Debian's Chromium: Playwright's own
+# the browser test (tests/integration/test_browser.py, slow: make test-all) drives Debian's Chromium: Playwright's own
 # browser download is not reachable from our machines
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 chromium:

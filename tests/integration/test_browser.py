@@ -26,7 +26,9 @@ from cellforge import local_ray
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium: make chromium")
+# slow (make test-all): over 13 minutes of notebooks on 2 cores
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium: make chromium")]
 
 REPO = Path(__file__).resolve().parents[2]
 ARTEFACTS = REPO / "tests" / "artifacts" / "browser"
