@@ -37,6 +37,35 @@ def ray_session(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def serve_session(ray_session):
+    """Ray Serve for the whole session, on 127.0.0.1 at a free port (unless a notebook's kernel or an
+    earlier test started it already); it ends with the session's Ray. Modules take ``serve_module``.
+    Serve is not shut down and started again within a session: after a module's ``serve.shutdown()``
+    (the old controller outlived its 30 s graceful shutdown and was killed), the next module's
+    ``serve.start`` found the dying controller and every deploy failed with ActorDiedError."""
+    import socket
+
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    if _get_global_client(raise_if_no_controller_running=False) is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return serve
+
+
+@pytest.fixture(scope="module")
+def serve_module(serve_session):
+    """The session's Serve for one test module: the applications the module added are deleted at its end."""
+    before = set(serve_session.status().applications)
+    yield serve_session
+    for app in set(serve_session.status().applications) - before:
+        serve_session.delete(app)
+
+
 def pytest_unconfigure(config):
     """Stop this session's local Ray and whatever it started (a test may have started it without the
     ``ray_session`` fixture, e.g. through a CLI subprocess)."""

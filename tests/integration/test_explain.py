@@ -48,29 +48,13 @@ def test_adding_problem_attributions_fall_on_the_two_marked_values(adding_model)
 
 # over HTTP -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def served_digits(ray_session, digits_runs):
-    """The session's digits LSTM (torch, 2 workers) deployed as 'digits-explain' on Serve at 127.0.0.1."""
-    import socket
-
-    from ray import serve
-    from ray.serve.context import _get_global_client
-
+def served_digits(serve_module, digits_runs):
+    """The session's digits LSTM (torch, 2 workers) deployed as 'digits-explain' on the session's Serve."""
     from cellforge.serving.deploy import base_url
 
-    started = _get_global_client(raise_if_no_controller_running=False) is None
-    if started:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
     bundle = digits_runs("torch", 2).bundle
     cf.deploy(bundle, "digits-explain", num_replicas=1, num_cpus=0.5)
     yield base_url(), bundle
-    if started:
-        serve.shutdown()
-    else:
-        for app in ("digits-explain", "cellforge"):
-            serve.delete(app)
 
 
 def test_explain_endpoint_equals_model_explain_and_limits_the_request(served_digits):

@@ -51,18 +51,10 @@ def listening(proc: psutil.Process) -> list:
 
 
 @pytest.fixture(scope="module")
-def endpoint(ray_session, tmp_path_factory):
-    from ray import serve
-    from ray.serve.context import _get_global_client
-
-    started = _get_global_client(raise_if_no_controller_running=False) is None
+def endpoint(serve_module, tmp_path_factory):
     bundle = numeric_bundle(tmp_path_factory.mktemp("ingress") / "bundle")
-    ep = cf.deploy(bundle, "ingress", num_replicas=1, port=free_port())  # every other setting its default
+    ep = cf.deploy(bundle, "ingress", num_replicas=1)  # every setting its default, on the session's Serve
     yield ep, bundle
-    if started:
-        serve.shutdown()
-    else:
-        serve.delete("ingress")
 
 
 def test_a_default_deploy_answers_through_haproxy(endpoint):

@@ -89,23 +89,12 @@ def replica_actors(app: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def server(ray_session):
-    from ray import serve
-    from ray.serve.context import _get_global_client
-
+def server(ray_session, serve_module):
     from cellforge.serving.deploy import base_url
 
-    started = _get_global_client(raise_if_no_controller_running=False) is None
-    if started:
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-    mine: list[str] = []
+    mine: list[str] = []  # apps a test made (serve_module deletes every app of this module at its end)
     yield SimpleNamespace(base=base_url(), mine=mine, port=int(base_url().rsplit(":", 1)[1]),
                           gcs=ray_session.get_runtime_context().gcs_address)
-    if started:
-        serve.shutdown()  # ours: removes every app at once
-    else:
-        for app in mine:
-            serve.delete(app)
 
 
 @pytest.fixture(scope="module")
