@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cellforge.backends.network import check_shapes
-from cellforge.backends.numpy.model import init_params
+from cellforge.backends.numpy import model as reference
 from cellforge.backends.onnx.graph import sequence_graph, state_names, step_graph
 from cellforge.cells import get_cell
 from cellforge.spec import ModelSpec
@@ -61,10 +61,8 @@ class Net:
 
 
 def build(spec: ModelSpec, params: dict[str, np.ndarray] | None = None) -> Net:
-    if params is None:
-        return Net(spec, init_params(spec))
-    check_shapes(spec, params)
-    return Net(spec, {k: np.asarray(v, np.float32) for k, v in params.items()})
+    """The numpy reference's weights (checked, float32; initialised when None) under an ONNX Net."""
+    return Net(spec, reference.build(spec, params).params)
 
 
 def predict(net: Net, x, lengths) -> np.ndarray:
