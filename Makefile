@@ -6,12 +6,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 # constraints.txt pins the CPU build of torch (and the versions we test) on our machines
 PIP_INSTALL := $(BIN)/pip install -c constraints.txt
+# uv installs the same packages as pip (the same resolution, checked with pip freeze) in 1.2 min
+# instead of pip's 4.5 on a fresh venv here: it downloads and unpacks in parallel. uv does not read
+# pip's configuration, so the wheel folders and extra indexes pip is configured with are passed on,
+# and each index may offer any version (pip's behaviour; uv's default takes the first index only).
+# Where uv cannot install, pip does.
+PIP_CONF = $(strip $(shell $(PY) -m pip config get global.$(1) 2>/dev/null))
+UV_FLAGS := --index-strategy unsafe-best-match $(addprefix --find-links ,$(call PIP_CONF,find-links)) \
+	$(addprefix --extra-index-url ,$(call PIP_CONF,extra-index-url))
+UV_INSTALL := $(BIN)/uv pip install --python $(BIN)/python $(UV_FLAGS) -c constraints.txt
 
 .PHONY: demo test test-all test-unit lint lab chromium bench clean
 
 $(BIN)/cellforge: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP_INSTALL) -q -e ".[dev]"
+	($(BIN)/pip install -q uv && $(UV_INSTALL) -q -e ".[dev]") || $(PIP_INSTALL) -q -e ".[dev]"
 	touch $@
 
 demo: $(BIN)/cellforge
