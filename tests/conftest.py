@@ -59,11 +59,13 @@ def serve_session(ray_session):
 
 @pytest.fixture(scope="module")
 def serve_module(serve_session):
-    """The session's Serve for one test module: the applications the module added are deleted at its end."""
+    """The session's Serve for one test module: the applications the module added are deleted at its end,
+    without waiting for their replicas to go (each waited its full graceful-shutdown timeout, 30 s, idle
+    or not: test_serve's teardown took 188 s of the suite). Modules use app names of their own."""
     before = set(serve_session.status().applications)
     yield serve_session
     for app in set(serve_session.status().applications) - before:
-        serve_session.delete(app)
+        serve_session.delete(app, _blocking=False)
 
 
 def pytest_unconfigure(config):
