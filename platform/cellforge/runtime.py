@@ -32,13 +32,16 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 # info/warning lines (TensorFlow/XLA's start-up lines, logged before TF reads its log level), and Ray
 # Serve's DEBUG/INFO lines (each replica started, "Got updated endpoints: {...}", access logs), and the
 # raylet's warning that many worker processes started (a sweep's trials, Train workers and their
-# controllers start a dozen at once by design).
+# controllers start a dozen at once by design), and a Serve replica's warning that the port Serve gave it
+# for direct HTTP ingress (30000 up) was taken - it takes the next one by itself, and raises if none is
+# free; the browser test's notebook 03 met it while another Serve on the machine held 127.0.0.1:30000.
 RAY_CHATTER = re.compile(
     r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWE] \d+ \d+\] (\(\w+\) )?[\w/.-]+:\d+: "
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w/.-]+:\d+\] "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
     r"|(DEBUG|INFO) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ "
-    r"|WARNING: \d+ PYTHON worker processes have been started on node")
+    r"|WARNING: \d+ PYTHON worker processes have been started on node"
+    r"|WARNING \S+ \S+ \S+ \S+ -- Failed to start RequestProtocol\.\w+ server on port \d+: .*Retrying\.\.\.$")
 
 
 def shown(line: str) -> bool:
@@ -47,6 +50,9 @@ def shown(line: str) -> bool:
     >>> shown("[2026-01-01 10:00:00,123 E 77 78] core_worker.cc:2465: Actor with class name: ...")
     False
     >>> shown("WARNING: 8 PYTHON worker processes have been started on node: c52d with address: 127.0.0.1, ...")
+    False
+    >>> shown("WARNING 2026-11-30 04:27:07,317 cellforge_Index 3ajkad61 -- Failed to start RequestProtocol.HTTP "
+    ...       "server on port 30000: Failed to bind to address '127.0.0.1:30000'.. Retrying...")
     False
     >>> shown("[cellforge] epoch 1/3  loss 0.5"), shown("ValueError: bad input")
     (True, True)
