@@ -51,6 +51,14 @@ def serve_http_address() -> tuple[str, int]:
     return http.host, http.port
 
 
+def serve_running() -> bool:
+    """Whether a Serve controller runs on the connected Ray (checked against Ray 2.60.0): another
+    kernel's, job's or ``cellforge serve``'s."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client(raise_if_no_controller_running=False) is not None
+
+
 def quiet_token_auth_notice() -> None:
     """Drop the "Token authentication is enabled for this Ray cluster" warning every new local Ray logs
     (checked against Ray 2.60.0); token authentication itself stays on. ``RAY_AUTH_MODE=token`` would

@@ -32,13 +32,16 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 # info/warning lines (TensorFlow/XLA's start-up lines, logged before TF reads its log level), and Ray
 # Serve's DEBUG/INFO lines (each replica started, "Got updated endpoints: {...}", access logs), and the
 # raylet's warning that many worker processes started (a sweep's trials, Train workers and their
-# controllers start a dozen at once by design).
+# controllers start a dozen at once by design), and a Serve replica's warning that the port Serve gave it
+# for direct HTTP ingress (30000 up) was taken - it takes the next one by itself, and raises if none is
+# free; the browser test's notebook 03 met it while another Serve on the machine held 127.0.0.1:30000.
 RAY_CHATTER = re.compile(
     r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWE] \d+ \d+\] (\(\w+\) )?[\w/.-]+:\d+: "
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w/.-]+:\d+\] "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
     r"|(DEBUG|INFO) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ "
-    r"|WARNING: \d+ PYTHON worker processes have been started on node")
+    r"|WARNING: \d+ PYTHON worker processes have been started on node"
+    r"|WARNING \S+ \S+ \S+ \S+ -- Failed to start RequestProtocol\.\w+ server on port \d+: .*Retrying\.\.\.$")
 
 
 def shown(line: str) -> bool:
@@ -47,6 +50,9 @@ def shown(line: str) -> bool:
     >>> shown("[2026-01-01 10:00:00,123 E 77 78] core_worker.cc:2465: Actor with class name: ...")
     False
     >>> shown("WARNING: 8 PYTHON worker processes have been started on node: c52d with address: 127.0.0.1, ...")
+    False
+    >>> shown("WARNING 2026-11-30 04:27:07,317 cellforge_Index 3ajkad61 -- Failed to start RequestProtocol.HTTP "
+    ...       "server on port 30000: Failed to bind to address '127.0.0.1:30000'.. Retrying...")
     False
     >>> shown("[cellforge] epoch 1/3  loss 0.5"), shown("ValueError: bad input")
     (True, True)
@@ -60,10 +66,17 @@ def shown(line: str) -> bool:
 TRAIN_RETRY = "Failed to send resource request for "
 
 
+# Serve's controller warns, in HAProxy mode, that a proxy bound to 127.0.0.1 "won't accept connections from
+# HAProxy on other nodes": true on a cluster (where the line still shows), moot on the local Ray, one node
+# on 127.0.0.1 by design - yet every cf.deploy there printed it (notebook 03 in the browser test).
+OTHER_NODES = re.compile(r"WARNING \S+ \S+ controller \d+ -- HTTPOptions\.host='127\.0\.0\.1' won't accept "
+                         r"connections from HAProxy on other nodes")
+
+
 class Visible:
     """The lines of a batch of one worker's output that reach the user's console: ``shown`` ones, less
     the Train controller's retried resource-request warnings and their tracebacks (which may run on
-    into the worker's next batch).
+    into the worker's next batch), and on one node (``single_node``: the local Ray) ``OTHER_NODES``.
 
     >>> v = Visible()
     >>> v({"pid": 7, "lines": ["[cellforge] epoch 1/2", TRAIN_RETRY + "train-1. If this ...", "Traceback (most "
@@ -71,10 +84,15 @@ class Visible:
     ['[cellforge] epoch 1/2']
     >>> v({"pid": 7, "lines": ["    ray.get(", "ray.exceptions.GetTimeoutError: Get timed out", "[cellforge] epoch 2/2"]})
     ['[cellforge] epoch 2/2']
+    >>> host = ("WARNING 2026-11-30 04:01:28,486 controller 17300 -- HTTPOptions.host='127.0.0.1' won't accept "
+    ...         "connections from HAProxy on other nodes; cross-node routing will fail with connection refused.")
+    >>> Visible(single_node=True)({"pid": 8, "lines": [host]}), len(Visible()({"pid": 8, "lines": [host]}))
+    ([], 1)
     """
 
-    def __init__(self):
+    def __init__(self, single_node: bool = False):
         self.skipping: set = set()  # pids in the middle of such a warning
+        self.single_node = single_node
 
     def __call__(self, data: dict) -> list[str]:
         pid, out = data.get("pid"), []
@@ -88,12 +106,13 @@ class Visible:
                 self.skipping.discard(pid)
                 if line.startswith("ray.exceptions."):  # the traceback's last line
                     continue
-            if shown(line):
+            if shown(line) and not (self.single_node and OTHER_NODES.match(line)):
                 out.append(line)
         return out
 
 
 VISIBLE = Visible()
+VISIBLE_ON_ONE_NODE = Visible(single_node=True)  # the local Ray's drivers
 
 
 def mine(line: str) -> bool:
@@ -224,7 +243,8 @@ def ensure_ray(address: str | None = None) -> None:
     worker_env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}  # a job's own settings win
     quiet_ray()
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    cluster = bool(address)
+    if cluster:
         ray.init(address=address, logging_level=logging.WARNING,
                  runtime_env={"env_vars": worker_env} if worker_env else None)
     else:
@@ -236,7 +256,7 @@ def ensure_ray(address: str | None = None) -> None:
         if os.environ.get("CELLFORGE_SHARED_RAY", "1") == "0":  # a Ray of this process's own, as before
             _start_local(cpus)
         else:
-            address = local_ray.address(cpus, env=_ingress)  # the owner's Ray starts with the fast ingress
+            address = local_ray.address(cpus, env=_local_env)  # the owner's Ray starts with the fast ingress
             # the local Ray's node is 127.0.0.1: without this a driver looks for a node at the machine's
             # own IP and waits for it (the owner sets the same when it starts Ray)
             _ray.loopback_only()
@@ -247,8 +267,9 @@ def ensure_ray(address: str | None = None) -> None:
             # the notebook) wherever another Ray runs on the machine (another user's, a test session's)
             ray.init(address=address, _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
                      runtime_env={"env_vars": {"RAY_ADDRESS": address}})
-    _ray.filter_worker_output(VISIBLE, plain=mine)
-    _ray.filter_error_messages(VISIBLE)
+    visible = VISIBLE if cluster else VISIBLE_ON_ONE_NODE
+    _ray.filter_worker_output(visible, plain=mine)
+    _ray.filter_error_messages(visible)
     _quiet_kernel_exit()
 
 
@@ -278,9 +299,22 @@ def _ingress() -> dict[str, str]:
     return {} if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "0" else fast_ingress_env()
 
 
+# Serve gives a starting HTTP proxy 5 s to report ready, then marks it unhealthy and starts another (with a
+# longer wait each time). On 2 busy cores (a sweep running in another kernel) the proxy took over 5 s twice in
+# a row in the browser test: restarts, and three controller WARNING lines in notebook 03. The local Ray waits
+# 30 s; a cluster keeps Ray's default unless its nodes set RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S.
+PROXY_READY_S = "30"
+
+
+def _local_env() -> dict[str, str]:
+    """What the local Ray's processes get on top of this process's environment."""
+    return {**_ingress(), "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S":
+            os.environ.get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", PROXY_READY_S)}
+
+
 def _start_local(cpus: int) -> None:
     """A Ray of this process's own (CELLFORGE_SHARED_RAY=0), with the fast ingress."""
-    with _environ(_ingress()):
+    with _environ(_local_env()):
         local_ray.start_embedded(cpus)
 
 

@@ -1,11 +1,14 @@
 """The notebooks in a real browser: Playwright drives Debian's Chromium (Playwright's own browser
-download is not reachable here; ``make chromium`` installs it) against a JupyterLab this test starts
+download is not reachable here; ``make chromium`` installs it) against a JupyterLab this module starts
 on 127.0.0.1 with a token. Each notebook is opened in the UI, its parameters cell set small, Run All;
 then, from the rendered page: every cell ran, no output holds a traceback or a Ray/TensorFlow internal
 line, every figure is an image of a sensible size, and the sweep's live table changed while it ran.
-Then 01, 02 and 03 run in three kernels at once: one Ray (this session's local Ray, which the kernels
-find through CELLFORGE_HOME), one Serve, no error output, every kernel stopped afterwards.
+02 then runs a second time (outputs cleared, Restart Kernel and Run All): it resumes the finished sweep
+and shows the same leaderboard without training again. Last, 01, 02 and 03 run in three kernels at once:
+one Ray (this session's local Ray, which the kernels find through CELLFORGE_HOME), one Serve, no error
+output. Each test shuts its kernels down and checks that JupyterLab's terminal shows no Ray signal stack.
 
+One notebook at a time: ``pytest -m slow tests/integration/test_browser.py -k 02_sweep``.
 Screenshots of the last run are kept in tests/artifacts/browser/ (gitignored)."""
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -36,10 +40,11 @@ ARTEFACTS = REPO / "tests" / "artifacts" / "browser"
 INTERNAL = ["Traceback", "Error:", "core_worker", "raylet", "(RayTrainWorker pid", "(pid=", "WARNING",
             "I0000", "E0000", "W0000", "oneDNN", "cuInit", "SIGTERM", "GetTimeoutError", "multiple active Ray"]
 FIGURES = {"01_quickstart.ipynb": 3, "02_sweep.ipynb": 1, "03_deploy_and_call.ipynb": 1}
+NOTEBOOKS = list(FIGURES)
 
 
-def params(serve_port: int) -> dict[str, str]:
-    run = uuid.uuid4().hex[:6]
+def params(serve_port: int, run: str) -> dict[str, str]:
+    """Each notebook's parameters cell, small; ``run`` names the sweep (browser-<run>) and the served models."""
     return {"01_quickstart.ipynb": "epochs, hidden, cell, workers, address = 2, 16, 'lstm', 1, None",
             "02_sweep.ipynb": f"trials, epochs, hidden_sizes, workers_per_trial = 2, 2, [16], 1\n"
                               f"name, address = 'browser-{run}', None",
@@ -47,38 +52,56 @@ def params(serve_port: int) -> dict[str, str]:
                                         f"port, address = {serve_port}, None"}
 
 
-@pytest.fixture
-def lab(ray_session, runs, tmp_path):
+@dataclass
+class Lab:
+    base: str
+    token: str
+    log: Path
+    runs: Path  # the kernels' CELLFORGE_RUNS: the sweeps' folders
+    serve_port: int
+
+    def api(self, method: str, path: str) -> httpx.Response:
+        return httpx.request(method, f"{self.base}/api/{path}", params={"token": self.token}, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def lab(ray_session, tmp_path_factory):
     """JupyterLab on 127.0.0.1 with a token; its kernels join this session's local Ray."""
-    root = tmp_path / "lab"
+    tmp = tmp_path_factory.mktemp("lab")
+    root = tmp / "lab"
     shutil.copytree(REPO / "notebooks", root)
     # every cell in the page (JupyterLab may otherwise leave cells out of view out of the DOM), and the
     # user's own settings and workspaces left alone
-    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    settings = tmp / "settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    news = tmp / "settings" / "@jupyterlab" / "apputils-extension"  # no 'Jupyter news?' toast over the outputs
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     port, token = free_port(), uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the local Ray, through CELLFORGE_HOME
-    log = open(tmp_path / "lab.log", "w")
+    env["CELLFORGE_RUNS"] = str(tmp / "runs")
+    log_path = tmp / "lab.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
                              f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--allow-root",
                              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-                             f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
-                             f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
+                             f"--LabApp.user_settings_dir={tmp / 'settings'}",
+                             f"--LabApp.workspaces_dir={tmp / 'workspaces'}"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    lab = Lab(f"http://127.0.0.1:{port}", token, log_path, tmp / "runs", free_port())
     try:
         deadline = time.time() + 180
         while True:
-            assert proc.poll() is None, (tmp_path / "lab.log").read_text()[-2000:]
+            assert proc.poll() is None, log_path.read_text()[-2000:]
             try:
-                if httpx.get(f"{base}/api/status", params={"token": token}).status_code == 200:
+                if lab.api("GET", "status").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             assert time.time() < deadline, "JupyterLab did not start"
             time.sleep(0.5)
-        yield base, token, tmp_path / "lab.log"
+        yield lab
     finally:
         proc.terminate()
         try:
@@ -86,12 +109,12 @@ def lab(ray_session, runs, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait()
-        lab_log = (tmp_path / "lab.log").read_text(errors="replace")
+        log.close()
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTEFACTS / "lab.log").write_text(lab_log)
+        (ARTEFACTS / "lab.log").write_text(log_path.read_text(errors="replace"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -103,9 +126,38 @@ def browser():
             b.close()
 
 
-def open_notebook(page, base: str, token: str, name: str) -> None:
+@pytest.fixture
+def context(browser, lab, ray_session):
+    """A browser context for one test; afterwards its kernels are shut down (through JupyterLab's API, so
+    they stop even when the test failed), and JupyterLab's terminal must not show Ray's signal stack."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    def apps() -> set[str]:
+        return set(serve.status().applications) if _get_global_client(raise_if_no_controller_running=False) else set()
+
+    before = apps()
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+        for s in lab.api("GET", "sessions").json():
+            assert lab.api("DELETE", f"sessions/{s['id']}").status_code == 204
+        for app in apps() - before:  # 03 removes its models itself; a failed run may not have
+            serve.delete(app)
+    deadline = time.time() + 60
+    while lab.api("GET", "kernels").json():
+        assert time.time() < deadline, lab.api("GET", "kernels").json()
+        time.sleep(0.5)
+    time.sleep(2)  # the kernels' last words reach the log
+    text = lab.log.read_text(errors="replace")
+    assert "SIGTERM received" not in text and "epoll_wait" not in text and "***" not in text, text[-3000:]
+
+
+def open_notebook(page, lab: Lab, name: str) -> None:
     """Open ``name`` in a workspace of its own (tabs of one JupyterLab do not rearrange each other)."""
-    page.goto(f"{base}/lab/workspaces/w{uuid.uuid4().hex[:8]}/tree/{name}?token={token}")
+    page.goto(f"{lab.base}/lab/workspaces/w{uuid.uuid4().hex[:8]}/tree/{name}?token={lab.token}")
     page.wait_for_selector(".jp-NotebookPanel .jp-CodeCell .cm-content", timeout=120_000)
     page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=180_000)  # the status bar: kernel ready
 
@@ -121,9 +173,11 @@ def set_parameters(page, text: str) -> None:
     page.keyboard.press("Escape")
 
 
-def run_all(page) -> None:
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+def menu(page, top: str, item: str, confirm: bool = False) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=top).first.click()
+    page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+    if confirm:
+        page.locator(".jp-Dialog-button.jp-mod-accept, .jp-Dialog-button.jp-mod-warn").first.click()
 
 
 def prompts(page) -> list[str]:
@@ -138,9 +192,32 @@ def wait_done(page, timeout: float, watch=None) -> None:
             watch()
         p = prompts(page)
         if p and all(x.strip().strip("[]:").isdigit() for x in p):
+            if watch:
+                watch()
             return
         assert time.time() < deadline, f"cells did not finish: {p}"
         time.sleep(0.5)
+
+
+def sweep_table(page):
+    """Each look at the sweep's live table (its HTML) that differs from the one before."""
+    seen: list[str] = []
+
+    def watch():
+        t = page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output", has_text="sweep browser-")
+        if t.count():
+            html = t.first.inner_html()
+            if not seen or seen[-1] != html:
+                seen.append(html)
+
+    return seen, watch
+
+
+def output_of(page, code: str) -> str:
+    """The rendered output of the code cell whose source is ``code``."""
+    cell = page.locator(".jp-NotebookPanel:visible .jp-CodeCell").filter(
+        has=page.locator(".cm-content", has_text=code))
+    return cell.locator(".jp-OutputArea-output").first.inner_text()
 
 
 def check_outputs(page, name: str) -> None:
@@ -158,66 +235,81 @@ def check_outputs(page, name: str) -> None:
 
 
 def shot(page, name: str) -> None:
+    """The whole notebook: the notebook scrolls inside its panel, so the window is made as tall as it and the
+    panel scrolled to the top first."""
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTEFACTS / f"{name}.png"), full_page=True)
+    panels = "[...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer')]"
+    tall = page.evaluate(f"() => Math.max(0, ...{panels}.map(e => e.scrollHeight))")
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": min(max(size["height"], tall + 150), 16_000)})
+    page.evaluate(f"() => {panels}.forEach(e => e.scrollTop = 0)")
+    page.wait_for_timeout(500)  # a frame to redraw
+    page.screenshot(path=str(ARTEFACTS / f"{name}.png"))
+    page.set_viewport_size(size)
 
 
-def serve_controllers(ray) -> int:
-    return sum("SERVE_CONTROLLER" in a["name"] for a in ray.util.list_named_actors(all_namespaces=True))
+def trial_results(exp: Path) -> dict[str, int]:
+    """Each trial's result.json (one line per epoch reported) and its size: what training adds to."""
+    return {str(p.relative_to(exp)): p.stat().st_size for p in exp.rglob("result.json")}
 
 
-def test_each_notebook_runs_in_the_browser_then_three_at_once(ray_session, lab, browser):
-    base, token, lab_log = lab
-    ray = ray_session
-    owner = local_ray.state()["pid"]
-    serve_port = free_port()
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    for name, text in params(serve_port).items():
-        open_notebook(page, base, token, name)
-        set_parameters(page, text)
-        run_all(page)
-        tables: list[str] = []
-
-        def watch(tables=tables):
-            t = page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output", has_text="sweep browser-")
-            if t.count():
-                html = t.first.inner_html()
-                if not tables or tables[-1] != html:
-                    tables.append(html)
-
-        wait_done(page, 900, watch if name.startswith("02") else None)
-        shot(page, name.removesuffix(".ipynb"))
-        check_outputs(page, name)
-        if name.startswith("02"):
-            assert len(tables) >= 3, f"the sweep's table changed {len(tables) - 1} times: {tables}"
-        page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Shut Down All Kernels").first.click()
-        page.locator(".jp-Dialog-button.jp-mod-accept, .jp-Dialog-button.jp-mod-warn").first.click()
-
-    # 01, 02 and 03 in three kernels at once (three tabs of one JupyterLab)
-    pages = {}
-    for name, text in params(serve_port).items():
-        pg = context.new_page()
-        open_notebook(pg, base, token, name)
-        set_parameters(pg, text)
-        run_all(pg)
-        pages[name] = pg
-    for name, pg in pages.items():
-        wait_done(pg, 1200)
-        shot(pg, "together-" + name.removesuffix(".ipynb"))
-        check_outputs(pg, name)
-    assert local_ray.state()["pid"] == owner  # one Ray: the session's, which every kernel joined
+def one_ray(ray, owner: int) -> None:
+    """The kernels joined this session's local Ray: its owner is the same and it is still one node."""
+    assert local_ray.state()["pid"] == owner
     assert sum(n["Alive"] for n in ray.nodes()) == 1
-    assert serve_controllers(ray) == 1  # one Serve
-    sessions = httpx.get(f"{base}/api/sessions", params={"token": token}).json()
-    for s in sessions:
-        assert httpx.delete(f"{base}/api/sessions/{s['id']}", params={"token": token}).status_code == 204
-    assert httpx.get(f"{base}/api/kernels", params={"token": token}).json() == []
-    # a kernel's shutdown printed Ray's fatal-signal stack in the terminal running JupyterLab
-    text = lab_log.read_text(errors="replace")
-    assert "SIGTERM received" not in text and "epoll_wait" not in text and "***" not in text, text[-3000:]
-    context.close()
-    from ray import serve
 
-    serve.shutdown()
+
+@pytest.mark.parametrize("name", NOTEBOOKS, ids=[n.removesuffix(".ipynb") for n in NOTEBOOKS])
+def test_notebook_runs_in_the_browser(ray_session, lab, context, name):
+    owner = local_ray.state()["pid"]
+    run = uuid.uuid4().hex[:6]
+    page = context.new_page()
+    open_notebook(page, lab, name)
+    set_parameters(page, params(lab.serve_port, run)[name])
+    menu(page, "Run", "Run All Cells")
+    tables, watch = sweep_table(page)
+    wait_done(page, 900, watch if name.startswith("02") else None)
+    shot(page, name.removesuffix(".ipynb"))
+    check_outputs(page, name)
+    one_ray(ray_session, owner)
+    if not name.startswith("02"):
+        return
+    # the live table changed at least twice while the sweep ran: starting, trials running, finished
+    assert len(tables) >= 3, f"the sweep's table changed {len(tables) - 1} times: {tables}"
+    assert "finished" in tables[-1], tables[-1]
+
+    # a second time, in a fresh kernel: the sweep resumes, shows the same leaderboard, trains nothing
+    board = output_of(page, "sweep.leaderboard()")
+    exp = lab.runs / f"browser-{run}"
+    trained = trial_results(exp)
+    assert trained, exp
+    menu(page, "Edit", "Clear Outputs of All Cells")
+    menu(page, "Kernel", "Restart Kernel and Run All Cells", confirm=True)
+    again, watch = sweep_table(page)
+    wait_done(page, 600, watch)
+    shot(page, "02_sweep-again")
+    check_outputs(page, name)
+    assert output_of(page, "sweep.leaderboard()") == board
+    assert trial_results(exp) == trained  # no epoch reported again
+    assert again and not any("starting workers" in t or "running" in t.split("</b>", 1)[-1] for t in again), again
+    assert "finished" in again[-1], again[-1]
+
+
+def test_three_notebooks_at_once(ray_session, lab, context):
+    """01, 02 and 03 in three kernels at once (three tabs of one JupyterLab): one Ray, one Serve."""
+    owner = local_ray.state()["pid"]
+    pages = {}
+    for name, text in params(lab.serve_port, uuid.uuid4().hex[:6]).items():
+        page = context.new_page()
+        open_notebook(page, lab, name)
+        set_parameters(page, text)
+        menu(page, "Run", "Run All Cells")
+        pages[name] = page
+    for name, page in pages.items():
+        wait_done(page, 1200)
+        shot(page, "together-" + name.removesuffix(".ipynb"))
+        check_outputs(page, name)
+    one_ray(ray_session, owner)
+    controllers = [a for a in ray_session.util.list_named_actors(all_namespaces=True)
+                   if "SERVE_CONTROLLER" in a["name"]]
+    assert len(controllers) == 1, controllers  # one Serve

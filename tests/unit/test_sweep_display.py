@@ -111,3 +111,31 @@ def test_plot_wraps_panels_three_a_row(n_params, rows):
     fig = s.plot(params=(PARAMS * 2)[:n_params])
     assert len(fig.axes) == 1 + n_params
     assert fig.get_size_inches()[1] == pytest.approx(3.2 * rows)
+
+
+def shown_ticks(fig, ax):
+    """The x tick labels ``ax`` shows, drawn as the inline backend draws them (Agg): [(text, box)]."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.xaxis.get_major_ticks() if lo <= t.get_loc() <= hi and t.label1.get_text()]
+    return sorted(((t.label1.get_text(), t.label1.get_window_extent(renderer)) for t in ticks), key=lambda t: t[1].x0)
+
+
+@pytest.mark.parametrize("lrs", [(0.00112, 0.00225), (0.0031, 0.0192), (0.001, 0.019), (2.0, 3.0)])
+def test_plot_tick_labels_of_a_continuous_parameter_do_not_overlap(lrs):
+    """A loguniform lr spanning less than 20x keeps a linear axis: its labels ('0.00125') must not run
+    into each other in a third of a notebook column (seen in notebook 02 in the browser)."""
+    s = sweep([result(i + 1, "gru", 32, lr, [0.5]) for i, lr in enumerate(lrs)])
+    fig = s.plot()
+    ticks = shown_ticks(fig, fig.axes[3])
+    assert len(ticks) >= 2
+    assert all(a.x1 < b.x0 for (_, a), (_, b) in zip(ticks, ticks[1:])), [text for text, _ in ticks]
+
+
+def test_plot_of_one_epoch_trials_has_one_whole_epoch_tick():
+    s = sweep([result(1, "gru", 32, 0.01, [0.5]), result(2, "lstm", 32, 0.003, [0.4], complete=False)])
+    fig = s.plot()
+    assert [text for text, _ in shown_ticks(fig, fig.axes[0])] == ["1"]

@@ -72,7 +72,12 @@ def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int 
     cfg = DeployConfig.parse({**config, "bundle": str(resolve_bundle(bundle)), "name": name})
     _bundle.read(cfg.bundle)  # refuse a bad bundle here, not in a replica that restarts forever
     ensure_ray(address)
-    serve.start(http_options={"host": host, "port": port})
+    if not _ray.serve_running():
+        serve.start(http_options={"host": host, "port": port})
+    elif (running := _ray.serve_http_address()) != (host, port):
+        # serve.start would only warn that its HTTP options are ignored (Ray's WARNING line in a notebook
+        # that deploys a second model, or in 03 when another kernel started Serve): say where it serves
+        log.info("Serve already runs on this Ray, at %s:%d: the model is served there", *running)
     if INDEX_APP not in serve.status().applications:
         serve.run(build_index(), name=INDEX_APP, route_prefix="/")
     serve.run(build_app(cfg.model_dump()), name=cfg.name, route_prefix=f"/v1/models/{cfg.name}")

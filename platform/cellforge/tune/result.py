@@ -139,7 +139,9 @@ class Sweep:
                 ax.plot([r["epoch"] for r in h], [r.get(self.metric) for r in h], marker=".",
                         lw=2.5 if t["trial"] == best else 1, alpha=1 if t["trial"] == best else 0.6,
                         label=f"trial {t['trial']}" + (" (best)" if t["trial"] == best else ""))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        # epochs are whole numbers; min_n_ticks=1: when every trial ran one epoch, matplotlib's default of two
+        # ticks fell back to fractional ones (0.945 ... 1.05) that ran together
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set(xlabel="epoch", ylabel=self.metric, title="learning curves")
         if len(self.trials) <= 8:
             ax.legend(fontsize=7)
@@ -158,6 +160,8 @@ class Sweep:
                 ax.set_xlim(-0.5, len(labels) - 0.5)
             elif xs and min(xs) > 0 and max(xs) / min(xs) > 20:
                 ax.set_xscale("log")
+            else:  # matplotlib's default 9 bins put five labels like '0.00125' into a third of a column: they ran together
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
             ax.set(xlabel=p, ylabel=f"last {self.metric}")
             ax.legend(fontsize=7)
         return fig
