@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -306,10 +307,35 @@ def _ingress() -> dict[str, str]:
 PROXY_READY_S = "30"
 
 
+# With HAProxy in front, Serve still runs its own proxy as a fallback (routes whose replicas HAProxy does not
+# know yet, e.g. during a redeploy) on fixed ports, 127.0.0.1:8500 and :9500, bound with SO_REUSEPORT. Two
+# Rays on one machine (a test session next to a user's notebooks, CELLFORGE_SHARED_RAY=0) then share those
+# ports and the kernel splits connections between them: a request to one Ray's model, sent during a swap,
+# was answered 404 by the other Ray's index ("unknown model 'swap'; deployed models: ['...-sunspots']").
+# The local Ray's fallback proxy takes ports nobody holds, without SO_REUSEPORT, so a clash fails loudly.
+FALLBACK_PORTS = ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+
+
 def _local_env() -> dict[str, str]:
-    """What the local Ray's processes get on top of this process's environment."""
-    return {**_ingress(), "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S":
-            os.environ.get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", PROXY_READY_S)}
+    """What the local Ray's processes get on top of this process's environment.
+
+    >>> env = _local_env()
+    >>> env["SERVE_SOCKET_REUSE_PORT_ENABLED"], env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] != "8500"
+    ('0', True)
+    """
+    env = {**_ingress(), "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S":
+           os.environ.get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", PROXY_READY_S)}
+    if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        env["SERVE_SOCKET_REUSE_PORT_ENABLED"] = os.environ.get("SERVE_SOCKET_REUSE_PORT_ENABLED", "0")
+        for var in FALLBACK_PORTS:
+            env[var] = os.environ.get(var) or str(_free_port())
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _start_local(cpus: int) -> None:
