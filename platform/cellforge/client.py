@@ -13,7 +13,9 @@ Session steps send their ``offset``, so a step retried after a lost replica neve
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -93,11 +95,40 @@ class Client:
         return self._call("GET", f"/v1/models/{name}/metrics")
 
     # predictions -----------------------------------------------------------------------
-    def predict(self, name: str, inputs: Any) -> dict[str, Any]:
-        """Predictions for a batch of raw inputs (strings, or sequences of feature rows)."""
+    def predict(self, name: str, inputs: Any, **options: Any) -> dict[str, Any]:
+        """Predictions for a batch of raw inputs (strings, or sequences of feature rows). seq2seq
+        ``options``: ``strategy``, ``beam_width``, ``return_attention`` (the answer's ``texts``,
+        ``attention``)."""
         if hasattr(inputs, "tolist"):
             inputs = inputs.tolist()
-        return self._call("POST", f"/v1/models/{name}/predict", {"inputs": inputs})
+        return self._call("POST", f"/v1/models/{name}/predict", {"inputs": inputs, **options})
+
+    def stream(self, name: str, inputs: list[str], **options: Any) -> Iterator[dict[str, Any]]:
+        """A seq2seq model's output as it is decoded (greedy): ``{"index", "token"}`` events, then
+        ``{"done": True, "texts": [...]}``. ``"".join`` of an input's tokens is its text.
+
+            >>> for event in client.stream("fr", ["four thousand and twelve"]):   # doctest: +SKIP
+            ...     print(event.get("token", ""), end="", flush=True)
+        """
+        with self._http.stream("POST", f"/v1/models/{name}/predict",
+                               json={"inputs": inputs, **options, "stream": True}) as r:
+            if r.status_code >= 400:
+                r.read()
+                try:
+                    raise RequestError(r.status_code, r.json())
+                except ValueError:
+                    raise RequestError(r.status_code, r.text) from None
+            kind = "message"
+            for line in r.iter_lines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    if kind == "error":
+                        raise RequestError(500, data)
+                    yield data
+                elif not line:
+                    kind = "message"
 
     def session(self, name: str) -> Session:
         """Start a streaming session; the server keeps the recurrent state between steps."""

@@ -54,6 +54,18 @@ def length_penalty(length: int, alpha: float) -> float:
 def greedy(stepper, x, lengths, max_length: int, return_attention: bool = False,
            bos: int = BOS, eos: int = EOS) -> list[Decoded]:
     """The most likely token at each step, until ``<eos>`` or ``max_length`` tokens (``<eos>`` included)."""
+    steps = greedy_steps(stepper, x, lengths, max_length, return_attention, bos, eos)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def greedy_steps(stepper, x, lengths, max_length: int, return_attention: bool = False,
+                 bos: int = BOS, eos: int = EOS):
+    """:func:`greedy` one step at a time (what a server streams): yields each step's new tokens as
+    ``[(row, token), ...]`` (``<eos>`` included), and returns the ``Decoded`` rows at the end."""
     lengths = np.asarray(lengths)
     n = len(lengths)
     state = stepper.start(x, lengths)
@@ -71,6 +83,7 @@ def greedy(stepper, x, lengths, max_length: int, return_attention: bool = False,
                 attention[r].append(weights[i, : lengths[r]])
             if prev[i] != eos:
                 tokens[r].append(int(prev[i]))
+        yield [(int(r), int(t)) for r, t in zip(rows, prev)]
         going = prev != eos
         if not going.any():
             break
@@ -196,12 +209,9 @@ def check_texts(inputs) -> list[str]:
     return list(inputs)
 
 
-def translate(spec, preprocessor, stepper, inputs, *, return_attention: bool = False, strategy: str | None = None,
-              beam_width: int | None = None) -> list:
-    """Raw strings in, decoded strings out (``spec.decode`` unless overridden); with
-    ``return_attention`` one dict per input: ``text``, ``input_tokens``, ``output_tokens`` (the
-    decoded tokens, ``<eos>`` when reached) and ``attention``, (output tokens x input tokens)."""
-    from cellforge.data import targets
+def prepare(spec, preprocessor, inputs) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Checked strings and their model arrays (x, lengths). Raises SpecError naming ``inputs.<i>``
+    for a wrong type, an empty string or one over ``input.max_length`` tokens."""
     from cellforge.errors import SpecError
 
     texts = check_texts(inputs)
@@ -212,9 +222,26 @@ def translate(spec, preprocessor, stepper, inputs, *, return_attention: bool = F
         if long:
             raise SpecError(long, what="input")
     x, lengths = preprocessor.transform(texts)
+    return texts, x, lengths
+
+
+def piece(target_state, token: int, first: bool) -> str:
+    """What ``token`` adds to the decoded text (:func:`cellforge.data.targets.decode`'s join), so
+    a stream's pieces join to the same text: '' for ``<eos>``/``<pad>``/``<bos>``, a word after the
+    first with its space."""
+    from cellforge.seq2seq import SPECIALS, UNK
+
+    if token != UNK and token < len(SPECIALS):
+        return ""
+    word = target_state["vocab"][token]
+    return word if first or target_state["tokenizer"] == "char" else " " + word
+
+
+def answers(preprocessor, texts: list[str], lengths, decoded: list[Decoded], return_attention: bool) -> list:
+    """Decoded rows -> strings, or with ``return_attention`` one dict per input (see :func:`translate`)."""
+    from cellforge.data import targets
+
     state = preprocessor.state["target"]
-    decoded = run(spec, stepper, x, lengths, strategy=strategy, beam_width=beam_width,
-                  return_attention=return_attention)
     if not return_attention:
         return [targets.decode(state, d.tokens) for d in decoded]
     out = []
@@ -225,3 +252,14 @@ def translate(spec, preprocessor, stepper, inputs, *, return_attention: bool = F
                     "output_tokens": words[: rows or len(d.tokens)],
                     "attention": d.attention if d.attention is not None else np.zeros((0, int(n)), np.float32)})
     return out
+
+
+def translate(spec, preprocessor, stepper, inputs, *, return_attention: bool = False, strategy: str | None = None,
+              beam_width: int | None = None) -> list:
+    """Raw strings in, decoded strings out (``spec.decode`` unless overridden); with
+    ``return_attention`` one dict per input: ``text``, ``input_tokens``, ``output_tokens`` (the
+    decoded tokens, ``<eos>`` when reached) and ``attention``, (output tokens x input tokens)."""
+    texts, x, lengths = prepare(spec, preprocessor, inputs)
+    decoded = run(spec, stepper, x, lengths, strategy=strategy, beam_width=beam_width,
+                  return_attention=return_attention)
+    return answers(preprocessor, texts, lengths, decoded, return_attention)

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from cellforge import decode
 from cellforge import metrics as _metrics
 from cellforge.data import Series, read_table, split_indices, to_source
 from cellforge.errors import SpecError
 from cellforge.model import Model, load
+from cellforge.train.seq2seq_eval import score as seq2seq_score
 
 SPLITS = ("test", "val", "train", "all")
 
@@ -59,6 +61,10 @@ def evaluate(bundle: str | Path, data: Any, split: str = "test", framework: str 
         except KeyError as e:
             raise SpecError([("data", f"label {e.args[0]!r} is not one the bundle knows: "
                                       f"{pre.state.get('classes')}")], what="data") from None
+    if spec.task == "seq2seq":  # decoded as spec.decode says, scored by sacrebleu and rouge-score
+        m = seq2seq_score(spec, decode.runtime(model.framework), model.net, {"x": x, "lengths": lengths, "y": y},
+                  pre.state["target"])[0]
+        return {f"{split}_{k}": v for k, v in m.items()}
     m = _metrics.score(spec, model.outputs(x, lengths), y, pre.state.get("target_scaler"))
     return {**{f"{split}_{k}": v for k, v in m.items()}, **extra}
 

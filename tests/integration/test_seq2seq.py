@@ -6,40 +6,20 @@ that translate strings identically in every runtime, greedy and beam, with atten
 The lean runs here (1,000 numbers, 4 epochs) prove learning, not the quality bar: the bar (numbers
 below 10,000 never seen in training, exact match >= 0.95) is the ``slow`` test at the end."""
 
+import _seq2seq_runs
 import numpy as np
 import pytest
 
 import cellforge as cf
+
+numbers_runs = _seq2seq_runs.numbers_runs  # a session fixture, shared by the seq2seq test modules
+numbers_spec = _seq2seq_runs.numbers_spec
 
 # Keras' lean run costs ~5 min on 2 cores (graph building on 2 workers): in make test-all. The torch
 # bundle is still read by the Keras runtime below, and Keras' seq2seq network is held to numpy's by
 # tests/unit/test_seq2seq_parity.py
 FRAMEWORKS = ["torch", pytest.param("tensorflow", marks=pytest.mark.slow)]
 TEXTS = ["four thousand and twelve", "seven hundred and one", "thirteen"]
-
-
-def numbers_spec(framework: str, epochs: int = 4, hidden: int = 64, batch_size: int = 16, **training) -> cf.ModelSpec:
-    return cf.ModelSpec(task="seq2seq", framework=framework, cell="gru", hidden_size=hidden, attention="additive",
-                        input={"type": "text", "tokenizer": "char", "embedding_dim": 32},
-                        target={"tokenizer": "char", "max_length": 64, "embedding_dim": 32},
-                        decode={"strategy": "beam", "beam_width": 3},
-                        training={"epochs": epochs, "batch_size": batch_size, "lr": 3e-3, "clip_norm": 1.0, "seed": 0,
-                                  "lr_schedule": "cosine", **training})
-
-
-@pytest.fixture(scope="module")
-def numbers_runs(ray_session, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("numbers")
-    done = {}
-
-    def get(framework: str):
-        if framework not in done:
-            spec = numbers_spec(framework, early_stopping={"metric": "val_chrf", "mode": "max", "patience": 10})
-            done[framework] = cf.fit(spec, cf.datasets.load("numbers", high=1000), workers=2,
-                                     name=f"numbers-{framework}", storage_path=storage)
-        return done[framework]
-
-    return get
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

@@ -11,11 +11,13 @@ Its OpenAPI page (``/docs``) documents the whole API.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from typing import Any
 
 import ray
 from fastapi import Depends, FastAPI
+from fastapi.responses import StreamingResponse
 from ray import serve
 
 from cellforge import _ray
@@ -69,23 +71,50 @@ class ModelServer:
         return model_api(self)
 
     # predictions -------------------------------------------------------------------
-    async def predict(self, inputs: list[Any]) -> dict[str, Any]:
-        x, lengths = self.engine.prepare(inputs)  # bad input is refused here, before any batch
+    async def predict(self, req: PredictRequest) -> dict[str, Any]:
+        options = req.decode_options()
+        x, lengths = self.engine.prepare(req.inputs, options)  # bad input is refused here, before any batch
+        item = (x, lengths)
+        if self.engine.seq2seq:
+            item = (x, lengths, self.engine.translator.decoding(options), req.return_attention)
         await asyncio.sleep(0)  # let requests that arrived with this one be counted
         # a lone request runs at once: waiting batch_wait_timeout_s for company nobody brings would
         # only add latency; with other predictions in flight (see InFlight) it joins their batch
         if self.cfg.batching.enabled and self.inflight > 1:
-            out = await self._batched((x, lengths))
+            out = await self._batched(item)
         else:
-            out = self.engine.run([(x, lengths)])[0]
+            out = (await self._run([item]))[0]
             self._count(1)
         return {"model": self.name, "version": self.engine.version, "task": self.engine.spec.task,
-                **self.engine.respond(out, lengths)}
+                **self.engine.respond(out, lengths, req.inputs, req.return_attention)}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)  # reset from the config in __init__
     async def _batched(self, items: list[tuple]) -> list:
         self._count(len(items))
+        return await self._run(items)
+
+    async def _run(self, items: list[tuple]) -> list:
+        # seq2seq decoding (one decoder step per output token) runs off the event loop, so requests
+        # that arrive meanwhile are read and wait together for the next batch
+        if self.engine.seq2seq:
+            return await asyncio.to_thread(self.engine.run, items)
         return self.engine.run(items)
+
+    def stream(self, req: PredictRequest) -> StreamingResponse:
+        """A seq2seq prediction as server-sent events (greedy, decoded for this request alone)."""
+        x, lengths = self.engine.prepare(req.inputs, req.decode_options())  # 4xx before the stream starts
+        events = self.engine.translator.stream(req.inputs, x, lengths, req.return_attention)
+        head = {"model": self.name, "version": self.engine.version}
+
+        def sse():  # a plain generator: Starlette runs each step in its thread pool
+            try:
+                for event in events:
+                    yield f"data: {json.dumps({**head, **event} if event.get('done') else event)}\n\n"
+            except Exception as e:  # the status line is sent: the error can only be an event
+                yield f"event: error\ndata: {json.dumps({'error': 'internal', 'message': str(e)})}\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def _count(self, size: int) -> None:
         self.sizes[size] += 1
@@ -108,8 +137,7 @@ class ModelServer:
     # sessions ----------------------------------------------------------------------
     async def create_session(self) -> dict[str, Any]:
         if not self.engine.streams:
-            raise ApiError(400, "unsupported", "model", "a bidirectional model reads whole sequences; "
-                                                        "sessions need a unidirectional one")
+            raise ApiError(400, "unsupported", "model", self.engine.no_sessions)
         sid = await self.store.create.remote(self.name, self.engine.version, self.cfg.session_ttl_s)
         return {"session_id": sid, "model": self.name, "version": self.engine.version,
                 "ttl_s": self.cfg.session_ttl_s}
@@ -168,9 +196,13 @@ def model_api(server: ModelServer) -> FastAPI:
     async def info():
         return server.engine.info(cfg.name)
 
-    @api.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
+    @api.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
+              responses={200: {"content": {"text/event-stream": {}},
+                               "description": "JSON, or server-sent events with \"stream\": true"}})
     async def predict(req: PredictRequest):
-        return await server.predict(req.inputs)
+        if req.stream:
+            return server.stream(req)
+        return await server.predict(req)
 
     @api.post("/explain", response_model=ExplainResponse, response_model_exclude_none=True)
     async def explain(req: ExplainRequest):

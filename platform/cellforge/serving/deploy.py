@@ -20,6 +20,7 @@ from typing import Any
 from cellforge import _ray
 from cellforge import bundle as _bundle
 from cellforge.client import Client
+from cellforge.errors import SpecError
 from cellforge.log import log
 from cellforge.runtime import ensure_ray
 from cellforge.serving.config import INDEX_APP, DeployConfig, resolve_bundle, version_of
@@ -70,7 +71,10 @@ def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int 
     from cellforge.serving.app import build_app, build_index
 
     cfg = DeployConfig.parse({**config, "bundle": str(resolve_bundle(bundle)), "name": name})
-    _bundle.read(cfg.bundle)  # refuse a bad bundle here, not in a replica that restarts forever
+    spec = _bundle.read(cfg.bundle)[0]  # refuse a bad bundle here, not in a replica that restarts forever
+    if spec.task == "seq2seq" and cfg.runtime == "onnx":
+        raise SpecError([("runtime", "a seq2seq model is served by runtime 'numpy' or 'torch', got 'onnx'")],
+                        what="deploy config")
     ensure_ray(address)
     if not _ray.serve_running():
         serve.start(http_options={"host": host, "port": port})

@@ -24,6 +24,7 @@ from cellforge.errors import SpecError
 from cellforge.model import load
 from cellforge.serving.config import DeployConfig, version_of
 from cellforge.serving.schema import ApiError, InputError, Problem
+from cellforge.serving.seq2seq import Translator
 
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # ints pass; bools, strings, NaN do not
 STEPS = TypeAdapter(list[Finite | list[Finite]])
@@ -73,15 +74,23 @@ class Engine:
         self.state = self.pre.state
         self.text = self.state["input_type"] == "text"
         self.version = version_of(cfg)
+        self.seq2seq = self.spec.task == "seq2seq"
+        self.translator = Translator(self.model, cfg.max_length) if self.seq2seq else None
 
     # requests -> arrays ----------------------------------------------------------
-    def prepare(self, inputs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Validate a predict request's ``inputs`` and preprocess them like the bundle does."""
+    def prepare(self, inputs: list[Any], options: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Validate a predict request's ``inputs`` (and seq2seq's decoding ``options``) and
+        preprocess them like the bundle does."""
+        if options and not self.seq2seq:
+            raise InputError([Problem(field=f, message=f"only for seq2seq models; this is a {self.spec.task} model")
+                              for f in options])
         if not inputs:
             raise InputError([Problem(field="inputs", message="empty batch: send at least one input")])
         if len(inputs) > self.cfg.max_inputs:
             raise InputError([Problem(field="inputs", message=f"at most {self.cfg.max_inputs} inputs per "
                                                               f"request, got {len(inputs)}")])
+        if self.seq2seq:
+            return self.translator.prepare(inputs, options or {})[1:]
         try:
             (TEXT if self.text else NUMERIC).validate_python(inputs)
         except ValidationError as e:
@@ -113,15 +122,22 @@ class Engine:
 
     # arrays -> answers -----------------------------------------------------------
     def run(self, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """One forward pass for several requests' arrays; returns each request's raw outputs."""
+        """One forward pass for several requests' arrays; returns each request's raw outputs
+        (seq2seq: items ``(x, lengths, (strategy, width), return_attention)``, decoded rows)."""
+        if self.seq2seq:
+            return self.translator.run(items)
         steps = max(x.shape[1] for x, _ in items)
         xs = [np.pad(x, [(0, 0), (0, steps - x.shape[1])] + [(0, 0)] * (x.ndim - 2)) for x, _ in items]
         out = self.model.outputs(np.concatenate(xs), np.concatenate([n for _, n in items]))
         parts = np.split(out, np.cumsum([len(x) for x, _ in items])[:-1])
         return [p[:, : x.shape[1]] if self.spec.task == "tag" else p for p, (x, _) in zip(parts, items)]
 
-    def respond(self, outputs: np.ndarray, lengths: np.ndarray) -> dict[str, Any]:
-        """Raw outputs -> the JSON fields of a prediction (labels + probabilities, or values)."""
+    def respond(self, outputs: np.ndarray, lengths: np.ndarray, texts: list[str] | None = None,
+                return_attention: bool = False) -> dict[str, Any]:
+        """Raw outputs -> the JSON fields of a prediction (labels + probabilities, or values;
+        seq2seq: decoded rows -> texts, for the request's ``texts``)."""
+        if self.seq2seq:
+            return self.translator.respond(outputs, texts, lengths, return_attention)
         d = self.pre.decode(outputs, lengths)
         if "values" in d:
             return {"values": np.asarray(d["values"]).tolist()}
@@ -154,7 +170,16 @@ class Engine:
     # sessions ----------------------------------------------------------------------
     @property
     def streams(self) -> bool:
-        return not self.spec.bidirectional
+        return self.no_sessions is None
+
+    @property
+    def no_sessions(self) -> str | None:
+        """Why this model has no sessions (None when it has)."""
+        if self.seq2seq:
+            return "a seq2seq model reads whole inputs; stream its output with predict's \"stream\": true"
+        if self.spec.bidirectional:
+            return "a bidirectional model reads whole sequences; sessions need a unidirectional one"
+        return None
 
     def step_inputs(self, raw: list[Any] | str) -> np.ndarray:
         """A session step's new steps -> a (1, t, F) array (token ids (1, t) for text)."""
@@ -192,8 +217,7 @@ class Engine:
         two agree while a session is at most ``window`` steps long.)
         """
         if not self.streams:
-            raise ApiError(400, "unsupported", "model", "a bidirectional model reads whole sequences; "
-                                                        "sessions need a unidirectional one")
+            raise ApiError(400, "unsupported", "model", self.no_sessions)
         out, new_state = self._step(x, state)
         steps = out.shape[1]
         if self.spec.task == "tag":
@@ -214,13 +238,20 @@ class Engine:
                                "max_inputs": self.cfg.max_inputs}
         if self.text:
             inp.update(tokenizer=st["tokenizer"], vocab_size=len(st["vocab"]),
-                       example=["a sentence to classify"])
+                       example=["a sentence to translate" if self.seq2seq else "a sentence to classify"])
         else:
             inp.update(num_features=st["num_features"], example=[[[0.0] * st["num_features"]]])
             if st["kind"] == "series":
                 inp.update(window=st["window"], columns=st["columns"])
-        out: dict[str, Any] = {"classes": st["classes"]} if "classes" in st else {
-            "targets": st.get("targets", st.get("num_targets")), "horizon": st.get("horizon", 1)}
+        if self.seq2seq:
+            inp["max_length"] = self.translator.max_length
+            t, d = st["target"], s.decode
+            out: dict[str, Any] = {"tokenizer": t["tokenizer"], "vocab_size": len(t["vocab"]),
+                                   "max_length": d.max_length or t["max_length"],
+                                   "decode": {"strategy": d.strategy, "beam_width": d.width}}
+        else:
+            out = {"classes": st["classes"]} if "classes" in st else {
+                "targets": st.get("targets", st.get("num_targets")), "horizon": st.get("horizon", 1)}
         return {"name": name, "version": self.version, "task": s.task, "framework": s.framework,
                 "runtime": self.cfg.runtime, "cell": s.cell, "hidden_size": s.hidden_size,
                 "num_layers": s.num_layers, "bidirectional": s.bidirectional, "sessions": self.streams,

@@ -50,6 +50,9 @@ class InputError(Exception):
         self.problems = problems
 
 
+SEQ2SEQ_FIELDS = ("strategy", "beam_width", "return_attention", "stream")
+MAX_BEAM = 16  # a request's beam costs width x its inputs rows per decoder step
+
 INPUTS_DOC = ("A batch of raw inputs: strings for text models; for numeric models a list of sequences, "
               "each a list of steps, each step a list of feature values (or one number when the model "
               "has one feature).")
@@ -57,6 +60,25 @@ INPUTS_DOC = ("A batch of raw inputs: strings for text models; for numeric model
 
 class PredictRequest(_Strict):
     inputs: list[Any] = Field(description=INPUTS_DOC, examples=[[[0.0, 1.0], [2.0, 3.0]]])
+    # seq2seq only (another task's model answers 422 naming the field)
+    strategy: Literal["greedy", "beam"] | None = Field(None, description="seq2seq: decoding; default the "
+                                                                         "model's spec.decode.strategy.")
+    beam_width: int | None = Field(None, gt=0, le=MAX_BEAM, description="seq2seq, beam: hypotheses per input.")
+    return_attention: bool = Field(False, description="seq2seq: one (output tokens x input tokens) attention "
+                                                      "matrix per input, with its tokens.")
+    stream: bool = Field(False, description="seq2seq, greedy: answer with server-sent events, one per "
+                                            "decoded piece of text ({\"index\", \"token\"}), then one "
+                                            "with \"done\": true and the whole texts.")
+
+    def decode_options(self) -> dict[str, Any]:
+        """The seq2seq fields that were given (to refuse them for other tasks)."""
+        return {f: getattr(self, f) for f in SEQ2SEQ_FIELDS if getattr(self, f) not in (None, False)}
+
+
+class Attention(_Strict):
+    input_tokens: list[str]
+    output_tokens: list[str]  # the decoded tokens, <eos> when reached
+    weights: list[list[float]]  # output tokens x input tokens; each row sums to 1
 
 
 class PredictResponse(_Strict):
@@ -67,6 +89,8 @@ class PredictResponse(_Strict):
     probabilities: list[Any] | None = None  # aligned with ``classes``
     classes: list[Any] | None = None
     values: list[Any] | None = None  # regress / forecast, in the data's own units
+    texts: list[str] | None = None  # seq2seq: one decoded string per input
+    attention: list[Attention] | None = None  # seq2seq with return_attention
 
 
 class ExplainRequest(_Strict):

@@ -65,7 +65,16 @@ def test(spec: ModelSpec, weights: dict[str, np.ndarray], prepared) -> tuple[dic
     if not len(split["y"]):
         return {}, []
     runtime = decode.runtime(spec.framework)
-    net = runtime.build(spec, weights)
+    m, hyps, refs = score(spec, runtime, runtime.build(spec, weights), split, target)
+    examples = [{"input": prepared.raw_test[i] if i < len(prepared.raw_test) else None, "prediction": h,
+                 "truth": r} for i, (h, r) in enumerate(zip(hyps[:5], refs[:5]))]
+    return {f"test_{k}": v for k, v in m.items()}, examples
+
+
+def score(spec: ModelSpec, runtime, net, split: dict[str, np.ndarray], target: dict[str, Any]
+          ) -> tuple[dict[str, float], list[str], list[str]]:
+    """A split's metrics in one process (``runtime``: a :func:`cellforge.decode.runtime` module and
+    its ``net``), decoded as ``spec.decode`` says; and the decoded and reference texts."""
     stats = np.zeros(3)
     for s in range(0, len(split["y"]), BATCH):
         lengths = split["lengths"][s: s + BATCH]
@@ -76,6 +85,4 @@ def test(spec: ModelSpec, weights: dict[str, np.ndarray], prepared) -> tuple[dic
     refs = references(target, split["y"])
     m = {"loss": float(stats[0] / max(stats[1], 1)), "token_accuracy": float(stats[2] / max(stats[1], 1)),
          **metrics.text_scores(hyps, refs)}
-    examples = [{"input": prepared.raw_test[i] if i < len(prepared.raw_test) else None, "prediction": h,
-                 "truth": r} for i, (h, r) in enumerate(zip(hyps[:5], refs[:5]))]
-    return {f"test_{k}": v for k, v in m.items()}, examples
+    return m, hyps, refs

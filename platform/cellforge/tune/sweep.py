@@ -163,12 +163,15 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
 
 
 def default_metric(task: str) -> str:
-    return "val_accuracy" if task in ("classify", "tag") else "val_rmse"
+    # seq2seq: chrF rather than BLEU, which stays 0 while no output shares a 4-gram with its reference
+    return {"classify": "val_accuracy", "tag": "val_accuracy", "seq2seq": "val_chrf"}.get(task, "val_rmse")
 
 
 def reported_metrics(task: str) -> list[str]:
     """What the training loop reports every epoch (see loop.worker_loop)."""
-    per_task = ["accuracy", "macro_f1"] if task in ("classify", "tag") else ["mae", "rmse", "mape"]
+    per_task = (["accuracy", "macro_f1"] if task in ("classify", "tag")
+                else ["token_accuracy", "exact_match", "bleu", "chrf", "rouge_l"] if task == "seq2seq"
+                else ["mae", "rmse", "mape"])
     return ["loss", "val_loss", *[f"val_{m}" for m in per_task]]
 
 
