@@ -14,7 +14,7 @@ PIP_INSTALL := $(BIN)/pip install -c constraints.txt
 PIP_CONF = $(strip $(shell $(PY) -m pip config get global.$(1) 2>/dev/null))
 UV_FLAGS := --index-strategy unsafe-best-match $(addprefix --find-links ,$(call PIP_CONF,find-links)) \
 	$(addprefix --extra-index-url ,$(call PIP_CONF,extra-index-url))
-UV_INSTALL := $(BIN)/uv pip install --python $(BIN)/python $(UV_FLAGS) -c constraints.txt
+UV_INSTALL := $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(UV_FLAGS) -c constraints.txt
 
 .PHONY: demo test test-all test-unit lint lab chromium bench clean
 
