@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # constraints.txt pins the CPU build of torch (and the versions we test) on our machines
 PIP_INSTALL := $(BIN)/pip install -c constraints.txt
-# uv installs the same packages as pip (the same resolution, checked with pip freeze) in 1.2 min
-# instead of pip's 4.5 on a fresh venv here: it downloads and unpacks in parallel. uv does not read
+# uv installs the same packages as pip (the same resolution, checked with pip freeze), downloading and
+# unpacking in parallel (1.6 min instead of pip's 4.5 on a fresh venv here, before bytecode was compiled;
+# with --compile-bytecode, which pip does by default, not yet measured on a quiet machine). uv does not read
 # pip's configuration, so the wheel folders and extra indexes pip is configured with are passed on,
 # and each index may offer any version (pip's behaviour; uv's default takes the first index only).
 # Where uv cannot install, pip does.
