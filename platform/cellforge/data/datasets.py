@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cellforge.data.docstrings import docstrings
 from cellforge.data.sources import Sequences, Series
 
 
@@ -98,11 +99,13 @@ def dates(n: int = 2000, locales: tuple[str, ...] = DATE_LOCALES, formats: tuple
     return Sequences(x, y, name="dates", groups=groups)
 
 
-DATASETS = {"digits": digits, "sunspots": sunspots, "adding": adding, "numbers": numbers, "dates": dates}
+DATASETS = {"digits": digits, "sunspots": sunspots, "adding": adding, "numbers": numbers, "dates": dates,
+            "docstrings": docstrings}
 
 
 def load(name: str, **kwargs) -> Sequences | Series:
-    """Load a built-in data set by name: ``digits``, ``sunspots``, ``adding``, ``numbers`` or ``dates``."""
+    """Load a built-in data set by name: ``digits``, ``sunspots``, ``adding``, ``numbers``, ``dates`` or
+    ``docstrings``."""
     try:
         fn = DATASETS[name]
     except KeyError:
