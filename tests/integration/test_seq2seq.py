@@ -77,3 +77,33 @@ def test_numbers_below_10000_reach_95_percent_exact_match_on_unseen_numbers(ray_
     print(f"numbers en->fr, {workers} worker(s):", {k: round(v, 4) for k, v in result.metrics.items()})
     assert result.metrics["test_exact_match"] >= 0.95
     assert result.metrics["test_bleu"] > 90
+
+
+@pytest.mark.slow  # 5.8 min at load 7-26 (4,269 functions x 10 epochs, 1 worker)
+def test_docstring_summaries_beat_the_function_name_baseline(ray_session, tmp_path):
+    """Summarisation of real code: functions of numpy, pandas, scikit-learn and statsmodels (docstring
+    taken out) -> their docstring's summary line. On the test split's functions, scored against the
+    real summary lines (lower-cased, rare words included, which the model can only answer with
+    <unk>), the model beats the function's own name split into words on ROUGE-L and BLEU. Measured
+    at 9228c8d+: model ROUGE-L 0.22, BLEU 5.8; baseline 0.14 and 0.12 (fit's own test metrics, against
+    the references as taught - rare words as <unk> - were ROUGE-L 0.30, BLEU 14.6)."""
+    from cellforge import metrics
+    from cellforge.data.docstrings import name_baseline
+    from cellforge.data.preprocess import split_groups
+
+    data = cf.datasets.load("docstrings", max_tokens=100)
+    spec = cf.ModelSpec(task="seq2seq", framework="torch", cell="gru", hidden_size=128, attention="additive",
+                        input={"type": "text", "tokenizer": "word", "embedding_dim": 64, "min_freq": 2},
+                        target={"tokenizer": "word", "max_length": 24, "embedding_dim": 64, "min_freq": 2,
+                                "lowercase": True},
+                        decode={"strategy": "greedy"},
+                        training={"epochs": 10, "batch_size": 32, "lr": 3e-3, "clip_norm": 1.0, "seed": 0,
+                                  "lr_schedule": "cosine"})
+    result = cf.fit(spec, data, workers=1, storage_path=tmp_path)
+    t = spec.training
+    test = split_groups(data.groups, t.val_fraction, t.test_fraction, t.seed)["test"]
+    inputs, truth = [data.x[i] for i in test], [data.y[i].lower() for i in test]
+    model = metrics.text_scores(cf.load(result.bundle).predict(inputs), truth)
+    baseline = metrics.text_scores([name_baseline(c) for c in inputs], truth)
+    print("docstrings: model", model, "baseline", baseline, "fit's test metrics", result.metrics)
+    assert model["rouge_l"] > baseline["rouge_l"] + 0.03 and model["bleu"] > baseline["bleu"] + 2
