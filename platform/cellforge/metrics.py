@@ -167,20 +167,28 @@ def ucr_hit(scores: np.ndarray, labels: np.ndarray, tolerance: int = 100) -> boo
     return start - tolerance <= top < end + tolerance
 
 
-def event_scores(flags: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def event_scores(flags: np.ndarray, labels: np.ndarray, tolerance: int = 0) -> dict[str, float]:
     """Interval-wise recall (labelled intervals with at least one flag) and precision (flagged
-    intervals that touch a labelled one)."""
-    truth, found = intervals(labels), intervals(flags)
+    intervals that touch a labelled one). ``tolerance``: a labelled interval also owns the steps just
+    after it — a detector's window still holds the anomaly there (its own window length is the
+    natural value: a level shift's end, a flat line's return are flagged there).
+
+        >>> event_scores(np.array([0, 0, 0, 1, 0, 0, 1]), np.array([0, 1, 1, 0, 0, 0, 0]), tolerance=1)
+        {'event_recall': 1.0, 'event_precision': 0.5}
+    """
+    truth = [(a, b + tolerance) for a, b in intervals(labels)]
+    found = intervals(flags)
     hit = [any(a < fb and fa < b for fa, fb in found) for a, b in truth]
     real = [any(a < lb and la < b for la, lb in truth) for a, b in found]
     return {"event_recall": float(np.mean(hit)) if truth else 0.0,
             "event_precision": float(np.mean(real)) if found else 0.0}
 
 
-def detection(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+def detection(scores: np.ndarray, labels: np.ndarray, threshold: float, tolerance: int = 0) -> dict[str, float]:
     """Detection metrics of per-step ``scores`` (NaN at warm-up steps, left out) against 0/1 ``labels``:
     point-wise and point-adjusted precision/recall/F1 at ``threshold``, AUROC and average precision
-    (scikit-learn), interval-wise recall/precision, and the UCR rule when there is one labelled interval.
+    (scikit-learn), interval-wise recall/precision (``tolerance``: see ``event_scores``), and the UCR
+    rule when there is one labelled interval.
 
         >>> s = np.array([np.nan, 0.1, 0.2, 3.0, 2.5, 0.1, 0.3, 0.2])
         >>> y = np.array([0, 0, 0, 1, 1, 1, 0, 0])
@@ -208,7 +216,7 @@ def detection(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[
     both = 0 < y.sum() < len(y)  # AUROC and AP need both classes
     out["auroc"] = float(roc_auc_score(y, s)) if both else float("nan")
     out["average_precision"] = float(average_precision_score(y, s)) if both else float("nan")
-    out.update(event_scores(flags, labels))
+    out.update(event_scores(flags, labels, tolerance))
     if len(intervals(labels)) == 1:
         out["ucr"] = float(ucr_hit(scores, labels))
     return out

@@ -208,3 +208,62 @@ def test_scoring_a_model_of_another_task_is_refused(tmp_path):
     with pytest.raises(SpecError) as e:
         cf.load(res.bundle).score(np.zeros(30))
     assert e.value.problems[0][0] == "task" and "'anomaly'" in e.value.problems[0][1]
+
+
+# evaluate, the detect job step and jobs/anomaly.yaml ----------------------------------------------------
+def test_evaluate_reports_detection_metrics_on_a_labelled_series(bundle):
+    from cellforge.evaluate import evaluate
+
+    injected, _ = inject(co2_seasonal(), start=400, seed=0)
+    m = evaluate(bundle.bundle, injected, split="all")
+    assert {"all_f1", "all_pa_f1", "all_auroc", "all_average_precision", "all_event_recall"} <= set(m)
+    found = cf.load(bundle.bundle).detect(injected)
+    assert m["all_auroc"] == pytest.approx(found.metrics(injected.labels)["auroc"])
+    with pytest.raises(SpecError, match="series with labels"):
+        evaluate(bundle.bundle, co2_seasonal())
+
+
+def test_detect_step_writes_scores_and_flags_next_to_the_rows(bundle, tmp_path):
+    import pandas as pd
+
+    from cellforge.jobs.steps import STEPS
+
+    rows = pd.read_csv("jobs/data/co2_anomalies.csv")
+    step = STEPS["detect"].parse({"bundle": str(bundle.bundle), "input": "in.csv", "output": "out/scores.csv",
+                                  "labels": "is_anomaly"})
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    out = step.run(tmp_path, None)
+    written = pd.read_csv(out["output"])
+    assert list(written.columns[:3]) == ["week", "co2", "is_anomaly"] and len(written) == len(rows) == out["rows"]
+    found = cf.load(bundle.bundle).detect(rows)
+    np.testing.assert_allclose(written["score"], found.scores, equal_nan=True)
+    assert written["flag"].sum() == out["flagged"] and written["warmup"].sum() == found.warmup.sum() in (15, 16)
+    assert out["metrics"]["auroc"] == pytest.approx(found.metrics(rows["is_anomaly"])["auroc"])
+    with pytest.raises(SpecError, match="labels"):
+        STEPS["detect"].parse({"bundle": str(bundle.bundle), "input": "in.csv", "output": "o.csv",
+                               "labels": "nope"}).run(tmp_path, None)
+    with pytest.raises(SpecError, match="output"):
+        STEPS["detect"].parse({"bundle": "b", "input": "in.csv", "output": "o.parquet"})
+
+
+def test_the_anomaly_job_file_is_valid():
+    from cellforge.jobs import parse_job
+
+    _, steps, _ = parse_job("jobs/anomaly.yaml")
+    assert [kind for kind, _ in steps] == ["train", "detect"]
+
+
+def test_labels_give_validation_metrics_and_a_best_f1_threshold():
+    """A labelled training series: each window carries its scored step's label; the validation
+    metrics a sweep ranks by, and 'auto' as the best F1 on the validation split."""
+    injected, _ = inject(co2_seasonal(), start=0, seed=0, per_kind=6)
+    spec, prepared = prepare(ModelSpec(task="anomaly", hidden_size=4, input={"window": 8}), injected)
+    val = prepared.splits["val"]
+    assert val["labels"].shape == (len(val["y"]),) and val["labels"].any()
+    rng = np.random.default_rng(0)
+    out = val["y"] + rng.normal(size=val["y"].shape) * 0.1 + val["labels"][:, None] * 3.0  # errors where labelled
+    m = scores.validation_metrics(False, out, val["y"], val["labels"])
+    assert m["auroc"] == 1.0 and m["f1"] == 1.0 and m["average_precision"] == pytest.approx(1.0)
+    cal = scores.calibrate(spec, out, val["y"], val["labels"])
+    assert cal["rule"].startswith("auto: best F1") and cal["error_scale"][0] == pytest.approx(0.1, rel=0.2)
+    assert scores.validation_metrics(False, out, val["y"], np.zeros(len(out), bool)) == {}

@@ -76,19 +76,46 @@ def threshold_of(rule: Any, normal_scores: np.ndarray) -> float:
     return float(np.quantile(normal_scores, 1 - rule.contamination))
 
 
-def calibrate(spec, out_val: np.ndarray, y_val: np.ndarray) -> dict[str, Any]:
+def _scaled(reconstruct: bool, out, y, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(error scale from the normal windows, scores of every window)."""
+    err = errors(reconstruct, out, y)
+    normal = err if labels is None else err[~np.asarray(labels, bool)]
+    error_scale = np.sqrt(np.mean(normal ** 2, axis=0))
+    error_scale = np.where(error_scale > 0, error_scale, 1.0)
+    return error_scale, standardise(err, error_scale.tolist())[1]
+
+
+def calibrate(spec, out_val: np.ndarray, y_val: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
     """What ``detect`` needs, from the network's outputs on the validation split: the per-feature
-    error scale, the threshold, and the warm-up length."""
+    error scale (from its normal windows), the threshold, and the warm-up length. With ``labels``
+    holding both classes, 'auto' is the threshold of the best F1 on the split."""
     if len(y_val) < 2:
         raise SpecError([("training.val_fraction", f"the threshold is calibrated on the validation split, which "
                           f"holds {len(y_val)} window(s); use a longer series or a larger val_fraction")], what="data")
-    err = errors(spec.reconstructs, out_val, y_val)
-    error_scale = np.sqrt(np.mean(err ** 2, axis=0))
-    error_scale = np.where(error_scale > 0, error_scale, 1.0)
-    _, s = standardise(err, error_scale.tolist())
-    return {"method": spec.anomaly.method, "error_scale": error_scale.tolist(),
-            "threshold": threshold_of(spec.anomaly.threshold, s), "rule": _rule_json(spec.anomaly.threshold),
-            "warmup": spec.input.window - spec.reconstructs}
+    error_scale, s = _scaled(spec.reconstructs, out_val, y_val, labels)
+    rule = spec.anomaly.threshold
+    both = labels is not None and 0 < np.sum(labels) < len(labels)
+    if rule == "auto" and both:
+        threshold, rule_json = metrics.best_f1_threshold(s, labels), "auto: best F1 on the labelled validation split"
+    else:
+        normal = s if labels is None else s[~np.asarray(labels, bool)]
+        threshold, rule_json = threshold_of(rule, normal), _rule_json(rule)
+    return {"method": spec.anomaly.method, "error_scale": error_scale.tolist(), "threshold": threshold,
+            "rule": rule_json, "warmup": spec.input.window - spec.reconstructs}
+
+
+def validation_metrics(reconstruct: bool, out: np.ndarray, y: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Per epoch, on a labelled validation split: AUROC, average precision and the best F1 over
+    thresholds (what a sweep ranks by: ``val_f1``, ``val_auroc``). Empty when it lacks a class."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels = np.asarray(labels, bool)
+    if not 0 < labels.sum() < len(labels):
+        return {}
+    _, s = _scaled(reconstruct, out, y, labels)
+    f1 = metrics.detection(s, labels, metrics.best_f1_threshold(s, labels))["f1"]
+    return {"f1": f1, "auroc": float(roc_auc_score(labels, s)), "average_precision": float(
+        average_precision_score(labels, s))}
 
 
 def _rule_json(rule) -> Any:
@@ -155,6 +182,7 @@ class Detection:
     intervals: list[tuple[int, int]] = field(default_factory=list)
     per_feature: np.ndarray | None = None
     columns: list[str] = field(default_factory=list)
+    window: int = 0
 
     @property
     def warmup(self) -> np.ndarray:
@@ -171,13 +199,15 @@ class Detection:
                 df[f"score_{c}"] = self.per_feature[:, i]
         return df
 
-    def metrics(self, labels: Any) -> dict[str, float]:
-        """Detection metrics against 0/1 per-step labels (:func:`cellforge.metrics.detection`)."""
-        return metrics.detection(self.scores, np.asarray(labels), self.threshold)
+    def metrics(self, labels: Any, tolerance: int | None = None) -> dict[str, float]:
+        """Detection metrics against 0/1 per-step labels (:func:`cellforge.metrics.detection`);
+        ``tolerance`` (interval-wise): default the window, the steps that still see an anomaly."""
+        return metrics.detection(self.scores, np.asarray(labels), self.threshold,
+                                 self.window if tolerance is None else tolerance)
 
 
 def detect(predict, state: dict[str, Any], series: Any, threshold: float | None = None) -> Detection:
     scores, per_feature = score_series(predict, state, series)
     t = state["anomaly"]["threshold"] if threshold is None else float(threshold)
     flags = np.nan_to_num(scores, nan=-np.inf) > t
-    return Detection(scores, flags, t, metrics.intervals(flags), per_feature, list(state["columns"]))
+    return Detection(scores, flags, t, metrics.intervals(flags), per_feature, list(state["columns"]), state["window"])

@@ -288,6 +288,10 @@ def _fit_anomaly(spec: ModelSpec, src: Series) -> tuple[ModelSpec, Prepared]:
     x, y = anomaly_windows(scale(values, scaler), inp.window, reconstruct)
     lengths = np.full(n_windows, inp.window, np.int64)
     splits = {k: {"x": x[i], "lengths": lengths[i], "y": y[i]} for k, i in parts.items()}
+    if src.labels is not None:  # the label of the step each window scores: val_f1, val_auroc, the threshold
+        scored = src.labels[inp.window - reconstruct:]
+        for k, i in parts.items():
+            splits[k]["labels"] = scored[i]
     return spec, Prepared(splits, Preprocessor(state), [x[i] for i in parts["test"][:5]])
 
 

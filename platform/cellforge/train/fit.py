@@ -220,7 +220,7 @@ def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[di
 def _calibrate(spec: ModelSpec, weights, val: dict[str, np.ndarray]) -> dict[str, Any]:
     backend = get_backend(spec.framework)
     out = backend.predict(backend.build(spec, weights), val["x"], val["lengths"])
-    calibration = anomaly_scores.calibrate(spec, out, val["y"])
+    calibration = anomaly_scores.calibrate(spec, out, val["y"], val.get("labels"))
     log.info("anomaly threshold %.4g (%s) from %d held-out normal windows", calibration["threshold"],
              calibration["rule"], len(val["y"]))
     return calibration
