@@ -267,3 +267,50 @@ def test_labels_give_validation_metrics_and_a_best_f1_threshold():
     cal = scores.calibrate(spec, out, val["y"], val["labels"])
     assert cal["rule"].startswith("auto: best F1") and cal["error_scale"][0] == pytest.approx(0.1, rel=0.2)
     assert scores.validation_metrics(False, out, val["y"], np.zeros(len(out), bool)) == {}
+
+
+# streams: the serving engine's session step ------------------------------------------------------------
+@pytest.mark.parametrize("runtime", ["torch", "numpy"])
+def test_stepping_a_stream_gives_the_scores_of_the_whole_series(bundle, runtime):
+    from cellforge.serving.config import DeployConfig
+    from cellforge.serving.engine import Engine
+    from cellforge.serving.schema import StepResponse
+
+    engine = Engine(DeployConfig(bundle=str(bundle.bundle), name="m", runtime=runtime))
+    series = co2_seasonal().values[400:480, 0]
+    want = cf.load(bundle.bundle, framework=runtime).score(series)
+    got, state = [], None
+    for chunk in np.split(np.arange(80), [1, 2, 5, 20, 21, 50]):  # point by point, then in chunks
+        answer, state = engine.step(engine.step_inputs(series[chunk].tolist()), state)
+        StepResponse(session_id="s", model="m", version="v", steps=state["steps"], **answer)  # the API's shape
+        assert len(answer["scores"]) == len(chunk) and answer["threshold"] == engine.state["anomaly"]["threshold"]
+        assert answer["flags"] == [s is not None and s > answer["threshold"] for s in answer["scores"]]
+        got += answer["scores"]
+    assert state["steps"] == 80 and len(state["window"]) == 16
+    np.testing.assert_allclose(np.array([np.nan if s is None else s for s in got]), want, atol=1e-5,
+                               equal_nan=True)
+
+
+def test_onnx_runs_a_forecast_detector_and_refuses_a_reconstructing_one():
+    spec = ModelSpec(task="anomaly", cell="gru", hidden_size=4, input={"num_features": 2, "window": 5})
+    ref, onnx = get_backend("numpy"), get_backend("onnx")
+    params = ref.init_params(spec)
+    x = np.random.default_rng(0).normal(size=(3, 5, 2)).astype(np.float32)
+    np.testing.assert_allclose(onnx.predict(onnx.build(spec, params), x, np.full(3, 5)),
+                               ref.predict(ref.build(spec, params), x, np.full(3, 5)), atol=1e-5)
+    with pytest.raises(ValueError, match="runtime 'onnx' does not run anomaly's 'reconstruct'"):
+        onnx.build(spec.updated(**{"anomaly.method": "reconstruct"}))
+
+
+def test_a_labelled_validation_split_reports_what_sweeps_rank_by():
+    """The training loop's validation metrics on a labelled split (a torch Fitter, no Ray): the
+    regression ones plus f1/auroc/average_precision, which metrics.mode_of ranks as 'max'."""
+    from cellforge.train.loop import fitter_class, shard_eval
+    from cellforge.train.worker import WorkerInfo
+
+    injected, _ = inject(co2_seasonal(), start=0, seed=0, per_kind=6)
+    spec, prepared = prepare(ModelSpec(task="anomaly", hidden_size=4, input={"window": 8}), injected)
+    fitter = fitter_class(spec)(spec, WorkerInfo(0, 1, 1, False))
+    m = shard_eval(fitter, spec, prepared.splits["val"], WorkerInfo(0, 1, 1, False), None)
+    assert {"loss", "rmse", "f1", "auroc", "average_precision"} <= set(m) and 0 <= m["auroc"] <= 1
+    assert metrics.mode_of("val_f1") == metrics.mode_of("val_auroc") == "max"

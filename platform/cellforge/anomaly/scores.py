@@ -211,3 +211,33 @@ def detect(predict, state: dict[str, Any], series: Any, threshold: float | None 
     t = state["anomaly"]["threshold"] if threshold is None else float(threshold)
     flags = np.nan_to_num(scores, nan=-np.inf) > t
     return Detection(scores, flags, t, metrics.intervals(flags), per_feature, list(state["columns"]), state["window"])
+
+
+def stream_step(predict, state: dict[str, Any], x: np.ndarray, carry: dict[str, Any] | None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A live stream's new steps (``x``: (t, F), already scaled) scored from what the server keeps for
+    it (``carry``: the last ``window`` steps and how many came before; None to start). The scores are
+    those ``score_series`` gives the whole stream at the same steps: the same windows, the same network.
+
+    Returns the answer ({"scores": one per new step, None while warming up, "flags", "threshold"})
+    and the carry to keep.
+    """
+    a, window = state["anomaly"], state["window"]
+    x = np.asarray(x, np.float32).reshape(-1, state["num_features"])
+    kept = np.zeros((0, x.shape[1]), np.float32) if carry is None else np.asarray(carry["window"], np.float32)
+    before = 0 if carry is None else int(carry["steps"])
+    seq = np.concatenate([kept.reshape(-1, x.shape[1]), x])
+    first = before - len(kept)  # the stream step that seq[0] is
+    reconstruct = a["method"] == "reconstruct"
+    steps = [k for k in range(before, before + len(x)) if k >= a["warmup"]]
+    ends = [k - first + reconstruct for k in steps]  # seq index just past each scored window
+    out_scores: list[float | None] = [None] * (len(x) - len(steps))
+    if steps:
+        xs = np.stack([seq[e - window: e] for e in ends])
+        y = xs if reconstruct else np.stack([seq[e] for e in ends])
+        _, s = standardise(errors(reconstruct, predict(xs, np.full(len(xs), window, np.int64)), y),
+                           a["error_scale"])
+        out_scores += [float(v) for v in s]
+    flags = [v is not None and v > a["threshold"] for v in out_scores]
+    carry = {"window": seq[-window:].tolist(), "steps": before + len(x)}
+    return {"scores": out_scores, "flags": flags, "threshold": a["threshold"]}, carry
