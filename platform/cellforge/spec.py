@@ -61,31 +61,37 @@ class Contamination(_Strict):
     contamination: float = Field(gt=0, lt=0.5)  # the share of held-out normal points to flag
 
 
+class Risk(_Strict):
+    risk: float = Field(gt=0, lt=0.1)  # a normal step's chance of exceeding it, from a fitted tail (POT)
+
+
 class AnomalySpec(_Strict):
     """anomaly: how a step is scored and where the threshold sits (calibrated on held-out normal data)."""
 
     # forecast: the error of predicting each step from the window before it; reconstruct: a recurrent
     # encoder-decoder rebuilds the window that ends at each step, and the error of rebuilding it
     method: Literal["forecast", "reconstruct"] = "forecast"
-    # auto: where a tail fitted to the held-out normal (validation) scores puts a 1-in-1,000 step, and
-    # never below their highest (cellforge.anomaly.scores.pot_threshold); {"quantile": q} of those
-    # scores; {"contamination": r}: flag a share r of them
-    threshold: Literal["auto"] | Quantile | Contamination = "auto"
+    # auto: the highest score of the held-out normal (validation) split, so nothing believed normal is
+    # flagged (with labels: the best F1 there); {"quantile": q} of those scores; {"contamination": r}:
+    # flag a share r of them; {"risk": p}: where a tail fitted to them (peaks over threshold, see
+    # cellforge.anomaly.scores.pot_threshold) puts a normal step's chance p of exceeding it
+    threshold: Literal["auto"] | Quantile | Contamination | Risk = "auto"
 
     @field_validator("threshold", mode="before")
     @classmethod
     def _one_rule(cls, v: Any) -> Any:  # one message instead of one per member of the union
-        expected = "expected 'auto', {'quantile': q} with 0 < q <= 1, or {'contamination': r} with 0 < r < 0.5"
-        if isinstance(v, (Quantile, Contamination)) or v == "auto":
+        expected = ("expected 'auto', {'quantile': q} with 0 < q <= 1, {'contamination': r} with 0 < r < 0.5, "
+                    "or {'risk': p} with 0 < p < 0.1")
+        if isinstance(v, (Quantile, Contamination, Risk)) or v == "auto":
             return v
-        if not (isinstance(v, dict) and len(v) == 1 and set(v) <= {"quantile", "contamination"}):
+        rules = {"quantile": (Quantile, lambda x: 0 < x <= 1), "contamination": (Contamination, lambda x: 0 < x < 0.5),
+                 "risk": (Risk, lambda x: 0 < x < 0.1)}
+        if not (isinstance(v, dict) and len(v) == 1 and set(v) <= set(rules)):
             raise ValueError(f"{expected}; got {v!r}")
         (key, value), = v.items()
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            0 < value <= 1 if key == "quantile" else 0 < value < 0.5)
-        if not ok:
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and rules[key][1](value)):
             raise ValueError(f"{expected}; got {v!r}")
-        return Quantile(quantile=value) if key == "quantile" else Contamination(contamination=value)
+        return rules[key][0](**{key: value})
 
 
 class EarlyStopping(_Strict):

@@ -33,7 +33,7 @@ def test_spec_defaults_round_trip_and_other_tasks_stay_free_of_it():
     assert "anomaly" not in ModelSpec(task="forecast").model_dump()
 
 
-@pytest.mark.parametrize("threshold", ["max", {"quantile": 0}, {"quantile": 1.5}, {"contamination": 0.5},
+@pytest.mark.parametrize("threshold", ["max", {"quantile": 0}, {"quantile": 1.5}, {"contamination": 0.5}, {"risk": 0.2},
                                        {"quantile": 0.9, "contamination": 0.1}, {"percent": 5}, 0.9])
 def test_a_bad_threshold_is_one_clear_problem(threshold):
     p = problems(task="anomaly", anomaly={"threshold": threshold})
@@ -136,10 +136,11 @@ def test_threshold_rules_on_normal_scores():
         task="anomaly", anomaly={"threshold": {"contamination": 0.05}})
     assert scores.threshold_of(q.anomaly.threshold, s) == pytest.approx(np.quantile(s, 0.99))
     assert scores.threshold_of(c.anomaly.threshold, s) == pytest.approx(np.quantile(s, 0.95))
-    assert scores.threshold_of("auto", s) >= 1000  # never below the highest normal score
+    assert scores.threshold_of("auto", s) == 1000  # the highest normal score
     normal = np.abs(np.random.default_rng(0).normal(size=20000))
     # the tail fit's 1-in-1,000 point of |N(0,1)| is its 0.999 quantile, 3.29
-    assert scores.pot_threshold(normal, 1e-3) == pytest.approx(3.29, abs=0.15)
+    r = ModelSpec(task="anomaly", anomaly={"threshold": {"risk": 1e-3}}).anomaly.threshold
+    assert scores.threshold_of(r, normal) == pytest.approx(3.29, abs=0.15)
 
 
 def test_calibration_standardises_errors_per_feature():
