@@ -71,10 +71,10 @@ class AnomalySpec(_Strict):
     # forecast: the error of predicting each step from the window before it; reconstruct: a recurrent
     # encoder-decoder rebuilds the window that ends at each step, and the error of rebuilding it
     method: Literal["forecast", "reconstruct"] = "forecast"
-    # auto: the highest score of the held-out normal (validation) split, so nothing believed normal is
-    # flagged (with labels: the best F1 there); {"quantile": q} of those scores; {"contamination": r}:
-    # flag a share r of them; {"risk": p}: where a tail fitted to them (peaks over threshold, see
-    # cellforge.anomaly.scores.pot_threshold) puts a normal step's chance p of exceeding it
+    # auto: where a tail fitted to the held-out normal (validation) scores puts a normal step's chance
+    # 1e-3 of exceeding it, never below their highest (cellforge.anomaly.scores.threshold_of; with
+    # labels: the best F1 there); {"quantile": q} of those scores; {"contamination": r}: flag a share
+    # r of them; {"risk": p}: the tail's point at chance p (peaks over threshold)
     threshold: Literal["auto"] | Quantile | Contamination | Risk = "auto"
 
     @field_validator("threshold", mode="before")

@@ -136,7 +136,7 @@ def test_threshold_rules_on_normal_scores():
         task="anomaly", anomaly={"threshold": {"contamination": 0.05}})
     assert scores.threshold_of(q.anomaly.threshold, s) == pytest.approx(np.quantile(s, 0.99))
     assert scores.threshold_of(c.anomaly.threshold, s) == pytest.approx(np.quantile(s, 0.95))
-    assert scores.threshold_of("auto", s) == 1000  # the highest normal score
+    assert scores.threshold_of("auto", s) >= 1000  # never below the highest normal score
     normal = np.abs(np.random.default_rng(0).normal(size=20000))
     # the tail fit's 1-in-1,000 point of |N(0,1)| is its 0.999 quantile, 3.29
     r = ModelSpec(task="anomaly", anomaly={"threshold": {"risk": 1e-3}}).anomaly.threshold
