@@ -49,6 +49,8 @@ def evaluate(bundle: str | Path, data: Any, split: str = "test", framework: str 
     model = load(bundle, framework)
     spec, pre = model.spec, model.preprocessor
     src = to_source(data, spec)
+    if spec.task == "anomaly":
+        return _anomaly(model, src, split)
     extra: dict[str, float] = {}
     if isinstance(src, Series):
         x, lengths, y, naive = _series_arrays(model, src, split)
@@ -67,6 +69,21 @@ def evaluate(bundle: str | Path, data: Any, split: str = "test", framework: str 
         return {f"{split}_{k}": v for k, v in m.items()}
     m = _metrics.score(spec, model.outputs(x, lengths), y, pre.state.get("target_scaler"))
     return {**{f"{split}_{k}": v for k, v in m.items()}, **extra}
+
+
+def _anomaly(model: Model, src, split: str) -> dict[str, float]:
+    """Detection metrics (cellforge.metrics.detection) of an anomaly model on a labelled series: over
+    every step (``all``), or the steps of the bundle's own time-ordered split of it."""
+    if not isinstance(src, Series) or src.labels is None:
+        raise SpecError([("data", "an anomaly model is evaluated on a series with labels: "
+                                  "cf.Series(values, labels=...), one 0/1 per step")], what="data")
+    found = model.detect(src)
+    steps = np.arange(len(found.scores))
+    if split != "all":
+        warmup = model.preprocessor.state["anomaly"]["warmup"]
+        steps = _indices(len(steps) - warmup, model.spec, split, shuffle=False) + warmup
+    m = _metrics.detection(found.scores[steps], src.labels[steps], found.threshold, found.window)
+    return {f"{split}_{k}": v for k, v in m.items()}
 
 
 def _indices(n: int, spec, split: str, shuffle: bool) -> np.ndarray:

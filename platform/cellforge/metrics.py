@@ -120,3 +120,120 @@ def text_scores(hypotheses: list[str], references: list[str]) -> dict[str, float
             "bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),
             "chrf": float(sacrebleu.corpus_chrf(hypotheses, [references]).score),
             "rouge_l": float(np.mean([scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references)]))}
+
+
+# anomaly ---------------------------------------------------------------------------------------
+MODES.update({"f1": "max", "auroc": "max", "average_precision": "max", "pa_f1": "max", "ucr": "max",
+              "precision": "max", "recall": "max", "event_recall": "max", "event_precision": "max"})
+
+
+def intervals(flags: np.ndarray) -> list[tuple[int, int]]:
+    """The runs of True in ``flags`` as (start, end) pairs, end exclusive.
+
+        >>> intervals(np.array([0, 1, 1, 0, 0, 1], bool))
+        [(1, 3), (5, 6)]
+    """
+    f = np.concatenate([[False], np.asarray(flags, bool), [False]])
+    edges = np.flatnonzero(f[1:] != f[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def point_adjust(flags: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Xu et al. 2018's adjustment: one flag inside a labelled interval counts for all of it.
+
+        >>> point_adjust(np.array([0, 0, 1, 0, 1]), np.array([0, 1, 1, 1, 0])).astype(int).tolist()
+        [0, 1, 1, 1, 1]
+    """
+    out = np.asarray(flags, bool).copy()
+    for a, b in intervals(labels):
+        if out[a:b].any():
+            out[a:b] = True
+    return out
+
+
+def ucr_hit(scores: np.ndarray, labels: np.ndarray, tolerance: int = 100) -> bool:
+    """The UCR anomaly archive's rule (Wu & Keogh 2021): the top-scoring step counts as found when it
+    lies within ``tolerance`` steps of the labelled interval (NaN scores never win).
+
+        >>> labels = np.zeros(500, bool); labels[300:310] = True
+        >>> s = np.zeros(500); s[205] = 1.0
+        >>> ucr_hit(s, labels), ucr_hit(s, labels, tolerance=50)
+        (True, False)
+    """
+    (start, end), *_ = intervals(labels) or [(None, None)]
+    if start is None:
+        raise ValueError("labels: the UCR rule needs one labelled anomaly, got none")
+    top = int(np.nanargmax(scores))
+    return start - tolerance <= top < end + tolerance
+
+
+def event_scores(flags: np.ndarray, labels: np.ndarray, tolerance: int = 0) -> dict[str, float]:
+    """Interval-wise recall (labelled intervals with at least one flag) and precision (flagged
+    intervals that touch a labelled one). ``tolerance``: a labelled interval also owns the steps just
+    after it — a detector's window still holds the anomaly there (its own window length is the
+    natural value: a level shift's end, a flat line's return are flagged there).
+
+        >>> event_scores(np.array([0, 0, 0, 1, 0, 0, 1]), np.array([0, 1, 1, 0, 0, 0, 0]), tolerance=1)
+        {'event_recall': 1.0, 'event_precision': 0.5}
+    """
+    truth = [(a, b + tolerance) for a, b in intervals(labels)]
+    found = intervals(flags)
+    hit = [any(a < fb and fa < b for fa, fb in found) for a, b in truth]
+    real = [any(a < lb and la < b for la, lb in truth) for a, b in found]
+    return {"event_recall": float(np.mean(hit)) if truth else 0.0,
+            "event_precision": float(np.mean(real)) if found else 0.0}
+
+
+def detection(scores: np.ndarray, labels: np.ndarray, threshold: float, tolerance: int = 0) -> dict[str, float]:
+    """Detection metrics of per-step ``scores`` (NaN at warm-up steps, left out) against 0/1 ``labels``:
+    point-wise and point-adjusted precision/recall/F1 at ``threshold``, AUROC and average precision
+    (scikit-learn), interval-wise recall/precision (``tolerance``: see ``event_scores``), and the UCR
+    rule when there is one labelled interval.
+
+        >>> s = np.array([np.nan, 0.1, 0.2, 3.0, 2.5, 0.1, 0.3, 0.2])
+        >>> y = np.array([0, 0, 0, 1, 1, 1, 0, 0])
+        >>> m = detection(s, y, 1.0)
+        >>> m["precision"], round(m["recall"], 3), m["pa_recall"], round(m["auroc"], 3)  # AUROC: 8.5 of 12 pairs
+        (1.0, 0.667, 1.0, 0.708)
+    """
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    if scores.shape != labels.shape:
+        raise ValueError(f"labels: expected one label per step ({scores.shape[0]}), got {labels.shape[0]}")
+    keep = ~np.isnan(scores)
+    s, y = scores[keep], labels[keep]
+    flags = np.zeros_like(labels)
+    flags[keep] = s > threshold
+    out: dict[str, float] = {}
+    for prefix, f in (("", flags[keep]), ("pa_", point_adjust(flags, labels)[keep])):
+        p, r, f1, _ = precision_recall_fscore_support(y, f, average="binary", zero_division=0)
+        out.update({f"{prefix}precision": float(p), f"{prefix}recall": float(r), f"{prefix}f1": float(f1)})
+    both = 0 < y.sum() < len(y)  # AUROC and AP need both classes
+    out["auroc"] = float(roc_auc_score(y, s)) if both else float("nan")
+    out["average_precision"] = float(average_precision_score(y, s)) if both else float("nan")
+    out.update(event_scores(flags, labels, tolerance))
+    if len(intervals(labels)) == 1:
+        out["ucr"] = float(ucr_hit(scores, labels))
+    return out
+
+
+def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold (flag when score > it) with the best point-wise F1 on labelled data.
+
+        >>> best_f1_threshold(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+        0.1
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    keep = ~np.isnan(scores)
+    p, r, t = precision_recall_curve(np.asarray(labels)[keep].astype(int), np.asarray(scores)[keep])
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0)[:-1]
+    chosen = t[int(np.argmax(f1))]  # sklearn's thresholds flag score >= t: step just below it
+    below = np.asarray(scores)[keep]
+    below = below[below < chosen]
+    return float(below.max()) if len(below) else float(np.nextafter(chosen, -np.inf))

@@ -18,8 +18,10 @@ import numpy as np
 
 from cellforge import bundle as _bundle
 from cellforge import decode
+from cellforge.anomaly import scores as anomaly_scores
 from cellforge.backends import get_backend
 from cellforge.data import Preprocessor
+from cellforge.errors import SpecError
 
 
 class Model:
@@ -67,6 +69,26 @@ class Model:
         stepper = decode.runtime(self.framework).Stepper(self.net)
         return decode.translate(self.spec, self.preprocessor, stepper, inputs, return_attention=return_attention,
                                 strategy=strategy, beam_width=beam_width)
+
+    # anomaly: cellforge.anomaly.scores ------------------------------------------------------
+    def score(self, series: Any, per_feature: bool = False):
+        """One anomaly score per step of ``series`` ((T,) or (T, F) values, a Series or a DataFrame),
+        aligned with it; NaN on the warm-up steps before the first full window. ``per_feature``:
+        also each feature's standardised error, (T, F)."""
+        scores, features = anomaly_scores.score_series(self.outputs, self.anomaly_state(), series)
+        return (scores, features) if per_feature else scores
+
+    def detect(self, series: Any, threshold: float | None = None) -> anomaly_scores.Detection:
+        """Scores, flags (score above the calibrated threshold, or ``threshold``) and the flagged
+        intervals of ``series``: a ``Detection`` (``.frame()``, ``.metrics(labels)``)."""
+        return anomaly_scores.detect(self.outputs, self.anomaly_state(), series, threshold)
+
+    def anomaly_state(self) -> dict[str, Any]:
+        """The preprocessing state of an anomaly model (refuses any other)."""
+        if self.spec.task != "anomaly":
+            raise SpecError([("task", f"scoring anomalies needs a model of task 'anomaly', this one's is "
+                                      f"{self.spec.task!r}")], what="model")
+        return self.preprocessor.state
 
     def predict_proba(self, inputs: Any):
         return self.predict_details(inputs)["probabilities"]

@@ -22,7 +22,7 @@ from cellforge.attention import ATTENTIONS
 from cellforge.cells import CELLS
 from cellforge.errors import Problems, Strict
 
-TASKS = ("classify", "regress", "forecast", "tag", "seq2seq")
+TASKS = ("classify", "regress", "forecast", "tag", "seq2seq", "anomaly")
 SEQ2SEQ_FIELDS = ("attention", "decoder", "target", "decode")  # None on every other task
 FRAMEWORKS = ("torch", "tensorflow")
 
@@ -51,6 +51,47 @@ class InputSpec(_Strict):
     min_freq: int = Field(1, gt=0)
     embedding_dim: int = Field(64, gt=0)
     vocab_size: int | None = Field(None, gt=1)  # filled in from the data by fit()
+
+
+class Quantile(_Strict):
+    quantile: float = Field(gt=0, le=1)  # of the held-out normal scores; 1 = their maximum
+
+
+class Contamination(_Strict):
+    contamination: float = Field(gt=0, lt=0.5)  # the share of held-out normal points to flag
+
+
+class Risk(_Strict):
+    risk: float = Field(gt=0, lt=0.1)  # a normal step's chance of exceeding it, from a fitted tail (POT)
+
+
+class AnomalySpec(_Strict):
+    """anomaly: how a step is scored and where the threshold sits (calibrated on held-out normal data)."""
+
+    # forecast: the error of predicting each step from the window before it; reconstruct: a recurrent
+    # encoder-decoder rebuilds the window that ends at each step, and the error of rebuilding it
+    method: Literal["forecast", "reconstruct"] = "forecast"
+    # auto: where a tail fitted to the held-out normal (validation) scores puts a normal step's chance
+    # 1e-3 of exceeding it, never below their highest (cellforge.anomaly.scores.threshold_of; with
+    # labels: the best F1 there); {"quantile": q} of those scores; {"contamination": r}: flag a share
+    # r of them; {"risk": p}: the tail's point at chance p (peaks over threshold)
+    threshold: Literal["auto"] | Quantile | Contamination | Risk = "auto"
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _one_rule(cls, v: Any) -> Any:  # one message instead of one per member of the union
+        expected = ("expected 'auto', {'quantile': q} with 0 < q <= 1, {'contamination': r} with 0 < r < 0.5, "
+                    "or {'risk': p} with 0 < p < 0.1")
+        if isinstance(v, (Quantile, Contamination, Risk)) or v == "auto":
+            return v
+        rules = {"quantile": (Quantile, lambda x: 0 < x <= 1), "contamination": (Contamination, lambda x: 0 < x < 0.5),
+                 "risk": (Risk, lambda x: 0 < x < 0.1)}
+        if not (isinstance(v, dict) and len(v) == 1 and set(v) <= set(rules)):
+            raise ValueError(f"{expected}; got {v!r}")
+        (key, value), = v.items()
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and rules[key][1](value)):
+            raise ValueError(f"{expected}; got {v!r}")
+        return rules[key][0](**{key: value})
 
 
 class EarlyStopping(_Strict):
@@ -175,7 +216,7 @@ class ModelSpec(_Strict):
     """
 
     framework: Literal["torch", "tensorflow"] = "torch"
-    task: Literal["classify", "regress", "forecast", "tag", "seq2seq"] = "classify"
+    task: Literal["classify", "regress", "forecast", "tag", "seq2seq", "anomaly"] = "classify"
     cell: str = "lstm"  # a name in cellforge.cells.CELLS
     hidden_size: int = Field(64, gt=0)
     num_layers: int = Field(1, gt=0, le=16)
@@ -191,6 +232,7 @@ class ModelSpec(_Strict):
     decoder: DecoderSpec | None = None
     target: TargetSpec | None = None
     decode: DecodeSpec | None = None
+    anomaly: AnomalySpec | None = None  # anomaly only (filled in there)
 
     @field_validator("cell")
     @classmethod
@@ -209,6 +251,8 @@ class ModelSpec(_Strict):
         if isinstance(data, dict) and data.get("task") == "seq2seq":
             defaults = {"attention": "additive", "decoder": {}, "target": {}, "decode": {}}
             data = {**data, **{k: v for k, v in defaults.items() if data.get(k) is None}}
+        if isinstance(data, dict) and data.get("task") == "anomaly" and data.get("anomaly") is None:
+            data = {**data, "anomaly": {}}
         return data
 
     @model_validator(mode="after")
@@ -216,6 +260,20 @@ class ModelSpec(_Strict):
         problems = []
         if self.task == "forecast" and self.input.type == "text":
             problems.append(("input.type", "forecast needs numeric input, got 'text'"))
+        if self.task == "anomaly":
+            if self.input.type == "text":
+                problems.append(("input.type", "anomaly needs numeric input, got 'text'"))
+            if self.horizon != 1:
+                problems.append(("horizon", f"anomaly scores each step from the ones before it: horizon must be 1, "
+                                            f"got {self.horizon}"))
+            if self.training.val_fraction == 0:
+                problems.append(("training.val_fraction", "anomaly calibrates its threshold on the held-out "
+                                                          "validation split: must be > 0, got 0"))
+            if self.bidirectional:
+                problems.append(("bidirectional", "anomaly scores each step as it arrives (also on live streams), "
+                                                  "so the network reads forward only; got true"))
+        elif self.anomaly is not None:
+            problems.append(("anomaly", f"only for task 'anomaly', got task {self.task!r}"))
         if self.task == "seq2seq":
             problems += self._seq2seq_problems()
         else:
@@ -254,6 +312,8 @@ class ModelSpec(_Strict):
                     data.pop(name, None)
             if isinstance(data.get("training"), dict) and data["training"].get("teacher_forcing") == 1.0:
                 data["training"].pop("teacher_forcing")
+        if self.task != "anomaly" and isinstance(data, dict) and data.get("anomaly") is None:
+            data.pop("anomaly", None)
         return data
 
     def updated(self, **changes: Any) -> ModelSpec:
@@ -316,6 +376,11 @@ class ModelSpec(_Strict):
 
     # derived sizes -----------------------------------------------------------
     @property
+    def reconstructs(self) -> bool:
+        """Whether the network is anomaly's encoder-decoder (a window in, the same window out)."""
+        return self.task == "anomaly" and self.anomaly.method == "reconstruct"
+
+    @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
@@ -362,6 +427,8 @@ class ModelSpec(_Strict):
             return self.num_classes
         if self.task == "regress":
             return self.num_outputs or 1
+        if self.task == "anomaly":  # the next step's features (forecast) or each step's (reconstruct)
+            return self.rnn_input_size
         return self.horizon * (self.num_outputs or 1)
 
 

@@ -97,5 +97,7 @@ def test_missing_file_and_bad_inputs_are_named():
 
 
 def test_unknown_data_set_lists_known_ones():
-    with pytest.raises(ValueError, match="known data sets: \\['adding', 'dates', 'digits', 'numbers', 'sunspots'\\]"):
+    with pytest.raises(ValueError, match="known data sets: \\['adding', 'co2_seasonal', 'dates', 'digits', "
+                                         "'docstrings', "
+                                         "'internal_bleeding', 'numbers', 'sunspots'\\]"):
         cf.datasets.load("mnist")

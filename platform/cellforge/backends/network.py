@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 
+from cellforge.anomaly import decoder as reconstruct_decoder
 from cellforge.attention import get_attention
 from cellforge.cells import get_cell
 from cellforge.spec import ModelSpec
@@ -42,6 +43,8 @@ from cellforge.spec import ModelSpec
 
 def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape for every parameter of the network ``spec`` describes."""
+    if spec.reconstructs:  # anomaly's encoder-decoder: cellforge.anomaly.decoder
+        return {**encoder_shapes(spec), **reconstruct_decoder.shapes(spec)}
     return {**encoder_shapes(spec), **(decoder_shapes(spec) if spec.task == "seq2seq" else head_shapes(spec))}
 
 

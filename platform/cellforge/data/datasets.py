@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cellforge.data import anomalies
 from cellforge.data.docstrings import docstrings
 from cellforge.data.sources import Sequences, Series
 
@@ -100,12 +101,14 @@ def dates(n: int = 2000, locales: tuple[str, ...] = DATE_LOCALES, formats: tuple
 
 
 DATASETS = {"digits": digits, "sunspots": sunspots, "adding": adding, "numbers": numbers, "dates": dates,
-            "docstrings": docstrings}
+            "docstrings": docstrings, "co2_seasonal": anomalies.co2_seasonal,
+            "internal_bleeding": anomalies.internal_bleeding}
 
 
 def load(name: str, **kwargs) -> Sequences | Series:
-    """Load a built-in data set by name: ``digits``, ``sunspots``, ``adding``, ``numbers``, ``dates`` or
-    ``docstrings``."""
+    """Load a built-in data set by name: ``digits``, ``sunspots``, ``adding``, ``numbers``, ``dates``,
+    ``docstrings``, ``co2_seasonal`` or ``internal_bleeding`` (a labelled anomaly; see
+    :mod:`cellforge.data.anomalies`)."""
     try:
         fn = DATASETS[name]
     except KeyError:

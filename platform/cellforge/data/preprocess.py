@@ -188,9 +188,10 @@ class Prepared:
 def prepare(spec: ModelSpec, data: Any) -> tuple[ModelSpec, Prepared]:
     """Split, fit preprocessing on the training split only, and fill in the spec's sizes."""
     src = to_source(data, spec)
-    if spec.task == "forecast" and not isinstance(src, Series):
-        raise SpecError([("data", "forecast needs a time series (Series, 1-D/2-D array or a table)")], what="data")
-    if spec.task != "forecast" and isinstance(src, Series):
+    if spec.task in ("forecast", "anomaly") and not isinstance(src, Series):
+        raise SpecError([("data", f"{spec.task} needs a time series (Series, 1-D/2-D array or a table)")],
+                        what="data")
+    if spec.task not in ("forecast", "anomaly") and isinstance(src, Series):
         raise SpecError([("task", f"a time series needs task 'forecast', got {spec.task!r}")], what="data")
     return fit_preprocessor(spec, src)
 
@@ -251,7 +252,52 @@ def fit_preprocessor(spec: ModelSpec, src: Sequences | Series) -> tuple[ModelSpe
     return spec, Prepared(splits, pre, raw_test)
 
 
+def anomaly_windows(scaled: np.ndarray, window: int, reconstruct: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A scaled (T, F) series -> (x, y). forecast: x = the window before each step from ``window`` on,
+    y = that step; reconstruct: x = y = the window ending at each step from ``window - 1`` on.
+
+        >>> x, y = anomaly_windows(np.arange(5.0)[:, None], 3, reconstruct=False)
+        >>> x[:, :, 0].tolist(), y[:, 0].tolist()
+        ([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]], [3.0, 4.0])
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    v = np.asarray(scaled, np.float32)
+    win = np.ascontiguousarray(sliding_window_view(v, window, axis=0).transpose(0, 2, 1))  # (T-W+1, W, F)
+    return (win, win) if reconstruct else (win[:-1], v[window:])
+
+
+def _fit_anomaly(spec: ModelSpec, src: Series) -> tuple[ModelSpec, Prepared]:
+    """Windows of a series believed normal, split in time order: train, then validation (where the
+    score's scaling and the threshold are calibrated, see cellforge.anomaly.scores), then test."""
+    inp, t = spec.input, spec.training
+    values, reconstruct = src.values, spec.reconstructs
+    n_windows = len(values) - inp.window + reconstruct
+    if n_windows < 3:
+        raise SpecError([("input.window", f"a window of {inp.window} steps needs a series longer than "
+                          f"{inp.window + 2} steps, got {len(values)}")], what="data")
+    if not np.isfinite(values).all():
+        raise SpecError([("data", "the series contains NaN or infinity")], what="data")
+    parts = split_indices(n_windows, t.val_fraction, t.test_fraction, t.seed, shuffle=False)
+    scaler = fit_scaler(values[: parts["train"][-1] + inp.window + (not reconstruct)], inp.scale)
+    state = {"kind": "series", "task": "anomaly", "method": spec.anomaly.method, "input_type": "numeric",
+             "max_length": None, "num_features": values.shape[1], "window": inp.window, "horizon": 1,
+             "columns": list(src.columns), "targets": list(src.columns), "num_targets": values.shape[1],
+             "scaler": scaler, "target_scaler": scaler}
+    spec = spec.updated(**{"input.num_features": values.shape[1]})
+    x, y = anomaly_windows(scale(values, scaler), inp.window, reconstruct)
+    lengths = np.full(n_windows, inp.window, np.int64)
+    splits = {k: {"x": x[i], "lengths": lengths[i], "y": y[i]} for k, i in parts.items()}
+    if src.labels is not None:  # the label of the step each window scores: val_f1, val_auroc, the threshold
+        scored = src.labels[inp.window - reconstruct:]
+        for k, i in parts.items():
+            splits[k]["labels"] = scored[i]
+    return spec, Prepared(splits, Preprocessor(state), [x[i] for i in parts["test"][:5]])
+
+
 def _fit_series(spec: ModelSpec, src: Series) -> tuple[ModelSpec, Prepared]:
+    if spec.task == "anomaly":
+        return _fit_anomaly(spec, src)
     inp, t = spec.input, spec.training
     values = src.values
     names = _targets(spec, src)

@@ -36,11 +36,16 @@ class Series:
     values: np.ndarray
     columns: list[str] = field(default_factory=list)
     name: str = "series"
+    labels: np.ndarray | None = None  # anomaly: 1 at each anomalous step, for metrics (never for training)
 
     def __post_init__(self):
         self.values = np.asarray(self.values, dtype=np.float64)
         if self.values.ndim == 1:
             self.values = self.values[:, None]
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels).astype(bool)
+            if self.labels.shape != (len(self.values),):
+                raise ValueError(f"labels: expected one per step, shape ({len(self.values)},), got {self.labels.shape}")
         if not self.columns:
             self.columns = [f"x{i}" for i in range(self.values.shape[1])]
 
@@ -57,7 +62,7 @@ def to_source(data: Any, spec: ModelSpec) -> Sequences | Series:
         return Sequences(*data)
     if type(data).__name__ == "DataFrame":
         return _from_frame(data, spec)
-    if spec.task == "forecast" and isinstance(data, (np.ndarray, list)):
+    if spec.task in ("forecast", "anomaly") and isinstance(data, (np.ndarray, list)):
         return Series(np.asarray(data, dtype=np.float64))
     raise SpecError([("data", "expected (X, y), Sequences, Series, a DataFrame, a CSV/Parquet path or a "
                       f"Ray Dataset, got {type(data).__name__}")], what="data")
@@ -83,7 +88,7 @@ def _from_frame(df, spec: ModelSpec) -> Sequences | Series:
         raise SpecError([("input.columns", f"columns {missing} not in the data; it has {list(df.columns)}")],
                         what="data")
     targets = _as_list(inp.target)
-    if spec.task == "forecast":
+    if spec.task in ("forecast", "anomaly"):
         cols = inp.columns or [c for c in df.columns if np.issubdtype(df[c].dtype, np.number)]
         return Series(df[cols].to_numpy(np.float64), list(cols), name="table")
     if not targets:

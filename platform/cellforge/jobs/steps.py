@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from cellforge.data import datasets
+from cellforge.data import datasets, read_table
 from cellforge.errors import Problems, SpecError, Strict, problems_of
 from cellforge.evaluate import evaluate, predict_file
 from cellforge.log import log
@@ -182,6 +182,49 @@ class PredictStep(Step):
         return out
 
 
+class DetectStep(Step):
+    """An anomaly bundle + a series file (CSV/TSV/Parquet, one row per step) -> the same rows with each
+    step's score, flag and warm-up mark (and each feature's standardised error) written to a CSV."""
+
+    kind: ClassVar[str] = "detect"
+    outputs: ClassVar[tuple[str, ...]] = ("output", "rows", "flagged", "intervals", "metrics")
+    positional: ClassVar[tuple[str, ...]] = ("bundle",)
+    reads_bundle: ClassVar[bool] = True
+    files: ClassVar[tuple[str, ...]] = ("input",)
+
+    bundle: str
+    input: str  # relative to the job file; the columns the model was trained on are read from it
+    output: str  # .csv, relative to the job file
+    labels: str | None = None  # a 0/1 column of the input: detection metrics against it
+    threshold: float | None = None  # default: the bundle's calibrated threshold
+    framework: Literal["torch", "tensorflow", "numpy", "onnx"] | None = None
+
+    @field_validator("output")
+    @classmethod
+    def _csv(cls, v: str) -> str:
+        if not v.endswith(".csv") and not has_ref(v):
+            raise ValueError("expected a .csv file")
+        return v
+
+    def run(self, base: Path, address: str | None) -> dict[str, Any]:
+        model = load(base / self.bundle, self.framework)
+        frame = read_table(base / self.input).reset_index(drop=True)
+        if self.labels is not None and self.labels not in frame.columns:
+            raise SpecError([("labels", f"no column {self.labels!r} in {self.input}; it has {list(frame.columns)}")],
+                            what="job step")
+        found = model.detect(frame, self.threshold)
+        out = base / self.output
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.join(found.frame().drop(columns="step")).to_csv(out, index=False)
+        metrics = found.metrics(frame[self.labels].to_numpy()) if self.labels else {}
+        log.info("%d steps scored, %d flagged in %d interval(s) (threshold %.4g); written to %s", len(frame),
+                 int(found.flags.sum()), len(found.intervals), found.threshold, out)
+        if metrics:
+            log.info("against %r: %s", self.labels, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        return {"output": str(out), "rows": len(frame), "flagged": int(found.flags.sum()),
+                "intervals": [list(i) for i in found.intervals], "metrics": metrics}
+
+
 class SweepStep(Step):
     """``cellforge.sweep`` as a step. Outputs: ``bundle`` (the best trial's, at
     ``<storage>/<name>/best/bundle``), ``best`` (its parameters and metrics), ``leaderboard``."""
@@ -328,8 +371,8 @@ class CompressStep(Step):
         return {"bundle": str(base / self.out), "compression": record}
 
 
-STEPS: dict[str, type[Step]] = {s.kind: s for s in (TrainStep, EvaluateStep, PredictStep, SweepStep, DeployStep,
-                                                     ExportStep, CompressStep)}
+STEPS: dict[str, type[Step]] = {s.kind: s for s in (TrainStep, EvaluateStep, PredictStep, DetectStep, SweepStep,
+                                                     DeployStep, ExportStep, CompressStep)}
 
 
 def _short(v) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError
 from threadpoolctl import threadpool_limits
 
+from cellforge.anomaly.scores import stream_step
 from cellforge.backends.numpy import step as reference_step
 from cellforge.data.preprocess import scale
 from cellforge.errors import SpecError
@@ -218,6 +219,8 @@ class Engine:
         """
         if not self.streams:
             raise ApiError(400, "unsupported", "model", self.no_sessions)
+        if self.spec.task == "anomaly":  # the state kept is the stream's last window (see anomaly.scores)
+            return stream_step(self.model.outputs, self.state, x[0], state)
         out, new_state = self._step(x, state)
         steps = out.shape[1]
         if self.spec.task == "tag":

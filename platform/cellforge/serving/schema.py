@@ -145,6 +145,10 @@ class StepResponse(_Strict):
     model: str
     version: str
     steps: int  # total steps consumed by the session
+    # anomaly: each new step's score (null while the first window fills), flag, and the threshold
+    scores: list[float | None] | None = None
+    flags: list[bool] | None = None
+    threshold: float | None = None
     labels: list[Any] | None = None  # one per new step
     probabilities: list[Any] | None = None
     classes: list[Any] | None = None

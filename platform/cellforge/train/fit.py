@@ -21,6 +21,7 @@ import numpy as np
 from cellforge import _ray
 from cellforge import bundle as _bundle
 from cellforge import metrics as _metrics
+from cellforge.anomaly import scores as anomaly_scores
 from cellforge.backends import get_backend
 from cellforge.cells import custom_cells
 from cellforge.data import Prepared, prepare
@@ -180,7 +181,10 @@ def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, nam
 
 def finish(spec: ModelSpec, prepared, weights, state, bundle_path: str | Path, run_dir: Path,
            verbose: bool = True) -> FitResult:
-    """Evaluate the final weights on the test split and save the bundle."""
+    """Evaluate the final weights on the test split and save the bundle (an anomaly detector's with
+    its threshold and score scaling, calibrated on the validation split)."""
+    if spec.task == "anomaly":
+        prepared.preprocessor.state["anomaly"] = _calibrate(spec, weights, prepared.splits["val"])
     test_metrics, examples = _test(spec, weights, prepared)
     summary = {**test_metrics, **prepared.baseline}
     path = _bundle.save(bundle_path, spec, weights, prepared.preprocessor.state,
@@ -202,6 +206,8 @@ def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[di
     backend = get_backend(spec.framework)
     out = backend.predict(backend.build(spec, weights), test["x"], test["lengths"])
     m = _metrics.score(spec, out, test["y"], prepared.preprocessor.state.get("target_scaler"))
+    if spec.task == "anomaly":
+        m.update(_anomaly_test(spec, out, test["y"], prepared.preprocessor.state["anomaly"]))
     pre = prepared.preprocessor
     shown = pre.decode(out[:5], test["lengths"][:5])
     truth = pre.decode(_one_hot_or_values(spec, test["y"][:5]), test["lengths"][:5])
@@ -209,6 +215,21 @@ def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[di
     examples = [{"prediction": np.asarray(p).tolist(), "truth": np.asarray(t).tolist()}
                 for p, t in zip(shown[key], truth[key])]
     return {f"test_{k}": v for k, v in m.items()}, examples
+
+
+def _calibrate(spec: ModelSpec, weights, val: dict[str, np.ndarray]) -> dict[str, Any]:
+    backend = get_backend(spec.framework)
+    out = backend.predict(backend.build(spec, weights), val["x"], val["lengths"])
+    calibration = anomaly_scores.calibrate(spec, out, val["y"], val.get("labels"))
+    log.info("anomaly threshold %.4g (%s) from %d held-out normal windows", calibration["threshold"],
+             calibration["rule"], len(val["y"]))
+    return calibration
+
+
+def _anomaly_test(spec: ModelSpec, out, y, calibration: dict[str, Any]) -> dict[str, float]:
+    """On the (normal) test split: the share of steps flagged, a false-positive rate."""
+    _, s = anomaly_scores.standardise(anomaly_scores.errors(spec.reconstructs, out, y), calibration["error_scale"])
+    return {"flag_rate": float(np.mean(s > calibration["threshold"]))}
 
 
 def _one_hot_or_values(spec, y):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cellforge import _ray, metrics
+from cellforge.anomaly import scores as anomaly_scores
 from cellforge.backends import get_backend
 from cellforge.cells import load_cells
 from cellforge.log import log
@@ -45,6 +46,12 @@ def shard_eval(fitter, spec: ModelSpec, split: dict[str, np.ndarray], info: Work
     """Metrics of a whole split: each rank takes every world-th example, stats are summed."""
     if spec.task == "seq2seq":
         return seq2seq_eval.evaluate(fitter, spec, split, info, target)
+    if spec.task == "anomaly" and "labels" in split:  # AUROC is no sum over ranks: each scores it all
+        whole = np.arange(len(split["y"]))
+        out = np.concatenate([fitter.predict(xb, lb) for xb, lb, _ in batches(split, whole, 1024)])
+        found = anomaly_scores.validation_metrics(spec.reconstructs, out, split["y"], split["labels"])
+        plain = {k: v for k, v in split.items() if k != "labels"}
+        return {**shard_eval(fitter, spec, plain, info, scaler, target), **found}
     idx = np.arange(info.rank, len(split["y"]), info.world)
     if len(idx):
         outs = [fitter.predict(xb, lb) for xb, lb, _ in batches(split, idx, 1024)]

@@ -110,12 +110,21 @@ class Net(keras.Model):
             in_size = spec.hidden_size * spec.num_directions
         self.drop = keras.layers.Dropout(spec.dropout)
         self.head = None  # seq2seq: this net is the encoder; its decoder replaces the head (seq2seq.py)
-        if spec.task != "seq2seq":
+        if spec.reconstructs:
+            # anomaly's decoder (cellforge.anomaly.decoder): its input is the summary at every step, so
+            # one RNN layer over the repeated summary computes its step loop (on the fused kernel)
+            self.dec_rnn = make_rnn(spec.cell, spec.memory_size, spec.hidden_size)
+            self.dec_out = keras.layers.Dense(spec.output_size)
+            self.dec_out.build((None, spec.hidden_size))
+        elif spec.task != "seq2seq":
             self.head = keras.layers.Dense(spec.output_size)
             self.head.build((None, in_size))
 
     def call(self, x, lengths, training=False, full=False):
         seq, summary = self.encode(x, lengths, training, full)
+        if self.spec.reconstructs:
+            repeated = tf.repeat(summary[:, None, :], tf.shape(x)[1], axis=1)
+            return tf.reverse(self.dec_out(self.dec_rnn(repeated, training=training)), [1])  # last step first
         return self.head(seq if self.spec.task == "tag" else summary)
 
     def encode(self, x, lengths, training=False, full=False):
@@ -149,6 +158,8 @@ def _blocks(a: np.ndarray, order: list[int]) -> np.ndarray:
 
 
 def _rnn_weights(net: Net, canonical: str):
+    if canonical.startswith("decoder.rnn."):  # anomaly's reconstruct decoder
+        return net.dec_rnn.cell
     layer, d = int(canonical.split(".")[1]), canonical.split(".")[2]
     return net.rnns[layer][directions(net.spec).index(d)].cell
 
@@ -156,9 +167,11 @@ def _rnn_weights(net: Net, canonical: str):
 def to_canonical(net: Net) -> dict[str, np.ndarray]:
     """The network's weights under canonical names, layout and gate order (float32 numpy)."""
     out, fused = {}, get_cell(net.spec.cell).fused
-    for name in encoder_shapes(net.spec) if net.head is None else param_shapes(net.spec):
+    for name in encoder_shapes(net.spec) if net.spec.task == "seq2seq" else param_shapes(net.spec):
         param = name.split(".")[-1]
-        if name == "embedding.weight":
+        if name.startswith("decoder.out."):
+            v = net.dec_out.kernel.numpy().T if param == "weight" else net.dec_out.bias.numpy()
+        elif name == "embedding.weight":
             v = net.embedding.embeddings.numpy()
         elif name == "head.weight":
             v = net.head.kernel.numpy().T
@@ -194,19 +207,22 @@ def from_canonical(net: Net, params: dict[str, np.ndarray]) -> Net:
     if net.head is not None:
         net.head.kernel.assign(p["head.weight"].T)
         net.head.bias.assign(p["head.bias"])
-    for layer in range(net.spec.num_layers):
-        for d in directions(net.spec):
-            pre = f"rnn.{layer}.{d}."
-            c = _rnn_weights(net, pre)
-            if fused is None:
-                for param, var in c.p.items():
-                    var.assign(p[pre + param])
-                continue
-            order = GRU_ORDER if fused == "gru" else list(range(p[pre + "w_ih"].shape[0] // net.spec.hidden_size))
-            c.kernel.assign(_blocks(p[pre + "w_ih"], order).T)
-            c.recurrent_kernel.assign(_blocks(p[pre + "w_hh"], order).T)
-            b_ih, b_hh = _blocks(p[pre + "b_ih"], order), _blocks(p[pre + "b_hh"], order)
-            c.bias.assign(np.stack([b_ih, b_hh]) if fused == "gru" else b_ih + b_hh)
+    prefixes = [f"rnn.{layer}.{d}." for layer in range(net.spec.num_layers) for d in directions(net.spec)]
+    if net.spec.reconstructs:
+        net.dec_out.kernel.assign(p["decoder.out.weight"].T)
+        net.dec_out.bias.assign(p["decoder.out.bias"])
+        prefixes.append("decoder.rnn.0.")
+    for pre in prefixes:  # one cell's weights each: the encoder's layers, then reconstruct's decoder
+        c = _rnn_weights(net, pre)
+        if fused is None:
+            for param, var in c.p.items():
+                var.assign(p[pre + param])
+            continue
+        order = GRU_ORDER if fused == "gru" else list(range(p[pre + "w_ih"].shape[0] // net.spec.hidden_size))
+        c.kernel.assign(_blocks(p[pre + "w_ih"], order).T)
+        c.recurrent_kernel.assign(_blocks(p[pre + "w_hh"], order).T)
+        b_ih, b_hh = _blocks(p[pre + "b_ih"], order), _blocks(p[pre + "b_hh"], order)
+        c.bias.assign(np.stack([b_ih, b_hh]) if fused == "gru" else b_ih + b_hh)
     return net
 
 
@@ -237,4 +253,5 @@ def predict(net: Net, x: np.ndarray, lengths: np.ndarray, batch_size: int = 1024
         xb, lb = x[s: s + batch_size], lengths[s: s + batch_size]
         fn = forward_fn(net, xb.dtype, xb.ndim, bool((lb == xb.shape[1]).all()))
         outs.append(fn(xb, lb).numpy().astype(np.float32))
-    return np.concatenate(outs) if outs else np.zeros((0, net.spec.output_size), np.float32)
+    return np.concatenate(outs) if outs else np.zeros((0, *x.shape[1:-1][:int(net.spec.reconstructs)],
+                                                       net.spec.output_size), np.float32)

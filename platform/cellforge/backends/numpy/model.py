@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from cellforge.anomaly.decoder import reconstruct
 from cellforge.backends.network import check_shapes, directions, param_shapes
 from cellforge.cells import get_cell
 from cellforge.spec import ModelSpec
@@ -57,7 +58,7 @@ def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
         if name.startswith("rnn."):
             fan = spec.hidden_size
         elif name.startswith("decoder.rnn."):
-            fan = spec.decoder_hidden
+            fan = spec.decoder_hidden if spec.task == "seq2seq" else spec.hidden_size
         bound = 1.0 / np.sqrt(fan)
         if name in ("embedding.weight", "decoder.embedding.weight"):
             out[name] = rng.normal(0, 1, shape).astype(np.float32)
@@ -137,6 +138,8 @@ def features(spec: ModelSpec, params, x, lengths):
 def forward(spec: ModelSpec, params: dict[str, np.ndarray], x, lengths) -> np.ndarray:
     """Network outputs: (B, out) for sequence tasks, (B, T, classes) for tag."""
     seq, summary = features(spec, params, x, lengths)
+    if spec.reconstructs:
+        return np.asarray(reconstruct(OPS, spec, params, summary, seq.shape[1]), np.float32)
     z = seq if spec.task == "tag" else summary
     return (z @ params["head.weight"].T + params["head.bias"]).astype(np.float32)
 

@@ -62,6 +62,9 @@ class Net:
 
 def build(spec: ModelSpec, params: dict[str, np.ndarray] | None = None) -> Net:
     """The numpy reference's weights (checked, float32; initialised when None) under an ONNX Net."""
+    if spec.reconstructs:  # graph.py builds encoder + head graphs; reconstruct's decoder is not among them
+        raise ValueError("runtime 'onnx' does not run anomaly's 'reconstruct' network; use 'torch', "
+                         "'tensorflow' or 'numpy' (a 'forecast' detector runs on onnx)")
     return Net(spec, reference.build(spec, params).params)
 
 

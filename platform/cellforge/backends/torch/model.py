@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from cellforge.anomaly.decoder import reconstruct
+from cellforge.anomaly.decoder import shapes as reconstruct_shapes
 from cellforge.backends.network import directions, encoder_shapes, param_shapes
 from cellforge.cells import get_cell
 from cellforge.spec import ModelSpec
@@ -100,10 +102,26 @@ class Net(nn.Module):
         else:
             self.rnn = CellRNN(spec)
         # seq2seq: this net is the encoder; its decoder replaces the head (backends/torch/seq2seq.py)
-        self.head = None if spec.task == "seq2seq" else nn.Linear(spec.memory_size, spec.output_size)
+        self.head = None if spec.task == "seq2seq" or spec.reconstructs else nn.Linear(spec.memory_size, spec.output_size)
+        if spec.reconstructs and self.fused:
+            # anomaly's decoder on the fused kernel: its input is the summary at every step, so one
+            # nn.GRU/LSTM call over the repeated summary equals cellforge.anomaly.decoder's step loop
+            # (test_anomaly_unit holds it to the numpy reference); the step loop trained ~10x slower
+            self.dec_rnn = FUSED[cell.fused](spec.memory_size, spec.hidden_size, 1, batch_first=True)
+            self.dec_out = nn.Linear(spec.hidden_size, spec.output_size)
+        elif spec.reconstructs:  # a cell of your own: the decoder's step loop, PyTorch's RNN init
+            bound = 1.0 / np.sqrt(spec.hidden_size)
+            self.dec = nn.ParameterDict({n.replace(".", "__"): nn.Parameter(torch.empty(s).uniform_(-bound, bound))
+                                         for n, s in reconstruct_shapes(spec).items()})
 
     def forward(self, x, lengths):
         seq, summary = self.encode(x, lengths)
+        if self.spec.reconstructs and self.fused:
+            out, _ = self.dec_rnn(summary[:, None, :].expand(-1, x.shape[1], -1).contiguous())
+            return torch.flip(self.dec_out(out), [1])  # decoded last step first: back in the input's order
+        if self.spec.reconstructs:
+            p = {n.replace("__", "."): v for n, v in self.dec.items()}
+            return reconstruct(OPS, self.spec, p, summary, x.shape[1])
         return self.head(seq if self.spec.task == "tag" else summary)
 
     def encode(self, x, lengths):
@@ -131,6 +149,13 @@ class Net(nn.Module):
 def torch_name(net: Net, canonical: str) -> str:
     """The name in ``net``'s state dict of a canonical weight of its encoder or head."""
     parts = canonical.split(".")
+    if parts[0] == "decoder" and not net.fused:  # anomaly's reconstruct decoder, a cell of your own
+        return "dec." + canonical.replace(".", "__")
+    if parts[0] == "decoder":  # decoder.rnn.0.w_ih -> dec_rnn.weight_ih_l0; decoder.out.* -> dec_out.*
+        if parts[1] == "out":
+            return f"dec_out.{parts[2]}"
+        kind, which = parts[3].split("_")
+        return f"dec_rnn.{'weight' if kind == 'w' else 'bias'}_{which}_l0"
     if parts[0] != "rnn":
         return canonical
     layer, d, param = parts[1], parts[2], parts[3]
@@ -143,7 +168,7 @@ def torch_name(net: Net, canonical: str) -> str:
 def to_canonical(net: Net) -> dict[str, np.ndarray]:
     inner = _unwrap(net)
     state = inner.state_dict()
-    names = encoder_shapes(inner.spec) if inner.head is None else param_shapes(inner.spec)
+    names = encoder_shapes(inner.spec) if inner.spec.task == "seq2seq" else param_shapes(inner.spec)
     return {k: state[torch_name(inner, k)].detach().cpu().numpy().astype(np.float32) for k in names}
 
 
@@ -193,4 +218,5 @@ def predict(net: Net, x: np.ndarray, lengths: np.ndarray, batch_size: int = 1024
             xb = torch.as_tensor(x[s: s + batch_size], device=device)
             lb = torch.as_tensor(lengths[s: s + batch_size])
             outs.append(inner(xb, lb).float().cpu().numpy())
-    return np.concatenate(outs) if outs else np.zeros((0, inner.spec.output_size), np.float32)
+    return np.concatenate(outs) if outs else np.zeros((0, *x.shape[1:-1][:int(inner.spec.reconstructs)],
+                                                       inner.spec.output_size), np.float32)
