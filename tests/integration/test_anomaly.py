@@ -15,7 +15,9 @@ anomaly_runs = _anomaly_runs.anomaly_runs  # a session fixture, shared with the 
 CUT, WINDOW = _anomaly_runs.CUT, _anomaly_runs.WINDOW
 
 
-@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+# Keras' two detectors add ~2 min to make test on 2 cores: in make test-all (Keras' anomaly networks are
+# held to numpy's and torch's by tests/unit/test_anomaly_unit.py)
+@pytest.mark.parametrize("framework", ["torch", pytest.param("tensorflow", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method", ["forecast", "reconstruct"])
 def test_injected_anomalies_of_every_kind_are_found(anomaly_runs, method, framework):
     result = anomaly_runs(method, framework)
