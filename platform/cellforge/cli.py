@@ -10,6 +10,11 @@
     cellforge deploy runs/quickstart/bundle --name digits --max-replicas 4
     cellforge export runs/quickstart/bundle --out digits.onnx [--step]          # or --format savedmodel
     cellforge compress runs/quickstart/bundle --data digits --quantize int8 --out runs/digits-int8
+    cellforge keygen team.pem                 # an Ed25519 key pair: team.pem (private), team.pem.pub
+    cellforge sign runs/quickstart/bundle --key team.pem      # serve with verify_key: team.pem.pub
+    cellforge register runs/quickstart/bundle --name digits --alias production
+    cellforge deploy models:/digits@production --name digits  # a registry reference
+    cellforge runs list                       # tracked runs (MLflow); cellforge runs compare RUN RUN
     cellforge ray status                      # the local Ray every kernel, job and command shares
     cellforge ray stop
 
@@ -34,6 +39,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from cellforge import registry
 from cellforge.errors import BundleError, SpecError
 from cellforge.jobs import STEPS, DataRef, Step, parse_job, run_job
 from cellforge.submit import register as register_submit
@@ -277,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     for step in STEPS.values():
         add_step_command(sub, step)
     register_submit(sub)  # submit, jobs: Ray jobs on a cluster
+    registry.add_commands(sub)  # runs list|compare, keygen
     ray_cmd = sub.add_parser("ray", help="this machine's local cellforge Ray (every kernel, job and command shares it)")
     ray_sub = ray_cmd.add_subparsers(dest="ray_command", required=True)
     ray_sub.add_parser("status", help="its address, age and users").set_defaults(fn=_ray_status)
