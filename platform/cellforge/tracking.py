@@ -40,6 +40,7 @@ from cellforge.log import log
 
 EXPERIMENT = "cellforge"  # one experiment for fits and sweeps; $CELLFORGE_EXPERIMENT names another
 SKIP_METRICS = ("epoch", "stopped_early")  # the step itself, and a flag
+PARAM_MAX = 6000  # MLflow's limit on a param value's length (mlflow.utils.validation)
 # MLflow retries a failed request 7 times with exponential backoff (about 4 minutes against a server that
 # is down) and waits 120 s per request: a dead server must cost seconds, not an epoch's worth of minutes
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -189,6 +190,20 @@ class Run:
             except Exception as e:  # noqa: BLE001
                 self.failed("logging the bundle", e)
 
+    def child(self, trial_id: str) -> str | None:
+        """The run id of this sweep's trial ``trial_id`` (None when not found or tracking is off)."""
+        if not self.active:
+            return None
+        try:
+            c = self.client()
+            exp = c.get_run(self.run_id).info.experiment_id
+            found = c.search_runs([exp], f"tags.`cellforge.parent` = '{self.run_id}' and "
+                                         f"tags.`cellforge.trial_id` = '{trial_id}'", max_results=1)
+            return found[0].info.run_id if found else None
+        except Exception as e:  # noqa: BLE001
+            self.failed("finding a trial's run", e)
+            return None
+
     def ref(self) -> dict[str, Any] | None:
         """What a worker's config carries (None when there is nothing to log)."""
         return {"uri": self.uri, "run_id": self.run_id} if self.active else None
@@ -209,9 +224,11 @@ def start(setting: str | None, storage: Path, *, run_name: str, params: dict[str
     try:
         c = run.client()
         if id_file is not None and id_file.exists():
-            run.run_id = json.loads(id_file.read_text())["run_id"]
-            c.update_run(run.run_id, status="RUNNING")
-            return run
+            kept = json.loads(id_file.read_text())
+            if kept.get("uri") == redact(uri) and _reopen(c, kept["run_id"]):
+                run.run_id = kept["run_id"]
+                return run
+            # the run was deleted, or tracking now goes elsewhere: a new run there (this file then names it)
         exp = _experiment(c, uri, storage)
         if find:
             query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in find.items())
@@ -235,6 +252,21 @@ def experiment_name() -> str:
     return os.environ.get("CELLFORGE_EXPERIMENT", EXPERIMENT)
 
 
+def _reopen(c, run_id: str) -> bool:
+    """Mark a kept run as running again; False when the store does not have it (any more)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if c.get_run(run_id).info.lifecycle_stage != "active":
+            return False
+    except MlflowException as e:
+        if getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    c.update_run(run_id, status="RUNNING")
+    return True
+
+
 def _experiment(c, uri: str, storage: Path) -> str:
     name = experiment_name()
     exp = c.get_experiment_by_name(name)
@@ -251,7 +283,9 @@ def _experiment(c, uri: str, storage: Path) -> str:
 def _log_params(c, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
+    # MLflow refuses a value over 6000 characters (a long class list, a vocabulary): keep its start
+    items = [Param(k, (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:PARAM_MAX])
+             for k, v in params.items()]
     for i in range(0, len(items), 90):  # log_batch takes at most 100 params
         c.log_batch(run_id, params=items[i: i + 90])
 

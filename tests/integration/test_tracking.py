@@ -88,7 +88,10 @@ def test_fit_resume_and_sweep_are_one_run_each(ray_session, runs, tmp_path):
     for t in s.trials:
         assert len(t["history"]) == 2
         _assert_history_logged(c, by_trial[t["trial_id"]].info.run_id, t["history"])
-    _assert_artifact_verifies(c, parent, tmp_path)
+    chosen = _assert_artifact_verifies(c, parent, tmp_path)  # the sweep's run keeps the bundle it chose,
+    best = next(t for t in s.trials if t["trial"] == s.best["trial"])  # made by the best trial's run
+    assert chosen["provenance"]["run_id"] == by_trial[best["trial_id"]].info.run_id
+    assert parents[0].data.tags["cellforge.best_trial"] == str(best["trial"])
 
 
 def _free_port() -> int:

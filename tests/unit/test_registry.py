@@ -88,3 +88,19 @@ def test_runs_as_a_data_frame_and_side_by_side(store, capsys):
     assert "params.training.lr" in capsys.readouterr().out
     assert main(["runs", "compare", r1, "nope"]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
+
+
+def test_job_files_take_registry_references_and_the_new_steps(tmp_path):
+    from cellforge.jobs import parse_job
+
+    job = {"steps": [{"sign": {"bundle": "models:/digits@production", "key": "k.pem"}},
+                     {"deploy": {"bundle": "models:/digits@production", "name": "digits", "block": False}}]}
+    with pytest.raises(cf.SpecError) as e:
+        parse_job(job, tmp_path)
+    text = str(e.value)  # a signature needs a bundle on disk; deploy takes the reference
+    assert "file not found" in text and "k.pem" in text
+    assert "steps.0.sign.bundle: no bundle at" in text and "deploy.bundle" not in text
+    ok = {"steps": [{"deploy": {"bundle": "models:/digits@production", "name": "digits", "block": False}},
+                    {"register": {"bundle": "b", "name": "bad name!"}}]}
+    with pytest.raises(cf.SpecError, match="register.name"):
+        parse_job(ok, tmp_path)

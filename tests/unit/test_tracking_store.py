@@ -121,3 +121,24 @@ class socket_closed:
 
 def test_a_password_never_reaches_the_log():
     assert tracking.redact("https://me:s3cret@mlflow.example/x") == "https://me:***@mlflow.example/x"
+
+
+def test_a_deleted_run_or_another_store_gets_a_new_run(store):
+    tmp_path, uri = store
+    id_file = tmp_path / "again" / "tracking.json"
+    first = tracking.start(uri, tmp_path, run_name="again", params={}, tags={}, id_file=id_file)
+    _client(uri).delete_run(first.run_id)
+    second = tracking.start(uri, tmp_path, run_name="again", params={}, tags={}, id_file=id_file)
+    assert second.active and second.run_id != first.run_id
+    assert tracking.start(uri, tmp_path, run_name="again", params={}, tags={}, id_file=id_file).run_id == second.run_id
+    other = f"sqlite:///{tmp_path}/other.db"
+    moved = tracking.start(other, tmp_path, run_name="again", params={}, tags={}, id_file=id_file)
+    assert moved.active and moved.uri == other and moved.run_id != second.run_id
+
+
+def test_long_params_are_cut_to_what_mlflow_takes(store):
+    tmp_path, uri = store
+    run = tracking.start(uri, tmp_path, run_name="long", params={"classes": list(range(5000)), "lr": 0.1}, tags={})
+    assert run.active
+    params = _client(uri).get_run(run.run_id).data.params
+    assert len(params["classes"]) == tracking.PARAM_MAX and params["lr"] == "0.1"

@@ -148,7 +148,8 @@ def _check_files(step: type[Step], body: dict[str, Any], base: Path, where: str,
         if isinstance(value, str) and not has_ref(value) and not (base / value).exists():
             problems.append((f"{where}.{field}", f"file not found: {base / value}"))
     bundle = body.get("bundle")
-    if (step.reads_bundle and isinstance(bundle, str) and not has_ref(bundle) and not parse_ref(bundle)
+    if (step.reads_bundle and isinstance(bundle, str) and not has_ref(bundle)
+            and not (step.takes_refs and parse_ref(bundle))
             and (base / bundle).resolve() not in produced and not (base / bundle / "manifest.json").exists()):
         problems.append((f"{where}.bundle", f"no bundle at {base / bundle}, and no earlier step writes one "
                                             "there; train one first or use ${<step id>.bundle}"))

@@ -81,6 +81,7 @@ class Step(Strict):
     outputs: ClassVar[tuple[str, ...]]  # what ``${id.<output>}`` may name
     positional: ClassVar[tuple[str, ...]] = ()  # fields the CLI takes as positional arguments
     reads_bundle: ClassVar[bool] = False  # its ``bundle`` field is an input, checked to exist
+    takes_refs: ClassVar[bool] = False  # ...or a registry reference (models:/NAME@ALIAS), resolved when run
     files: ClassVar[tuple[str, ...]] = ()  # dotted fields naming files it reads, checked to exist
     serves: ClassVar[bool] = False  # deploys: the job keeps its endpoints up after the last step
 
@@ -269,6 +270,7 @@ class DeployStep(DeployConfig, Step):
     outputs: ClassVar[tuple[str, ...]] = ("name", "url", "version")
     positional: ClassVar[tuple[str, ...]] = ("bundle",)
     reads_bundle: ClassVar[bool] = True
+    takes_refs: ClassVar[bool] = True
     serves: ClassVar[bool] = True
 
     host: str = "127.0.0.1"  # where Serve's HTTP proxy listens, if this step starts Serve

@@ -106,7 +106,8 @@ class Sweep:
             raise RuntimeError(f"sweep {self.name}: trial {t['trial']} left no checkpoint")
         with t["checkpoint"].as_directory() as d:
             weights, state = final_weights(Path(d))
-        run_id = self.tracking.run_id if self.tracking is not None else None
+        # the bundle's provenance names the trial's own run (a child of the sweep's)
+        run_id = None if self.tracking is None else (self.tracking.child(t["trial_id"]) or self.tracking.run_id)
         path = finish(spec, prepared, weights, state, self.path / "best" / "bundle", self.path, verbose=False,
                       run_id=run_id).bundle
         _bundle.verify(path)
