@@ -53,7 +53,7 @@ def register(bundle: str | Path, name: str, *, alias: str | None = None, trackin
     c = _client(tracking_uri)
     run_id = (manifest.get("provenance") or {}).get("run_id")
     if run_id is None or not _exists(c, run_id):
-        run = tracking.start(tracking_uri, Path.cwd(), run_name=f"register-{name}", params={},
+        run = tracking.start(tracking_uri, _runs_dir(), run_name=f"register-{name}", params={},
                              tags={"cellforge.kind": "register", "cellforge.bundle": str(path.resolve())})
         if run.run_id is None:
             raise SpecError([("tracking", "cannot open a run to hold the bundle (see the warning above)")],

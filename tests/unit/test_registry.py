@@ -104,3 +104,15 @@ def test_job_files_take_registry_references_and_the_new_steps(tmp_path):
                     {"register": {"bundle": "b", "name": "bad name!"}}]}
     with pytest.raises(cf.SpecError, match="register.name"):
         parse_job(ok, tmp_path)
+
+
+def test_a_bundle_without_a_run_gets_a_register_run_in_the_same_store(store, tmp_path, monkeypatch):
+    root, (b1, _), _ = store
+    monkeypatch.chdir(tmp_path)
+    spec, prepared = prepare(cf.ModelSpec(task="classify", hidden_size=8), cf.datasets.load("digits"))
+    plain = bundle.save(tmp_path / "plain", spec, ref.init_params(spec, seed=9), prepared.preprocessor.state,
+                        {"test": {}})  # no provenance: made before tracking, or elsewhere
+    got = registry.register(plain, "plain-digits")
+    kept = cf.runs(kind="register").set_index("run_id")
+    assert got["run_id"] in kept.index and not (tmp_path / "mlflow.db").exists()
+    assert bundle.digest(registry.fetch("models:/plain-digits/1")["path"]) == bundle.digest(plain)
