@@ -2,7 +2,7 @@
 
     cellforge register runs/quickstart/bundle --name digits --alias production
     cellforge deploy models:/digits@production --name digits     # a registry reference, like a bundle path
-    cellforge runs list
+    cellforge runs list                       # the commands are in cellforge.cli
     cellforge runs compare RUN_ID RUN_ID
 
     >>> parse_ref("models:/digits@production"), parse_ref("models:/digits/3"), parse_ref("runs/x/bundle")
@@ -166,46 +166,3 @@ def compare(run_ids: list[str], *, tracking_uri: str | None = None):
     differ = params[params.astype(str).nunique(axis=1) > 1]
     return pd.concat([differ, df[df.index.str.startswith("metrics.")]])
 
-
-# commands: cellforge runs list|compare, cellforge keygen --------------------------------------------
-def add_commands(sub) -> None:
-    """``cellforge runs list``, ``cellforge runs compare RUN RUN...`` and ``cellforge keygen KEY``."""
-    r = sub.add_parser("runs", help="tracked runs (MLflow): list them, compare them")
-    r_sub = r.add_subparsers(dest="runs_command", required=True)
-    ls = r_sub.add_parser("list", help="every run, newest first")
-    ls.add_argument("--kind", choices=["fit", "sweep", "trial", "register"])
-    ls.add_argument("--tracking", help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
-    ls.add_argument("--limit", type=int, default=50)
-    ls.set_defaults(fn=_runs_list)
-    cmp = r_sub.add_parser("compare", help="runs side by side: differing parameters, then metrics")
-    cmp.add_argument("runs", nargs="+", metavar="RUN_ID")
-    cmp.add_argument("--tracking")
-    cmp.set_defaults(fn=_runs_compare)
-    k = sub.add_parser("keygen", help="a new Ed25519 key pair for `cellforge sign` (KEY and KEY.pub)")
-    k.add_argument("key")
-    k.set_defaults(fn=_keygen)
-
-
-def _runs_list(args) -> int:
-    df = runs(args.kind, tracking_uri=args.tracking, max_results=args.limit)
-    if df.empty:
-        print(f"no runs in {tracking.redact(tracking.resolve(args.tracking))}")
-        return 0
-    metrics = [c for c in df.columns if c.startswith("metrics.test_") or c.startswith("metrics.best_")]
-    cols = ["run_id", "run_name", "kind", "status", "start", "data", *metrics]
-    print(df[cols].rename(columns=lambda c: c.removeprefix("metrics.")).to_string(index=False))
-    return 0
-
-
-def _runs_compare(args) -> int:
-    print(compare(args.runs, tracking_uri=args.tracking).to_string())
-    return 0
-
-
-def _keygen(args) -> int:
-    from cellforge import signing
-
-    private, public = signing.keygen(args.key)
-    print(f"private key {private} (keep it secret: `cellforge sign BUNDLE --key {private}`)\n"
-          f"public key  {public} (the verify key: CELLFORGE_VERIFY_KEY={public})")
-    return 0

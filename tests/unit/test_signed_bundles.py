@@ -21,7 +21,7 @@ def saved(tmp_path, monkeypatch):
     monkeypatch.delenv(signing.VERIFY_KEY_ENV, raising=False)
     data = cf.datasets.load("digits")
     spec, prepared = prepare(cf.ModelSpec(task="classify", hidden_size=8), data)
-    fp = tracking.fingerprint(prepared.splits, prepared.preprocessor.state)
+    fp = tracking.fingerprint_of(prepared.splits, prepared.preprocessor.state)
     path = bundle.save(tmp_path / "b", spec, ref.init_params(spec, seed=3), prepared.preprocessor.state,
                        {"test": {}}, provenance=tracking.provenance("run123", fp))
     return path

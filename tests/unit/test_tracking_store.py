@@ -46,10 +46,10 @@ def test_tracking_off_costs_nothing(monkeypatch, tmp_path):
 
 def test_fingerprint_changes_with_the_data():
     splits = {"train": {"x": np.zeros((4, 3), np.float32), "y": np.arange(4)}}
-    a = tracking.fingerprint(splits, {"vocab": []})
-    assert a == tracking.fingerprint({"train": {"x": np.zeros((4, 3), np.float32), "y": np.arange(4)}}, {"vocab": []})
+    a = tracking.fingerprint_of(splits, {"vocab": []})
+    assert a == tracking.fingerprint_of({"train": {"x": np.zeros((4, 3), np.float32), "y": np.arange(4)}}, {"vocab": []})
     splits["train"]["x"][0, 0] = 1e-6
-    assert tracking.fingerprint(splits, {"vocab": []}) != a
+    assert tracking.fingerprint_of(splits, {"vocab": []}) != a
     assert len(a) == 16
 
 

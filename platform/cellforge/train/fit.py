@@ -143,7 +143,7 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
 def start_tracking(setting: str | None, storage: Path, name: str, spec: ModelSpec, prepared: Prepared, data: Any,
                    workers: int, use_gpu: bool) -> tracking.Run:
     """Open the fit's MLflow run (or reopen it: its id is kept in the run's folder, beside the checkpoints)."""
-    fp = tracking.fingerprint(prepared.splits, prepared.preprocessor.state)
+    fp = tracking.fingerprint_of(prepared.splits, prepared.preprocessor.state)
     prepared.fingerprint = fp
     return tracking.start(setting, storage, run_name=name, id_file=storage / name / "tracking.json",
                           params=tracking.flatten(spec.model_dump(mode="json")),
@@ -211,7 +211,7 @@ def finish(spec: ModelSpec, prepared, weights, state, bundle_path: str | Path, r
     """Evaluate the final weights on the test split and save the bundle (with its provenance)."""
     test_metrics, examples = _test(spec, weights, prepared)
     summary = {**test_metrics, **prepared.baseline}
-    fp = prepared.fingerprint or tracking.fingerprint(prepared.splits, prepared.preprocessor.state)
+    fp = prepared.fingerprint or tracking.fingerprint_of(prepared.splits, prepared.preprocessor.state)
     path = _bundle.save(bundle_path, spec, weights, prepared.preprocessor.state,
                         {"test": summary, "history": state["history"], "best_epoch": state.get("best_epoch"),
                          "starts": state.get("starts", [])},

@@ -183,7 +183,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
 
 def _data_tags(data, prepared) -> dict[str, str]:
     if prepared.fingerprint is None:
-        prepared.fingerprint = _tracking.fingerprint(prepared.splits, prepared.preprocessor.state)
+        prepared.fingerprint = _tracking.fingerprint_of(prepared.splits, prepared.preprocessor.state)
     return {"cellforge.data": _tracking.data_name(data), "cellforge.data_fingerprint": prepared.fingerprint}
 
 
