@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from cellforge.backends.network import param_shapes
 from cellforge import signing
+from cellforge.backends.network import param_shapes
 from cellforge.cells import CELLS
 from cellforge.errors import BundleError
 from cellforge.spec import ModelSpec

@@ -70,7 +70,10 @@ def _private(key: str | Path):
 def _public(key: str | Path):
     """A verify key: a public key PEM, or a private key PEM (its public half)."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
     try:
         data = Path(key).read_bytes()

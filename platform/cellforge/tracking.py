@@ -148,29 +148,10 @@ class Run:
             log.warning("tracking: %s failed at %s (%s: %s); training goes on without tracking", what,
                         redact(self.uri), type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
 
-    def warm(self) -> Run:
-        """Import MLflow and open the store in a thread while the first epoch trains (rank 0): importing
-        it takes ~2.5 s on this machine's 2 cores, which the first log_epoch would otherwise wait for."""
-        import threading
-
-        def touch():
-            try:
-                self.client().get_run(self.run_id)
-            except Exception:  # noqa: BLE001 - log_epoch meets the same error and warns
-                pass
-
-        if self.active:
-            self.warming = threading.Thread(target=touch, name="cellforge-tracking-warm", daemon=True)
-            self.warming.start()
-        return self
-
     def log_epoch(self, row: dict[str, Any], step: int) -> None:
         """One epoch's metrics (rank 0, after the epoch's checkpoint is reported)."""
         if not self.active:
             return
-        if getattr(self, "warming", None) is not None:
-            self.warming.join()
-            self.warming = None
         try:
             self.client().log_batch(self.run_id, metrics=_metrics(row, step))
         except Exception as e:  # noqa: BLE001 - tracking never stops training

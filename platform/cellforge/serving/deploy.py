@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cellforge import _ray
+from cellforge import _ray, registry, signing
 from cellforge import bundle as _bundle
-from cellforge import registry, signing
 from cellforge.client import Client
 from cellforge.errors import SpecError
 from cellforge.log import log

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from cellforge import _ray
+from cellforge import _ray, tracking
 from cellforge import bundle as _bundle
 from cellforge import metrics as _metrics
-from cellforge import tracking
 from cellforge.backends import get_backend
 from cellforge.cells import custom_cells
 from cellforge.data import Prepared, prepare

@@ -85,7 +85,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_world_size(), config["use_gpu"])
     fitter = fitter_class(spec)(spec, info)
     # rank 0 logs the epochs (metrics are already aggregated over ranks); the driver opened the run
-    track = tracking.Run.of(config.get("tracking") if info.rank == 0 else None).warm()
+    track = tracking.Run.of(config.get("tracking") if info.rank == 0 else None)
     t = spec.training
     es = t.early_stopping
     state = {"epoch": -1, "history": [], "best": None, "bad": 0, "best_epoch": None}
