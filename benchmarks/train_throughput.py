@@ -1,11 +1,14 @@
 """Training throughput: cellforge vs a hand-written loop in each framework, in one run.
 
     .venv/bin/python benchmarks/train_throughput.py            # about 5-10 minutes on 2 cores
+    .venv/bin/python benchmarks/train_throughput.py --only tracking   # (b) against (b+): ~2 minutes
 
 One LSTM (T=50, 8 features, hidden 128, batch 64, synthetic regression data) trained by
   (a) a hand-written PyTorch loop        (b) cellforge torch, 1 worker   (c) 2 workers
   (a') the loop of (a) inside a 1-worker Ray Train TorchTrainer (what (b) runs in)
   (d) a plain Keras ``model.fit``        (e) cellforge tensorflow, 1 worker   (f) 2 workers
+  (b+) (b) with MLflow tracking on (the local SQLite store, created beforehand: every run but a
+       machine's first pays what is timed here); (b) and the others run with ``tracking="none"``
 Throughput is sequences/second of the median epoch in steady state: epoch 1 (tracing, warm-up) is excluded, and so
 is Ray's start-up (reported on its own). cellforge's figures come from the per-epoch ``time_s``
 in the run history, with no validation split so that it times training only. The machine may be
@@ -112,7 +115,8 @@ def torch_loop_in_ray_train(x, y, epochs: int, storage: str) -> float:
     return float(out.read_text())
 
 
-def cellforge_fit(framework: str, workers: int, x, y, epochs: int, storage: str) -> tuple[float, float]:
+def cellforge_fit(framework: str, workers: int, x, y, epochs: int, storage: str, tracking: str = "none",
+                  walls: dict | None = None) -> tuple[float, float]:
     """(b, c, e, f) cf.fit; returns (steady sequences/s, seconds of the run outside the epochs)."""
     import cellforge as cf
 
@@ -122,8 +126,10 @@ def cellforge_fit(framework: str, workers: int, x, y, epochs: int, storage: str)
                                   "test_fraction": 0.02, "seed": 0})
     start = time.perf_counter()
     result = cf.fit(spec, (x, y), workers=workers, storage_path=storage, verbose=False,
-                    name=f"bench-{framework}-{workers}w")
+                    name=f"bench-{framework}-{workers}w-{tracking[:6]}", tracking=tracking)
     wall = time.perf_counter() - start
+    if walls is not None:
+        walls[tracking] = wall
     n_train = len(x) - int(round(len(x) * 0.02))
     n_epoch = n_train // workers * workers  # equal shards
     times = [row["time_s"] for row in result.history]
@@ -134,6 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sequences", type=int, default=4096, help="training sequences per epoch")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per run (the first is not timed)")
+    parser.add_argument("--only", choices=["tracking"], help="run (b) and (b+) only")
     args = parser.parse_args()
     x, y = make_data(args.sequences)
     xb, yb = make_data(args.sequences + int(round(args.sequences / 0.98 * 0.02)))  # + cellforge's test split
@@ -145,15 +152,23 @@ def main() -> None:
     ensure_ray()
     ray_start = time.perf_counter() - start
     rows = {}
+    walls: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as storage:
+        from cellforge import tracking
+
+        uri = f"sqlite:///{storage}/mlflow.db"
+        tracking.start(uri, Path(storage), run_name="warm-up", params={}, tags={}).finish([])  # the store exists
+        rows["b"] = cellforge_fit("torch", 1, xb, yb, args.epochs, storage, walls=walls)
+        rows["b+"] = cellforge_fit("torch", 1, xb, yb, args.epochs, storage, tracking=uri, walls=walls)
+        if args.only == "tracking":
+            return _tracking_lines(rows, walls, args)
         rows["a"] = (torch_loop(x, y, args.epochs), None)
         rows["a'"] = (torch_loop_in_ray_train(x, y, args.epochs, storage), None)
-        rows["b"] = cellforge_fit("torch", 1, xb, yb, args.epochs, storage)
         rows["c"] = cellforge_fit("torch", 2, xb, yb, args.epochs, storage)
         rows["d"] = (keras_fit(x, y, args.epochs), None)
         rows["e"] = cellforge_fit("tensorflow", 1, xb, yb, args.epochs, storage)
         rows["f"] = cellforge_fit("tensorflow", 2, xb, yb, args.epochs, storage)
-    names = {"a": "hand-written PyTorch loop", "a'": "the same loop in a Ray Train worker", "b": "cellforge torch, 1 worker", "c": "cellforge torch, 2 workers",
+    names = {"b+": "cellforge torch, 1 worker, tracked", "a": "hand-written PyTorch loop", "a'": "the same loop in a Ray Train worker", "b": "cellforge torch, 1 worker", "c": "cellforge torch, 2 workers",
              "d": "plain Keras model.fit", "e": "cellforge tensorflow, 1 worker",
              "f": "cellforge tensorflow, 2 workers"}
     print(f"\nLSTM T={T} features={F} hidden={H} batch={BATCH}, {args.sequences} sequences/epoch, "
@@ -168,7 +183,19 @@ def main() -> None:
         ratio = rows[num][0] / rows[den][0]
         goal = f"   (target >= {target:.2f}: {'met' if ratio >= target else 'MISSED'})" if target else ""
         print(f"{num}/{den} = {ratio:.2f}{goal}")
+    _tracking_lines(rows, walls, args)
 
+
+def _tracking_lines(rows, walls, args) -> None:
+    """Tracking's cost, on (b+) against off (b): per epoch (steady seq/s; rank 0 logs an epoch after
+    its timer stops, so that cost shows only in the wall time) and over the whole fit."""
+    on = next(k for k in walls if k != "none")
+    slower = walls[on] / walls["none"] - 1
+    print(f"\ntracking on vs off, torch 1 worker, {args.sequences} sequences x {args.epochs} epochs:")
+    print(f"  steady seq/s  off {rows['b'][0]:8.0f}    on {rows['b+'][0]:8.0f}    on/off = "
+          f"{rows['b+'][0] / rows['b'][0]:.3f}")
+    print(f"  whole fit     off {walls['none']:7.1f}s    on {walls[on]:7.1f}s    {100 * slower:+.1f}% "
+          f"(target <= +2%: {'met' if slower <= 0.02 else 'MISSED'})")
 
 if __name__ == "__main__":
     main()

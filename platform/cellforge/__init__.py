@@ -18,6 +18,7 @@ from cellforge.client import Client
 from cellforge.data import Sequences, Series, datasets
 from cellforge.errors import BundleError, SpecError
 from cellforge.model import Model, load
+from cellforge.registry import runs
 from cellforge.serving import deploy
 from cellforge.spec import ModelSpec
 from cellforge.train import FitResult, fit
@@ -25,5 +26,5 @@ from cellforge.tune import choice, grid, loguniform, randint, sweep, uniform
 
 __all__ = ["Attention", "BundleError", "Cell", "Client", "FitResult", "Model", "ModelSpec", "Sequences", "Series",
            "SpecError", "choice", "datasets", "deploy", "fit", "grid", "interpret", "load", "loguniform", "plot",
-           "randint", "register_attention", "register_cell", "sweep", "uniform"]
+           "randint", "register_attention", "register_cell", "runs", "sweep", "uniform"]
 __version__ = "0.1.0"

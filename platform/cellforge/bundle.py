@@ -6,6 +6,7 @@
       weights.safetensors  canonical names and gate order (see cellforge.backends)
       preprocessing.json   scalers, vocabulary, class labels, window
       metrics.json         test metrics, per-epoch history, baselines
+      signature.json       (when signed) an Ed25519 signature over manifest.json: cellforge.signing
 
 ``save`` writes to a temporary sibling and renames it into place, so a bundle on disk
 is always whole. ``read`` refuses a bundle whose manifest does not verify.
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from cellforge import signing
 from cellforge.backends.network import param_shapes
 from cellforge.cells import CELLS
 from cellforge.errors import BundleError
@@ -42,11 +44,13 @@ def sha256(path: Path) -> str:
 
 
 def save(path: str | Path, spec: ModelSpec, weights: dict[str, np.ndarray], preprocessing: dict[str, Any],
-         metrics: dict[str, Any], extra: dict[str, bytes] | None = None) -> Path:
+         metrics: dict[str, Any], extra: dict[str, bytes] | None = None,
+         provenance: dict[str, Any] | None = None) -> Path:
     """Write a bundle atomically; an existing bundle at ``path`` is replaced only once the new one is whole.
 
     ``extra``: more files (name -> bytes), checksummed in the manifest like the others (a compressed
-    bundle's ONNX graphs, see cellforge.export.compress)."""
+    bundle's ONNX graphs, see cellforge.export.compress). ``provenance``: where it came from (run id, data
+    fingerprint, code and cellforge versions; see cellforge.tracking.provenance), kept in the manifest."""
     path = Path(path)
     expected = param_shapes(spec)
     if set(weights) != set(expected):
@@ -66,6 +70,8 @@ def save(path: str | Path, spec: ModelSpec, weights: dict[str, np.ndarray], prep
             (tmp / name).write_bytes(data)
         manifest = {"format": FORMAT, "version": VERSION, "framework": spec.framework,
                     "files": {f: sha256(tmp / f) for f in (*FILES, *(extra or {}))}}
+        if provenance is not None:
+            manifest["provenance"] = provenance
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         old = None
         if path.exists():
@@ -84,8 +90,9 @@ def digest(path: str | Path) -> str:
     return hashlib.sha256((Path(path) / "manifest.json").read_bytes()).hexdigest()
 
 
-def verify(path: str | Path) -> dict[str, Any]:
-    """Check the manifest and every checksum; return the manifest or raise BundleError."""
+def verify(path: str | Path, verify_key: str | Path | None = None, *, signature: bool = True) -> dict[str, Any]:
+    """Check the manifest and every checksum, and with a verify key (``verify_key`` or
+    ``$CELLFORGE_VERIFY_KEY``, a public key PEM) the signature; return the manifest or raise BundleError."""
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"bundle not found: {path} is not a directory")
@@ -110,13 +117,30 @@ def verify(path: str | Path) -> dict[str, Any]:
         if sha256(f) != digest:
             raise BundleError(f"bundle {path}: {name} does not match its sha256 in manifest.json — "
                               "the bundle was modified or is corrupt; refusing to load it")
+    key = signing.verify_key(verify_key)
+    if key is not None and signature:
+        signing.check_signature(path, key)
     return manifest
 
 
-def read(path: str | Path) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+def sign(path: str | Path, key: str | Path) -> Path:
+    """Sign a verified bundle's manifest with the Ed25519 private key in ``key`` (a PEM file): writes
+    ``signature.json``, replacing an earlier signature."""
+    path = Path(path)
+    verify(path, signature=False)  # signing is how an unsigned bundle gets its signature
+    record = signing.sign_bytes((path / "manifest.json").read_bytes(), key)
+    out = path / signing.SIGNATURE_FILE
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, out)
+    return out
+
+
+def read(path: str | Path, verify_key: str | Path | None = None,
+         ) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """Verify and read a bundle: (spec, weights, preprocessing state, metrics)."""
     path = Path(path)
-    verify(path)
+    verify(path, verify_key)
     text = (path / "spec.json").read_text()
     _check_cell(path, text)
     spec = ModelSpec.from_json(text)

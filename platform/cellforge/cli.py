@@ -10,6 +10,11 @@
     cellforge deploy runs/quickstart/bundle --name digits --max-replicas 4
     cellforge export runs/quickstart/bundle --out digits.onnx [--step]          # or --format savedmodel
     cellforge compress runs/quickstart/bundle --data digits --quantize int8 --out runs/digits-int8
+    cellforge keygen team.pem                 # an Ed25519 key pair: team.pem (private), team.pem.pub
+    cellforge sign runs/quickstart/bundle --key team.pem      # serve with verify_key: team.pem.pub
+    cellforge register runs/quickstart/bundle --name digits --alias production
+    cellforge deploy models:/digits@production --name digits  # a registry reference
+    cellforge runs list                       # tracked runs (MLflow); cellforge runs compare RUN RUN
     cellforge ray status                      # the local Ray every kernel, job and command shares
     cellforge ray stop
 
@@ -34,6 +39,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from cellforge import registry, tracking
 from cellforge.errors import BundleError, SpecError
 from cellforge.jobs import STEPS, DataRef, Step, parse_job, run_job
 from cellforge.submit import register as register_submit
@@ -264,6 +270,50 @@ def _ray_stop(args) -> int:
     return 0
 
 
+# tracked runs and keys: cellforge runs list|compare, cellforge keygen --------------------------------------------
+def add_record_commands(sub) -> None:
+    """``cellforge runs list``, ``cellforge runs compare RUN RUN...`` and ``cellforge keygen KEY``."""
+    r = sub.add_parser("runs", help="tracked runs (MLflow): list them, compare them")
+    r_sub = r.add_subparsers(dest="runs_command", required=True)
+    ls = r_sub.add_parser("list", help="every run, newest first")
+    ls.add_argument("--kind", choices=["fit", "sweep", "trial", "register"])
+    ls.add_argument("--tracking", help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(fn=_runs_list)
+    cmp = r_sub.add_parser("compare", help="runs side by side: differing parameters, then metrics")
+    cmp.add_argument("runs", nargs="+", metavar="RUN_ID")
+    cmp.add_argument("--tracking")
+    cmp.set_defaults(fn=_runs_compare)
+    k = sub.add_parser("keygen", help="a new Ed25519 key pair for `cellforge sign` (KEY and KEY.pub)")
+    k.add_argument("key")
+    k.set_defaults(fn=_keygen)
+
+
+def _runs_list(args) -> int:
+    df = registry.runs(args.kind, tracking_uri=args.tracking, max_results=args.limit)
+    if df.empty:
+        print(f"no runs in {tracking.redact(tracking.resolve(args.tracking))}")
+        return 0
+    metrics = [c for c in df.columns if c.startswith("metrics.test_") or c.startswith("metrics.best_")]
+    cols = ["run_id", "run_name", "kind", "status", "start", "data", *metrics]
+    print(df[cols].rename(columns=lambda c: c.removeprefix("metrics.")).to_string(index=False))
+    return 0
+
+
+def _runs_compare(args) -> int:
+    print(registry.compare(args.runs, tracking_uri=args.tracking).to_string())
+    return 0
+
+
+def _keygen(args) -> int:
+    from cellforge import signing
+
+    private, public = signing.keygen(args.key)
+    print(f"private key {private} (keep it secret: `cellforge sign BUNDLE --key {private}`)\n"
+          f"public key  {public} (the verify key: CELLFORGE_VERIFY_KEY={public})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cellforge", description="Recurrent models on Ray: train, sweep, serve.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -277,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     for step in STEPS.values():
         add_step_command(sub, step)
     register_submit(sub)  # submit, jobs: Ray jobs on a cluster
+    add_record_commands(sub)  # runs list|compare, keygen
     ray_cmd = sub.add_parser("ray", help="this machine's local cellforge Ray (every kernel, job and command shares it)")
     ray_sub = ray_cmd.add_subparsers(dest="ray_command", required=True)
     ray_sub.add_parser("status", help="its address, age and users").set_defaults(fn=_ray_status)

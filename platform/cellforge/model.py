@@ -28,9 +28,9 @@ class Model:
     """Predict from a bundle. ``framework``: the runtime — 'torch', 'tensorflow', 'numpy' or 'onnx'
     (default: the framework it was trained in). ``net`` is that runtime's network."""
 
-    def __init__(self, path: str | Path, framework: str | None = None):
+    def __init__(self, path: str | Path, framework: str | None = None, verify_key: str | Path | None = None):
         self.path = Path(path)
-        self.spec, self.weights, state, self.metrics = _bundle.read(self.path)
+        self.spec, self.weights, state, self.metrics = _bundle.read(self.path, verify_key)
         self.preprocessor = Preprocessor(state)
         self.framework = framework or self.spec.framework
         self.backend = get_backend(self.framework)
@@ -109,6 +109,7 @@ class Model:
         return trace_model(self, inputs)
 
 
-def load(path: str | Path, framework: str | None = None) -> Model:
-    """Verify and load a bundle; refuses one that is tampered with or incomplete."""
-    return Model(path, framework)
+def load(path: str | Path, framework: str | None = None, verify_key: str | Path | None = None) -> Model:
+    """Verify and load a bundle; refuses one that is tampered with or incomplete, and with a verify key
+    (``verify_key``, a public key PEM, or ``$CELLFORGE_VERIFY_KEY``) one that is not signed by its owner."""
+    return Model(path, framework, verify_key)

@@ -183,6 +183,7 @@ class Prepared:
     preprocessor: Preprocessor
     raw_test: Any = None  # the test split's raw inputs, for showing predictions next to the truth
     baseline: dict[str, float] = field(default_factory=dict)  # e.g. the naive forecast's test RMSE
+    fingerprint: str | None = None  # the splits' sha256, once computed (cellforge.tracking.fingerprint)
 
 
 def prepare(spec: ModelSpec, data: Any) -> tuple[ModelSpec, Prepared]:

@@ -30,6 +30,7 @@ from pydantic import Field, ValidationError
 from cellforge.errors import SpecError, Strict, problems_of
 from cellforge.jobs.steps import REF, STEPS, Step, has_ref
 from cellforge.log import log
+from cellforge.registry import parse_ref
 from cellforge.serving.deploy import hold
 
 
@@ -148,6 +149,7 @@ def _check_files(step: type[Step], body: dict[str, Any], base: Path, where: str,
             problems.append((f"{where}.{field}", f"file not found: {base / value}"))
     bundle = body.get("bundle")
     if (step.reads_bundle and isinstance(bundle, str) and not has_ref(bundle)
+            and not (step.takes_refs and parse_ref(bundle))
             and (base / bundle).resolve() not in produced and not (base / bundle / "manifest.json").exists()):
         problems.append((f"{where}.bundle", f"no bundle at {base / bundle}, and no earlier step writes one "
                                             "there; train one first or use ${<step id>.bundle}"))

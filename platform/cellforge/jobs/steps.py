@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from cellforge import bundle as _bundle
+from cellforge import registry
 from cellforge.data import datasets, read_table
 from cellforge.errors import Problems, SpecError, Strict, problems_of
 from cellforge.evaluate import evaluate, predict_file
@@ -79,6 +81,7 @@ class Step(Strict):
     outputs: ClassVar[tuple[str, ...]]  # what ``${id.<output>}`` may name
     positional: ClassVar[tuple[str, ...]] = ()  # fields the CLI takes as positional arguments
     reads_bundle: ClassVar[bool] = False  # its ``bundle`` field is an input, checked to exist
+    takes_refs: ClassVar[bool] = False  # ...or a registry reference (models:/NAME@ALIAS), resolved when run
     files: ClassVar[tuple[str, ...]] = ()  # dotted fields naming files it reads, checked to exist
     serves: ClassVar[bool] = False  # deploys: the job keeps its endpoints up after the last step
 
@@ -116,13 +119,14 @@ class TrainStep(Step):
     bundle: str | None = None  # where to save the bundle (relative to the job file)
     max_failures: int = Field(0, ge=0)  # worker failures to recover from
     show: int = Field(5, ge=0)  # test predictions to print next to the truth
+    tracking: str | None = None  # an MLflow tracking URI or 'none' (default: $MLFLOW_TRACKING_URI, else local)
 
     _spec = field_validator("spec")(lambda cls, v: _valid_spec(v))
 
     def run(self, base: Path, address: str | None) -> dict[str, Any]:
         result = fit(ModelSpec.parse(self.spec), self.data.load(base), workers=self.workers, use_gpu=self.use_gpu,
                      epochs=self.epochs, name=self.name, address=address, max_failures=self.max_failures,
-                     bundle_path=(base / self.bundle).resolve() if self.bundle else None)
+                     bundle_path=(base / self.bundle).resolve() if self.bundle else None, tracking=self.tracking)
         model = load(result.bundle)  # reload from disk: what a user would deploy
         if self.show and result.examples:
             log.info("%r: %d test predictions", model, min(self.show, len(result.examples)))
@@ -248,6 +252,7 @@ class SweepStep(Step):
     max_concurrent: int | None = Field(None, gt=0)
     grace_period: int = Field(1, gt=0)
     seed: int = 0
+    tracking: str | None = None  # as train's: the sweep a parent run, its trials child runs
 
     _spec = field_validator("spec")(lambda cls, v: _valid_spec(v))
 
@@ -275,7 +280,7 @@ class SweepStep(Step):
                   metric=self.metric, scheduler=self.scheduler, search=self.search,
                   workers_per_trial=self.workers_per_trial, use_gpu=self.use_gpu, epochs=self.epochs,
                   name=self.name, address=address, max_concurrent=self.max_concurrent,
-                  grace_period=self.grace_period, seed=self.seed)
+                  grace_period=self.grace_period, seed=self.seed, tracking=self.tracking)
         board = s.leaderboard()
         return {"bundle": str(s.best_bundle), "best": s.best,
                 "leaderboard": json.loads(board.reset_index().to_json(orient="records"))}
@@ -299,8 +304,8 @@ class DeployStep(DeployConfig, Step):
     """Serve a bundle: every ``DeployConfig`` field, plus where Serve listens.
 
         - deploy:
-            bundle: ${search.bundle}        # or a bundle directory, relative to the job file
-            name: digits
+            bundle: ${search.bundle}        # or a bundle directory, relative to the job file,
+            name: digits                    # or a registry reference: models:/digits@production
             autoscaling: {min_replicas: 1, max_replicas: 2, target_ongoing_requests: 8}
     """
 
@@ -308,6 +313,7 @@ class DeployStep(DeployConfig, Step):
     outputs: ClassVar[tuple[str, ...]] = ("name", "url", "version")
     positional: ClassVar[tuple[str, ...]] = ("bundle",)
     reads_bundle: ClassVar[bool] = True
+    takes_refs: ClassVar[bool] = True
     serves: ClassVar[bool] = True
 
     host: str = "127.0.0.1"  # where Serve's HTTP proxy listens, if this step starts Serve
@@ -315,10 +321,12 @@ class DeployStep(DeployConfig, Step):
     # keep serving until Ctrl-C once the job's last step is done; default: when on an embedded Ray,
     # which would end with the job
     block: bool | None = None
+    tracking: str | None = None  # the registry's MLflow URI, for a models:/ reference
 
     def run(self, base: Path, address: str | None) -> dict[str, Any]:
         fields = self.model_dump(exclude={"id", "host", "port", "block", "bundle", "name"}, exclude_unset=True)
-        ep = deploy(base / self.bundle, self.name, host=self.host, port=self.port, address=address, **fields)
+        bundle = self.bundle if registry.parse_ref(self.bundle) else base / self.bundle
+        ep = deploy(bundle, self.name, host=self.host, port=self.port, address=address, **fields)
         log.info("%s version %s serving at %s  (API docs: %s/docs)", ep.name, ep.version, ep.url, ep.base_url)
         return {"name": ep.name, "url": ep.url, "version": ep.version}
 
@@ -371,8 +379,49 @@ class CompressStep(Step):
         return {"bundle": str(base / self.out), "compression": record}
 
 
+class SignStep(Step):
+    """Sign a bundle's manifest with an Ed25519 private key (PEM; ``cellforge keygen`` makes one): a
+    deployment or ``cf.load`` with the matching verify key then refuses any other bundle."""
+
+    kind: ClassVar[str] = "sign"
+    outputs: ClassVar[tuple[str, ...]] = ("bundle", "signature")
+    positional: ClassVar[tuple[str, ...]] = ("bundle",)
+    reads_bundle: ClassVar[bool] = True
+    files: ClassVar[tuple[str, ...]] = ("key",)
+
+    bundle: str
+    key: str  # the private key's PEM file, relative to the job file
+
+    def run(self, base: Path, address: str | None) -> dict[str, Any]:
+        out = _bundle.sign(base / self.bundle, base / self.key)
+        log.info("signed %s (%s)", base / self.bundle, out.name)
+        return {"bundle": str(base / self.bundle), "signature": str(out)}
+
+
+class RegisterStep(Step):
+    """Register a bundle as a new version of a model in MLflow's registry (``alias``: e.g. production);
+    deploy it later as ``models:/NAME@ALIAS``."""
+
+    kind: ClassVar[str] = "register"
+    outputs: ClassVar[tuple[str, ...]] = ("name", "version", "run_id", "ref")
+    positional: ClassVar[tuple[str, ...]] = ("bundle",)
+    reads_bundle: ClassVar[bool] = True
+
+    bundle: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    alias: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$")
+    tracking: str | None = None  # the registry's MLflow URI (default: $MLFLOW_TRACKING_URI, else local)
+
+    def run(self, base: Path, address: str | None) -> dict[str, Any]:
+        got = registry.register(base / self.bundle, self.name, alias=self.alias, tracking_uri=self.tracking)
+        ref = f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{got['version']}"
+        log.info("registered %s as %s version %s (run %s)%s", base / self.bundle, self.name, got["version"],
+                 got["run_id"], f"; {ref} points at it" if self.alias else "")
+        return {"name": self.name, "version": got["version"], "run_id": got["run_id"], "ref": ref}
+
+
 STEPS: dict[str, type[Step]] = {s.kind: s for s in (TrainStep, EvaluateStep, PredictStep, DetectStep, SweepStep,
-                                                     DeployStep, ExportStep, CompressStep)}
+                                                     DeployStep, ExportStep, CompressStep, SignStep, RegisterStep)}
 
 
 def _short(v) -> str:

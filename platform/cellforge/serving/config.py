@@ -74,6 +74,9 @@ class DeployConfig(_Strict):
     session_ttl_s: float = Field(600, gt=0)  # idle sessions expire after this long
     api_key: str | None = Field(None, min_length=8)  # when set, requests need 'Authorization: Bearer <key>'
     max_ongoing_requests: int | None = Field(None, gt=0)  # per replica; default 2 x max_batch_size
+    # a public key PEM: serve only a bundle signed by its owner (default $CELLFORGE_VERIFY_KEY where deploy runs)
+    verify_key: str | None = None
+    source: str | None = None  # the registry version deployed (models:/NAME/VERSION), when deployed from one
 
     @field_validator("name")
     @classmethod

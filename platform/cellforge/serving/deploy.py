@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cellforge import _ray
+from cellforge import _ray, registry, signing
 from cellforge import bundle as _bundle
 from cellforge.client import Client
 from cellforge.errors import SpecError
@@ -50,14 +50,17 @@ def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int 
     with a rolling update that lets requests in flight finish.
 
     Args:
-        bundle: a bundle directory (from ``cf.fit`` or a job).
+        bundle: a bundle directory (from ``cf.fit`` or a job), or a registry reference
+            (``models:/digits@production``, ``models:/digits/3``: see ``cellforge.registry``).
         name: the model's name in URLs.
         host, port: where Serve's HTTP proxy listens, if this call starts Serve (127.0.0.1 by default;
             a Serve already running keeps its own).
         address: a Ray cluster; default ``$RAY_ADDRESS`` or an embedded local Ray.
         **config: any ``DeployConfig`` field: ``autoscaling``, ``num_replicas``, ``batching``,
             ``num_cpus``, ``num_gpus``, ``runtime``, ``max_length``, ``max_inputs``,
-            ``max_body_bytes``, ``session_ttl_s``, ``api_key``, ``version``.
+            ``max_body_bytes``, ``session_ttl_s``, ``api_key``, ``version``, ``tracking`` (the registry's
+            MLflow URI, for a ``models:/`` reference), ``verify_key`` (a public key
+            PEM: refuse a bundle that is not signed by its owner; default ``$CELLFORGE_VERIFY_KEY``).
 
     Returns:
         An ``Endpoint`` (name, version, url, base_url).
@@ -70,8 +73,16 @@ def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int 
 
     from cellforge.serving.app import build_app, build_index
 
+    # the verify key in force here goes to the replicas too (they do not see this process's environment)
+    config.setdefault("verify_key", signing.verify_key())
+    tracking = config.pop("tracking", None)  # where the registry is: default as for fit
+    if registry.parse_ref(bundle):  # models:/NAME@ALIAS: that version's bundle, downloaded and verified
+        got = registry.fetch(str(bundle), tracking_uri=tracking)
+        bundle = got["path"]
+        config.setdefault("version", got["version"])
+        config.setdefault("source", got["source"])
     cfg = DeployConfig.parse({**config, "bundle": str(resolve_bundle(bundle)), "name": name})
-    spec = _bundle.read(cfg.bundle)[0]  # refuse a bad bundle here, not in a replica that restarts forever
+    spec = _bundle.read(cfg.bundle, cfg.verify_key)[0]  # refuse a bad bundle here, not in a replica that restarts forever
     if spec.task == "seq2seq" and cfg.runtime == "onnx":
         raise SpecError([("runtime", "a seq2seq model is served by runtime 'numpy' or 'torch', got 'onnx'")],
                         what="deploy config")

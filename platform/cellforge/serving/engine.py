@@ -12,6 +12,8 @@ numpy reference's ``step`` (with runtime onnx: the single-step ONNX graph), so a
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -66,7 +68,7 @@ class Engine:
             import torch
 
             torch.set_num_threads(threads)
-        self.model = load(cfg.bundle, framework=cfg.runtime)
+        self.model = load(cfg.bundle, framework=cfg.runtime, verify_key=cfg.verify_key)
         if cfg.runtime == "onnx":
             self.model.net.threads = threads  # ORT's sessions are made on first use, with this many threads
         if cfg.num_gpus:  # runtime torch (DeployConfig checks)
@@ -75,6 +77,8 @@ class Engine:
         self.state = self.pre.state
         self.text = self.state["input_type"] == "text"
         self.version = version_of(cfg)
+        # where the bundle came from (load() verified the manifest): GET /v1/models shows its run
+        self.provenance = json.loads((Path(cfg.bundle) / "manifest.json").read_text()).get("provenance") or {}
         self.seq2seq = self.spec.task == "seq2seq"
         self.translator = Translator(self.model, cfg.max_length) if self.seq2seq else None
 
@@ -258,4 +262,4 @@ class Engine:
         return {"name": name, "version": self.version, "task": s.task, "framework": s.framework,
                 "runtime": self.cfg.runtime, "cell": s.cell, "hidden_size": s.hidden_size,
                 "num_layers": s.num_layers, "bidirectional": s.bidirectional, "sessions": self.streams,
-                "input": inp, "output": out}
+                "input": inp, "output": out, "run_id": self.provenance.get("run_id"), "source": self.cfg.source}

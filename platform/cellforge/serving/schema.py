@@ -168,6 +168,8 @@ class ModelInfo(_Strict):
     sessions: bool  # streaming sessions need a unidirectional model
     input: dict[str, Any]  # the input schema: type, num_features / vocab, max_length, window
     output: dict[str, Any]  # classes, or targets and horizon
+    run_id: str | None = None  # the tracked run that made the bundle (its manifest's provenance)
+    source: str | None = None  # the registry version served (models:/NAME/VERSION), if deployed from one
 
 
 class ModelList(_Strict):

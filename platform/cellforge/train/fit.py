@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cellforge import _ray
+from cellforge import _ray, tracking
 from cellforge import bundle as _bundle
 from cellforge import metrics as _metrics
 from cellforge.anomaly import scores as anomaly_scores
@@ -58,7 +58,8 @@ class FitResult:
 
 
 def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_checkpoint: str | None = None,
-                  verbose: bool = True, init_weights: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                  verbose: bool = True, init_weights: dict[str, np.ndarray] | None = None,
+                  tracking_run: dict[str, Any] | None = None) -> dict[str, Any]:
     """What every Train worker of a run gets (``train_loop_config``): the spec, the prepared splits in
     Ray's object store, custom cells, where to start from, and how much to log (the driver's level of
     the ``cellforge`` logger: a notebook that quiets it quiets its workers too)."""
@@ -68,7 +69,8 @@ def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_ch
             "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": custom_cells(),
             "target": prepared.preprocessor.state.get("target"),  # seq2seq's vocabulary: val texts
             "init_checkpoint": init_checkpoint, "verbose": verbose, "log_level": log.getEffectiveLevel(),
-            "init_weights": None if init_weights is None else ray.put(init_weights)}
+            "init_weights": None if init_weights is None else ray.put(init_weights),
+            "tracking": tracking_run}  # rank 0 logs each epoch into this MLflow run (cellforge.tracking)
 
 
 def trainer(spec: ModelSpec, config: dict[str, Any], workers: int, use_gpu: bool, run_config):
@@ -92,7 +94,7 @@ def _local_node() -> bool:
 def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = False, epochs: int | None = None,
         name: str | None = None, storage_path: str | Path | None = None, bundle_path: str | Path | None = None,
         address: str | None = None, max_failures: int = 0, verbose: bool = True,
-        init_weights: dict[str, np.ndarray] | None = None) -> FitResult:
+        init_weights: dict[str, np.ndarray] | None = None, tracking: str | None = None) -> FitResult:
     """Train ``spec`` on ``data`` with ``workers`` Ray Train workers and save a bundle.
 
     Args:
@@ -107,6 +109,8 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
         address: a Ray cluster; default ``$RAY_ADDRESS`` or an embedded local Ray.
         max_failures: worker failures to recover from (from the last checkpoint).
         init_weights: canonical weights to start from (a warm start: ``cellforge compress`` fine-tunes so).
+        tracking: an MLflow tracking URI, or ``"none"``; default ``$MLFLOW_TRACKING_URI``, else a SQLite
+            store under the runs directory (see ``cellforge.tracking``). A resumed run logs into its own run.
 
     Returns:
         FitResult with ``metrics`` (``test_*``), ``history`` and ``bundle``.
@@ -122,9 +126,30 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     storage = Path(storage_path).resolve() if storage_path else runs_dir()
     ensure_ray(address)
     use_gpu = _gpu_or_cpu(use_gpu, address)
-    weights, state = run(spec, prepared, workers=workers, use_gpu=use_gpu, name=name, storage=storage,
-                         max_failures=max_failures, verbose=verbose, init_weights=init_weights)
-    return finish(spec, prepared, weights, state, bundle_path or storage / name / "bundle", storage / name, verbose)
+    track = start_tracking(tracking, storage, name, spec, prepared, data, workers, use_gpu)
+    try:
+        weights, state = run(spec, prepared, workers=workers, use_gpu=use_gpu, name=name, storage=storage,
+                             max_failures=max_failures, verbose=verbose, init_weights=init_weights,
+                             tracking_run=track.ref())
+    except BaseException:
+        track.finish([], status="FAILED")
+        raise
+    result = finish(spec, prepared, weights, state, bundle_path or storage / name / "bundle", storage / name,
+                    verbose, run_id=track.run_id)
+    track.finish(result.history, result.metrics, result.bundle)
+    return result
+
+
+def start_tracking(setting: str | None, storage: Path, name: str, spec: ModelSpec, prepared: Prepared, data: Any,
+                   workers: int, use_gpu: bool) -> tracking.Run:
+    """Open the fit's MLflow run (or reopen it: its id is kept in the run's folder, beside the checkpoints)."""
+    fp = tracking.fingerprint_of(prepared.splits, prepared.preprocessor.state)
+    prepared.fingerprint = fp
+    return tracking.start(setting, storage, run_name=name, id_file=storage / name / "tracking.json",
+                          params=tracking.flatten(spec.model_dump(mode="json")),
+                          tags={"cellforge.kind": "fit", "cellforge.data": tracking.data_name(data),
+                                "cellforge.data_fingerprint": fp, "cellforge.run_dir": str(storage / name),
+                                **tracking.system_facts(spec.framework, workers, use_gpu)})
 
 
 def _gpu_or_cpu(use_gpu: bool, address: str | None) -> bool:
@@ -158,12 +183,14 @@ def check_name(name: str) -> str:
 
 def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, name: str, storage: Path,
         max_failures: int = 0, callbacks: list | None = None, verbose: bool = True,
-        init_weights: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        init_weights: dict[str, np.ndarray] | None = None,
+        tracking_run: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run the Ray Train job for prepared data; returns the final weights and the loop's state
     (history, best epoch). Resumes from the last checkpoint of a run with the same name and storage."""
     import ray.train
 
-    config = worker_config(spec, prepared, use_gpu, verbose=verbose, init_weights=init_weights)
+    config = worker_config(spec, prepared, use_gpu, verbose=verbose, init_weights=init_weights,
+                           tracking_run=tracking_run)
     run_config = ray.train.RunConfig(
         name=name, storage_path=str(storage), callbacks=callbacks,
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
@@ -180,16 +207,18 @@ def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, nam
 
 
 def finish(spec: ModelSpec, prepared, weights, state, bundle_path: str | Path, run_dir: Path,
-           verbose: bool = True) -> FitResult:
-    """Evaluate the final weights on the test split and save the bundle (an anomaly detector's with
-    its threshold and score scaling, calibrated on the validation split)."""
+           verbose: bool = True, run_id: str | None = None) -> FitResult:
+    """Evaluate the final weights on the test split and save the bundle (with its provenance; an anomaly
+    detector's with its threshold and score scaling, calibrated on the validation split)."""
     if spec.task == "anomaly":
         prepared.preprocessor.state["anomaly"] = _calibrate(spec, weights, prepared.splits["val"])
     test_metrics, examples = _test(spec, weights, prepared)
     summary = {**test_metrics, **prepared.baseline}
+    fp = prepared.fingerprint or tracking.fingerprint_of(prepared.splits, prepared.preprocessor.state)
     path = _bundle.save(bundle_path, spec, weights, prepared.preprocessor.state,
                         {"test": summary, "history": state["history"], "best_epoch": state.get("best_epoch"),
-                         "starts": state.get("starts", [])})
+                         "starts": state.get("starts", [])},
+                        provenance=tracking.provenance(run_id, fp))
     if verbose:
         log.info("test  %s", "  ".join(f"{k} {v:.4g}" for k, v in summary.items()))
         log.info("bundle saved to %s", path)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cellforge import _ray, metrics
+from cellforge import _ray, metrics, tracking
 from cellforge.anomaly import scores as anomaly_scores
 from cellforge.backends import get_backend
 from cellforge.cells import load_cells
@@ -91,6 +91,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_world_size(), config["use_gpu"])
     fitter = fitter_class(spec)(spec, info)
+    # rank 0 logs the epochs (metrics are already aggregated over ranks); the driver opened the run
+    track = tracking.Run.of(config.get("tracking") if info.rank == 0 else None)
     t = spec.training
     es = t.early_stopping
     state = {"epoch": -1, "history": [], "best": None, "bad": 0, "best_epoch": None}
@@ -156,6 +158,9 @@ def worker_loop(config: dict[str, Any]) -> None:
                 checkpoint.save(fitter, Path(tmp), weights, best_weights, state)
                 saved = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report({k: v for k, v in row.items()} | {"stopped_early": stop}, checkpoint=saved)
+        # after the report: an epoch is logged once its checkpoint is kept, so a resumed run never logs
+        # an epoch twice (the driver fills in one that a kill left out: tracking.Run.finish)
+        track.log_epoch(row, epoch + 1)
         if stop:
             break
 

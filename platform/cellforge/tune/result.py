@@ -31,12 +31,13 @@ class Sweep:
     """
 
     def __init__(self, name: str, path: Path, params: list[str], metric: str, mode: str, grid, spec: ModelSpec,
-                 prepared, raw_data=None):
+                 prepared, raw_data=None, tracking=None):
         self.name, self.path, self.params, self.metric, self.mode = name, Path(path), params, metric, mode
         self._spec, self._prepared, self._raw = spec, prepared, raw_data
         self.trials = [trial_record(r, params, metric, i + 1) for i, r in enumerate(grid)]  # creation order
         self.trials.sort(key=lambda t: t["trial"])
         self._bundle: Path | None = None
+        self.tracking = tracking  # the sweep's MLflow run (cellforge.tracking.Run), or None
 
     # tables -------------------------------------------------------------------------------
     def leaderboard(self):
@@ -105,8 +106,13 @@ class Sweep:
             raise RuntimeError(f"sweep {self.name}: trial {t['trial']} left no checkpoint")
         with t["checkpoint"].as_directory() as d:
             weights, state = final_weights(Path(d))
-        path = finish(spec, prepared, weights, state, self.path / "best" / "bundle", self.path, verbose=False).bundle
+        # the bundle's provenance names the trial's own run (a child of the sweep's)
+        run_id = None if self.tracking is None else (self.tracking.child(t["trial_id"]) or self.tracking.run_id)
+        path = finish(spec, prepared, weights, state, self.path / "best" / "bundle", self.path, verbose=False,
+                      run_id=run_id).bundle
         _bundle.verify(path)
+        if self.tracking is not None:  # the sweep's run keeps the model it chose
+            self.tracking.log_bundle(path, {"cellforge.best_trial": str(t["trial"])})
         self._bundle = path
         return path
 
@@ -204,7 +210,7 @@ def trial_record(result, params: list[str], metric: str, place: int) -> dict[str
     return {"trial": trial_number(tid, place), "params": {p: config.get(p) for p in params},
             "last": {k: v for k, v in last.items() if k in ("epoch", "loss", "val_loss") or k.startswith("val_")},
             "best": best, "epochs": len(history), "status": status, "error": error, "history": history,
-            "checkpoint": result.checkpoint}
+            "checkpoint": result.checkpoint, "trial_id": tid}
 
 
 def _params_file(trial_dir: str) -> dict[str, Any]:

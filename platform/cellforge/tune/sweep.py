@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cellforge import metrics as _metrics
+from cellforge import tracking as _tracking
 from cellforge.cells import custom_cells
 from cellforge.data import prepare
 from cellforge.errors import SpecError
@@ -44,7 +45,8 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
           metric: str | None = None, scheduler: str = "asha", search: str = "random", workers_per_trial: int = 1,
           use_gpu: bool = False, epochs: int | None = None, name: str | None = None,
           storage_path: str | Path | None = None, address: str | None = None, max_concurrent: int | None = None,
-          grace_period: int = 1, reduction_factor: int = 3, seed: int = 0, verbose: bool = True) -> Sweep:
+          grace_period: int = 1, reduction_factor: int = 3, seed: int = 0, verbose: bool = True,
+          tracking: str | None = None) -> Sweep:
     """Run (or resume) a hyperparameter sweep; every trial is a Ray Train run of ``workers_per_trial`` workers.
 
     Args:
@@ -65,6 +67,8 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
         grace_period: epochs every trial runs before ASHA may stop it.
         reduction_factor: ASHA keeps the best 1/reduction_factor of the trials at each rung.
         seed: seeds the search.
+        tracking: an MLflow tracking URI or ``"none"`` (as ``fit``): the sweep is a parent run, each trial
+            a child run (one per trial, also after a resume).
 
     Returns:
         Sweep: ``leaderboard()``, ``plot()``, ``best`` and ``best_bundle`` (a verified bundle).
@@ -118,9 +122,17 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
              "trials": n_trials, "metric": metric, "scheduler": scheduler, "search": search, "seed": seed}
     _check_same(exp, asked)
     per_trial_data = affects_data(dims)
+    track = _tracking.start(
+        tracking, storage, run_name=name, id_file=exp / "tracking.json",
+        params={**_tracking.flatten(spec.model_dump(mode="json")),
+                **{f"space.{k}": json.dumps([d.kind, list(d.values)], default=str) for k, d in dims.items()},
+                "trials": n_trials, "metric": metric, "scheduler": scheduler, "search": search, "seed": seed},
+        tags={"cellforge.kind": "sweep", **_data_tags(data, prepared),
+              **_tracking.system_facts(spec.framework, workers_per_trial, use_gpu)})
     ctx = {"spec": spec.model_dump(), "prepared": None if per_trial_data else prepared,
            "data": data if per_trial_data else None, "workers": workers_per_trial, "use_gpu": use_gpu,
-           "train_storage": str(exp / "train"), "cells": custom_cells()}
+           "train_storage": str(exp / "train"), "cells": custom_cells(),
+           "tracking": track.ref() and {**track.ref(), "sweep": name, "tags": _data_tags(data, prepared)}}
     progress.say("sending the data to Ray")
     trainable = tune.with_resources(tune.with_parameters(Trial, ctx=ctx), {"cpu": 1})
     run_config = tune.RunConfig(
@@ -154,12 +166,25 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
             log.info("sweep %s: %d trials x %d worker(s), %s on %s (%s), %d at a time; results in %s", name,
                      n_trials, workers_per_trial, scheduler, metric, mode, max_concurrent, exp)
         progress.say(f"starting trials ({max_concurrent} at a time), each with its Train workers")
-    with live(name, progress), own_sigint():
-        grid_ = tuner.fit()
-    result = Sweep(name, exp, list(dims), metric, mode, grid_, spec, prepared, data if per_trial_data else None)
+    try:
+        with live(name, progress), own_sigint():
+            grid_ = tuner.fit()
+    except BaseException:
+        track.finish([], status="KILLED")
+        raise
+    result = Sweep(name, exp, list(dims), metric, mode, grid_, spec, prepared, data if per_trial_data else None,
+                   tracking=track)
+    best = result.best
+    track.finish([], {f"best_{metric}": best["metrics"].get(metric)} if best else {})
     if verbose:
         log.info(result.summary())
     return result
+
+
+def _data_tags(data, prepared) -> dict[str, str]:
+    if prepared.fingerprint is None:
+        prepared.fingerprint = _tracking.fingerprint_of(prepared.splits, prepared.preprocessor.state)
+    return {"cellforge.data": _tracking.data_name(data), "cellforge.data_fingerprint": prepared.fingerprint}
 
 
 def default_metric(task: str) -> str:

@@ -28,7 +28,7 @@ import ray
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
-from cellforge import _ray
+from cellforge import _ray, tracking
 from cellforge.cells import load_cells
 from cellforge.data import prepare
 from cellforge.spec import ModelSpec
@@ -73,6 +73,7 @@ class Trial(tune.Trainable):
         self.init_checkpoint: str | None = None
         self.last: dict[str, Any] = {}
         self.thread: threading.Thread | None = None
+        self.track = tracking.Run.off()
 
     def _start(self) -> None:
         from ray.util.queue import Queue
@@ -83,9 +84,11 @@ class Trial(tune.Trainable):
         if prepared is None:  # a dimension changes preprocessing: prepare this trial's own data
             spec, prepared = prepare(spec, ctx["data"])
         self.spec, self.epochs = spec, spec.training.epochs
+        self.track = self._tracking(spec)
         self.queue = Queue(actor_options={"num_cpus": 0})  # unbounded: the controller never blocks on it
         # the sweep's progress shows epochs, not each trial's workers
-        config = worker_config(spec, prepared, ctx["use_gpu"], init_checkpoint=self.init_checkpoint, verbose=False)
+        config = worker_config(spec, prepared, ctx["use_gpu"], init_checkpoint=self.init_checkpoint, verbose=False,
+                               tracking_run=self.track.ref())
         run_config = ray.train.RunConfig(
             name=f"{self.trial_id}-{time.time_ns()}",  # a fresh run per start; it resumes from init_checkpoint
             storage_path=ctx["train_storage"], callbacks=[_Relay(self.queue), _ControllerHandle(self.queue)],
@@ -103,6 +106,19 @@ class Trial(tune.Trainable):
 
         self.thread = threading.Thread(target=target, name="cellforge-train-run", daemon=True)
         self.thread.start()
+
+    def _tracking(self, spec: ModelSpec) -> tracking.Run:
+        """The trial's MLflow run, a child of the sweep's: found by its tags when the trial starts again
+        (a resumed sweep, a PBT exploit), so each trial has one run however often it restarts."""
+        parent = self.ctx.get("tracking")
+        if not parent:
+            return tracking.Run.off()
+        return tracking.start(parent["uri"], Path(self.ctx["train_storage"]).parent.parent,
+                              run_name=f"{parent['sweep']}/{self.trial_id}",
+                              params=tracking.flatten(spec.model_dump(mode="json")),
+                              tags={"mlflow.parentRunId": parent["run_id"], "cellforge.kind": "trial",
+                                    "cellforge.sweep": parent["sweep"], **parent["tags"]},
+                              find={"cellforge.parent": parent["run_id"], "cellforge.trial_id": self.trial_id})
 
     def step(self) -> dict[str, Any]:
         from ray.util.queue import Empty
@@ -153,6 +169,7 @@ class Trial(tune.Trainable):
 
     def cleanup(self) -> None:
         """Abort a Train run that is still going (Tune stopped this trial); wait for one that is ending."""
+        self.track.finish([])
         if self.thread is None or not self.thread.is_alive():
             return
         if self.controller is None:  # the run may still be starting: wait a little for its handle
