@@ -137,6 +137,17 @@ def runs(tmp_path, monkeypatch):
     return tmp_path / "runs"
 
 
+def pytest_runtest_setup(item):
+    """Integration tests run with tracking off (CELLFORGE_TRACKING=none), except those marked
+    ``tracking`` (test_tracking.py, test_registry_serving.py), which test the default store: it costs a
+    fit ~6 s (MLflow's import in rank 0, opening the store, the bundle artifact: issue 17's benchmark
+    line), and the suite runs dozens of fits. Set before the test's fixtures, so its fits see it."""
+    if item.get_closest_marker("integration") and not item.get_closest_marker("tracking"):
+        os.environ["CELLFORGE_TRACKING"] = "none"
+    else:
+        os.environ.pop("CELLFORGE_TRACKING", None)
+
+
 def pytest_collection_modifyitems(items):
     """Mark each test by its folder: tests/unit -> unit, tests/integration -> integration."""
     for item in items:

@@ -16,6 +16,8 @@ from cellforge import bundle, registry, signing, tracking
 from cellforge.backends import numpy as ref
 from cellforge.data import prepare
 
+pytestmark = pytest.mark.tracking  # the default MLflow store is on here (tests/conftest.py)
+
 
 def _bundle_of_a_run(root, seed):
     """A digits classifier bundle (untrained weights: serving is what is tested) made by a tracked run."""

@@ -19,6 +19,8 @@ import pytest
 import cellforge as cf
 from cellforge import bundle as _bundle
 
+pytestmark = pytest.mark.tracking  # the default MLflow store is on here (tests/conftest.py)
+
 TINY = dict(task="classify", cell="gru", hidden_size=16,
             training={"lr": 0.01, "batch_size": 128, "epochs": 1, "seed": 0})
 
