@@ -84,6 +84,43 @@ def test_beam_search_finds_at_least_greedy_and_width_one_is_greedy():
     assert any(w.score > g.score + 1e-6 for w, g in zip(wide, greedy))
 
 
+class Scripted:
+    """A Stepper whose next-token log-probabilities depend on the tokens so far (a dict by prefix):
+    the best output is long, and two weak ones end early."""
+
+    A, B = EOS + 1, EOS + 2
+
+    def __init__(self, table):
+        self.table = table
+
+    def start(self, x, lengths):
+        return [()] * len(lengths)
+
+    def select(self, state, rows):
+        return [state[r] for r in rows]
+
+    def step(self, state, tokens):
+        state = [p if p and p[-1] == EOS else (*p, int(t)) for p, t in zip(state, tokens)]
+        logits = np.full((len(state), self.B + 1), -30.0)
+        for i, p in enumerate(state):
+            for token, value in self.table.get(p[1:], {EOS: 0.0}).items():
+                logits[i, token] = value
+        return logits, state, None
+
+
+def test_beam_search_keeps_going_while_a_better_hypothesis_is_still_being_written():
+    a, b = Scripted.A, Scripted.B
+    table = {(): {a: 0.0, b: -3.0}, (a,): {a: 0.0, b: -5.0}, (b,): {EOS: 0.0}, (a, b): {EOS: 0.0},
+             (a, a): {a: 0.0}, (a, a, a): {a: 0.0}, (a, a, a, a): {EOS: 0.0}}
+    stepper, x, lengths = Scripted(table), np.zeros((1, 1), np.int64), np.array([1])
+    greedy = decode.greedy(stepper, x, lengths, max_length=10)[0]
+    assert greedy.tokens == [a, a, a, a]
+    for width in (1, 2, 3):  # "b" and "a b" end first, in the top 2, before "a a a a" does
+        for alpha in (0.0, 1.0):
+            got = decode.beam(stepper, x, lengths, width=width, max_length=10, alpha=alpha)[0]
+            assert got.tokens == greedy.tokens and abs(got.score - greedy.score) < 1e-9, (width, alpha, got)
+
+
 def test_length_penalty_favours_longer_outputs():
     spec, params, x = setup(eos_bias=1.0)
     stepper = ref.Stepper(ref.build(spec, params))
