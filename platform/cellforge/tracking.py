@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -139,6 +140,10 @@ class Run:
             os.environ.setdefault(k, v)
         from mlflow.tracking import MlflowClient
 
+        # a user sees cellforge's lines, not MLflow's: it logs "Creating initial MLflow database
+        # tables..." and "Updating database tables" at INFO when the embedded store is first opened
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         return MlflowClient(tracking_uri=self.uri)
 
     def failed(self, what: str, err: BaseException) -> None:
