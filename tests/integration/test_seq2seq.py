@@ -70,9 +70,13 @@ def test_bad_inputs_name_the_field(numbers_runs):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 @pytest.mark.parametrize("workers", [1, 2])
 def test_numbers_below_10000_reach_95_percent_exact_match_on_unseen_numbers(ray_session, tmp_path, workers):
-    spec = numbers_spec("tensorflow", epochs=12, hidden=128, batch_size=64)
+    """The bar, on 1 and on 2 workers (the same global batch of 64). torch: Keras' seq2seq training
+    is ~4x slower on these 2 cores (the lean runs above: ~5 min against 80 s), and
+    tests/unit/test_seq2seq_parity.py holds Keras' network to the same numbers."""
+    spec = numbers_spec("torch", epochs=3, hidden=128, batch_size=64)
     result = cf.fit(spec, cf.datasets.load("numbers", high=10000), workers=workers, storage_path=tmp_path)
     print(f"numbers en->fr, {workers} worker(s):", {k: round(v, 4) for k, v in result.metrics.items()})
     assert result.metrics["test_exact_match"] >= 0.95
