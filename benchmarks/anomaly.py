@@ -24,16 +24,7 @@ import os
 import time
 
 import numpy as np
-
-
-def median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+from _timing import median_s
 
 
 def quality(scores: np.ndarray, labels: np.ndarray, threshold: float | None = None) -> dict[str, float]:

@@ -15,22 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
+from _timing import median_s
 
 MODELS = {"digits (lstm h64, 8 steps)": dict(hidden_size=64, steps=8, features=8, num_classes=10),
           "large (lstm h256, 100 steps)": dict(hidden_size=256, steps=100, features=8, num_classes=10)}
-
-
-def median_s(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations, Captum's imports
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def measure(m: dict, n_steps: int, repeats: int) -> tuple[float, float, float]:
