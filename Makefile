@@ -17,7 +17,7 @@ UV_FLAGS := --index-strategy unsafe-best-match $(addprefix --find-links ,$(call 
 	$(addprefix --extra-index-url ,$(call PIP_CONF,extra-index-url))
 UV_INSTALL := $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(UV_FLAGS) -c constraints.txt
 
-.PHONY: demo test test-all test-unit lint lab chromium bench clean
+.PHONY: demo test test-all test-unit lint lab chromium sysdeps bench clean
 
 $(BIN)/cellforge: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,10 +28,10 @@ demo: $(BIN)/cellforge
 	$(BIN)/cellforge run jobs/quickstart.yaml
 
 # the paths are pyproject's testpaths: tests/ and the package's docstring examples
-test: $(BIN)/cellforge
+test: $(BIN)/cellforge sysdeps
 	$(BIN)/python -m pytest -q -m "not slow" --durations=25
 
-test-all: $(BIN)/cellforge chromium
+test-all: $(BIN)/cellforge sysdeps chromium
 	$(BIN)/python -m pytest -q
 
 test-unit: $(BIN)/cellforge
@@ -57,6 +57,12 @@ lab: $(BIN)/cellforge
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 chromium:
 	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+# programs the tests start themselves: redis-server (the Redis session store's tests run one on 127.0.0.1
+# in a temporary directory) and espeak-ng (scripts/make_speech.py synthesises the spoken corpus with it)
+sysdeps:
+	command -v redis-server >/dev/null && command -v espeak-ng >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends redis-server espeak-ng)
 
 clean:
 	rm -rf runs .pytest_cache
