@@ -18,7 +18,20 @@ from cellforge.backends.network import directions, encoder_shapes, param_shapes
 from cellforge.cells import get_cell
 from cellforge.spec import ModelSpec
 
+
+def _fused_cell(kind: str, p, x, state):
+    """A built-in cell's step with torch's own kernel (nn.GRUCell's and nn.LSTMCell's): the canonical
+    layout and gate order are PyTorch's, so the weights go in as they are. -> (h, new state)."""
+    if kind == "lstm":
+        h, c = torch.lstm_cell(x, state, p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+        return h, (h, c)
+    fn = torch.gru_cell if kind == "gru" else torch.rnn_tanh_cell
+    h = fn(x, state[0], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+    return h, (h,)
+
+
 OPS = SimpleNamespace(
+    fused_cell=_fused_cell,  # seq2seq's decoder runs built-in cells with it (cellforge.seq2seq.attentional)
     linear=F.linear,
     sigmoid=torch.sigmoid,
     tanh=torch.tanh,
