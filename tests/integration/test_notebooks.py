@@ -56,7 +56,7 @@ def images(nb) -> int:
 def test_committed_notebooks_are_clean_and_parameterised():
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert names == ["01_quickstart.ipynb", "02_sweep.ipynb", "03_deploy_and_call.ipynb", "04_custom_cell.ipynb",
-                     "05_submit_to_cluster.ipynb", "06_seq2seq.ipynb", "09_interpret.ipynb"]
+                     "05_submit_to_cluster.ipynb", "06_seq2seq.ipynb", "07_anomaly.ipynb", "09_interpret.ipynb"]
     for name in names:
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(nb)
@@ -98,6 +98,16 @@ def test_custom_cell_notebook_in_both_frameworks(kernel_env, tmp_path):
     nb = execute("04_custom_cell.ipynb", tmp_path, epochs=2, hidden=16, workers=1)
     out = texts(nb)
     assert "max |diff| vs numpy" in out and images(nb) == 1
+
+
+def test_anomaly_notebook(kernel_env, tmp_path):
+    """Train on normal weeks, detect injected anomalies, then stream weeks through the endpoint one
+    request each: the notebook itself asserts that the live scores equal model.score's."""
+    nb = execute("07_anomaly.ipynb", tmp_path, epochs=3, hidden=16, stream_weeks=40,
+                 name=f"nb-anomaly-{uuid.uuid4().hex[:6]}", port=free_port())
+    out = texts(nb)
+    assert images(nb) == 2  # the series with its score and flags, and the live scores
+    assert "f1" in out and "auroc" in out and "largest difference from model.score" in out
 
 
 def test_interpret_notebook(kernel_env, tmp_path):
