@@ -38,7 +38,7 @@ class InputSpec(_Strict):
     # tabular sources (DataFrame, CSV, Parquet, Ray Data): which columns are what
     columns: list[str] | None = None  # feature columns; None = every column but target/group
     target: str | list[str] | None = None  # label/value column(s); for forecast the series to predict
-    group: str | None = None  # rows sharing this column's value form one sequence
+    group: str | None = None  # rows sharing this column's value form one sequence (anomaly: one series, e.g. a machine)
     num_features: int | None = Field(None, gt=0)  # filled in from the data by fit()
     max_length: int | None = Field(None, gt=0)  # longer sequences are cut to their last max_length steps
     scale: Literal["standard", "minmax", "none"] = "standard"  # fitted on the training split only

@@ -315,3 +315,88 @@ def test_a_labelled_validation_split_reports_what_sweeps_rank_by():
     m = shard_eval(fitter, spec, prepared.splits["val"], WorkerInfo(0, 1, 1, False), None)
     assert {"loss", "rmse", "f1", "auroc", "average_precision"} <= set(m) and 0 <= m["auroc"] <= 1
     assert metrics.mode_of("val_f1") == metrics.mode_of("val_auroc") == "max"
+
+
+# many series in one table (input.group) --------------------------------------------------------------
+def machines(interleave: bool):
+    """Three machines' series in one table: machine k's values are k * 1000 + its own steps, so a
+    window's values tell which machine(s) it read. ``interleave``: rows alternate between machines."""
+    import pandas as pd
+
+    frames = [pd.DataFrame({"machine": f"m{k}", "temp": k * 1000.0 + np.arange(n)}) for k, n in ((0, 80), (1, 60), (2, 100))]
+    df = pd.concat(frames, ignore_index=True)
+    if interleave:
+        df = df.iloc[np.argsort(df.groupby("machine").cumcount().to_numpy(), kind="stable")].reset_index(drop=True)
+    return df
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+@pytest.mark.parametrize("method", ["forecast", "reconstruct"])
+def test_a_group_column_windows_and_splits_each_series_on_its_own(method, interleave):
+    spec = ModelSpec(task="anomaly", cell="gru", hidden_size=4, input={"window": 8, "group": "machine"},
+                     anomaly={"method": method}, training={"val_fraction": 0.2, "test_fraction": 0.1})
+    spec, prepared = prepare(spec, machines(interleave))
+    state = prepared.preprocessor.state
+    assert spec.input.num_features == 1 and state["columns"] == ["temp"] and state["group"] == "machine"
+    scaler = state["scaler"]
+    raw = {k: v["x"][..., 0] * scaler["scale"][0] + scaler["shift"][0] for k, v in prepared.splits.items()}
+    reconstruct = method == "reconstruct"
+    per_machine = [n - 8 + reconstruct for n in (80, 60, 100)]
+    assert sum(len(v) for v in raw.values()) == sum(per_machine)
+    for split, w in raw.items():
+        machine = np.floor(np.round(w) / 1000)
+        assert (machine == machine[:, :1]).all(), f"{split}: a window crosses from one machine into another"
+        assert (np.diff(np.round(w), axis=1) == 1).all(), f"{split}: a window skips or reorders a machine's steps"
+    for k, n in enumerate(per_machine):  # each machine split in time order: train, then val, then test
+        starts = {s: np.round(w[np.floor(np.round(w[:, 0]) / 1000) == k, 0]) - k * 1000 for s, w in raw.items()}
+        assert len(starts["train"]) + len(starts["val"]) + len(starts["test"]) == n
+        assert starts["train"].max() < starts["val"].min() <= starts["val"].max() < starts["test"].min()
+    # the scaler is fitted on the train parts of every machine, not on one alone
+    assert scaler["shift"][0] > 1000
+
+
+def test_a_grouped_table_is_scored_series_by_series(tmp_path):
+    import pandas as pd
+
+    spec = ModelSpec(task="anomaly", cell="gru", hidden_size=8, input={"window": 16, "group": "machine"},
+                     anomaly={"method": "forecast", "threshold": {"quantile": 0.95}})
+    base = co2_seasonal().values[:, 0]
+    train = pd.DataFrame({"machine": np.repeat(["a", "b"], 300), "co2": np.r_[base[:300], base[300:600] + 2.0]})
+    spec, prepared = prepare(spec, train)
+    model = cf.load(finish(spec, prepared, get_backend("numpy").init_params(spec, 0), {"history": []},
+                           tmp_path / "bundle", tmp_path, verbose=False).bundle)
+    a, b = base[600:700], base[700:760] + 2.0
+    spiked = b.copy()
+    spiked[40] += 30.0
+    table = pd.DataFrame({"machine": np.r_[["a"] * 100, ["b"] * 60], "co2": np.r_[a, spiked]})
+    s = model.score(table)
+    np.testing.assert_allclose(s[:100], model.score(a), equal_nan=True)
+    np.testing.assert_allclose(s[100:], model.score(spiked), equal_nan=True)
+    assert np.isnan(s[:16]).all() and np.isnan(s[100:116]).all()  # each series warms up on its own
+    # rows of the two machines interleaved: each machine's rows keep their order, the scores follow them
+    mixed = table.iloc[np.argsort(np.r_[np.arange(100.0), np.arange(60) + 0.5], kind="stable")]
+    got = model.score(mixed)
+    for m, want in (("a", s[:100]), ("b", s[100:])):
+        np.testing.assert_allclose(got[(mixed["machine"] == m).to_numpy()], want, equal_nan=True)
+    d = model.detect(table, threshold=float(np.nanmax(s[100:])) - 1e-6)
+    assert d.intervals == [(140, 141)] and d.flags.sum() == 1
+    # a Series with groups scores the same; a series too short for one window is named
+    np.testing.assert_allclose(model.score(cf.Series(table[["co2"]].to_numpy(), ["co2"],
+                                                     groups=table["machine"].to_numpy())), s, equal_nan=True)
+    short = pd.DataFrame({"machine": ["a"] * 100 + ["c"] * 10, "co2": np.r_[a, a[:10]]})
+    with pytest.raises(SpecError) as e:
+        model.score(short)
+    assert e.value.problems[0][0] == "series['c']" and "needs 17 steps" in e.value.problems[0][1]
+
+
+def test_a_group_too_short_to_train_on_or_a_grouped_forecast_is_refused():
+    import pandas as pd
+
+    df = pd.DataFrame({"machine": ["a"] * 50 + ["b"] * 9, "v": np.arange(59.0)})
+    spec = ModelSpec(task="anomaly", cell="gru", hidden_size=4, input={"window": 8, "group": "machine"})
+    with pytest.raises(SpecError) as e:
+        prepare(spec, df)
+    assert e.value.problems[0][0] == "input.window" and "series 'b' of input.group" in e.value.problems[0][1]
+    with pytest.raises(SpecError) as e:
+        prepare(ModelSpec(task="forecast", input={"window": 8, "group": "machine"}), df)
+    assert e.value.problems[0][0] == "input.group"

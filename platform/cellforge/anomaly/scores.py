@@ -128,59 +128,87 @@ def _rule_json(rule) -> Any:
     return rule if isinstance(rule, str) else rule.model_dump()
 
 
-def as_values(series: Any, state: dict[str, Any]) -> np.ndarray:
+def as_values(series: Any, state: dict[str, Any], key: Any = None) -> np.ndarray:
     """A (T, F) float array from a Series, a DataFrame (the training columns), or a 1-D/2-D array;
-    refuses, naming the field, what cannot be scored."""
+    refuses, naming the field, what cannot be scored (``key``: the series' group, said in errors)."""
     from cellforge.data.sources import Series
 
+    field = "series" if key is None else f"series[{key!r}]"
     columns = state["columns"]
     if isinstance(series, Series):
         series = series.values
     if type(series).__name__ == "DataFrame":
         missing = [c for c in columns if c not in series.columns]
         if missing:
-            raise SpecError([("series", f"columns {missing} are missing; the model was trained on {columns}")],
+            raise SpecError([(field, f"columns {missing} are missing; the model was trained on {columns}")],
                             what="input")
         series = series[columns].to_numpy()
     try:
         v = np.asarray(series, np.float64)
     except (TypeError, ValueError) as e:
-        raise SpecError([("series", f"expected numbers, {e}")], what="input") from None
+        raise SpecError([(field, f"expected numbers, {e}")], what="input") from None
     v = v[:, None] if v.ndim == 1 else v
     if v.ndim != 2:
-        raise SpecError([("series", f"expected (steps,) or (steps, features), got shape {v.shape}")], what="input")
+        raise SpecError([(field, f"expected (steps,) or (steps, features), got shape {v.shape}")], what="input")
     if v.shape[1] != state["num_features"]:
-        raise SpecError([("series", f"expected {state['num_features']} feature(s) per step ({columns}), "
-                                    f"got {v.shape[1]}")], what="input")
+        raise SpecError([(field, f"expected {state['num_features']} feature(s) per step ({columns}), "
+                                 f"got {v.shape[1]}")], what="input")
     need = state["anomaly"]["warmup"] + 1
     if len(v) < need:
-        raise SpecError([("series", f"the first score needs {need} steps (window {state['window']}), "
-                                    f"got {len(v)}")], what="input")
+        raise SpecError([(field, f"the first score needs {need} steps (window {state['window']}), "
+                                 f"got {len(v)}")], what="input")
     bad = np.flatnonzero(~np.isfinite(v).all(axis=1))
     if len(bad):
-        raise SpecError([("series", f"contains NaN or infinity at step(s) {bad[:5].tolist()}")], what="input")
+        raise SpecError([(field, f"contains NaN or infinity at step(s) {bad[:5].tolist()}")], what="input")
     return v
+
+
+def series_parts(series: Any, state: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(row indices, (T_i, F) values) of each series in ``series``: one, or with groups (a Series'
+    ``groups``, or a DataFrame's column named like the training data's ``input.group``) one per
+    group, in order of first appearance."""
+    from cellforge.data.sources import Series, group_rows
+
+    column = state.get("group")
+    if isinstance(series, Series) and series.groups is not None:
+        keys, rows_of = series.groups, lambda rows: series.values[rows]
+    elif column is not None and type(series).__name__ == "DataFrame" and column in series.columns:
+        keys, rows_of = series[column].to_numpy(), lambda rows: series.iloc[rows]
+    else:
+        v = as_values(series, state)
+        return [(np.arange(len(v)), v)]
+    return [(rows, as_values(rows_of(rows), state, key)) for key, rows in group_rows(keys, len(keys))]
 
 
 def score_series(predict, state: dict[str, Any], series: Any) -> tuple[np.ndarray, np.ndarray]:
     """(scores (T,), per-feature standardised errors (T, F)), NaN at warm-up steps. ``predict(x,
-    lengths)`` is the network (a loaded model's ``outputs``)."""
-    v = as_values(series, state)
+    lengths)`` is the network (a loaded model's ``outputs``). Many series in one table (the training
+    data's group column): each is scored on its own windows, in one call of the network."""
+    return _score_parts(predict, state, series_parts(series, state))
+
+
+def _score_parts(predict, state: dict[str, Any], parts: list) -> tuple[np.ndarray, np.ndarray]:
     a = state["anomaly"]
     reconstruct = a["method"] == "reconstruct"
-    x, y = anomaly_windows(scale(v, state["scaler"]), state["window"], reconstruct)
+    windows = [anomaly_windows(scale(v, state["scaler"]), state["window"], reconstruct) for _, v in parts]
+    x, y = (np.concatenate([w[i] for w in windows]) for i in (0, 1))
     out = predict(x, np.full(len(x), state["window"], np.int64))
     z, s = standardise(errors(reconstruct, out, y), a["error_scale"])
-    scores = np.full(len(v), np.nan)
-    per_feature = np.full(v.shape, np.nan)
-    scores[a["warmup"]:], per_feature[a["warmup"]:] = s, z
+    total = sum(len(rows) for rows, _ in parts)
+    scores, per_feature = np.full(total, np.nan), np.full((total, state["num_features"]), np.nan)
+    at = 0
+    for (rows, _), (wx, _) in zip(parts, windows):
+        scored = rows[a["warmup"]:]  # each window scores one step past the warm-up
+        scores[scored], per_feature[scored] = s[at: at + len(wx)], z[at: at + len(wx)]
+        at += len(wx)
     return scores, per_feature
 
 
 @dataclass
 class Detection:
     """What ``Model.detect`` returns: per-step scores (NaN at warm-up), flags, the threshold, and the
-    flagged intervals as (start, end) steps, end exclusive."""
+    flagged intervals as (start, end) steps, end exclusive (with many series in one table: rows of
+    the table, each interval within one series)."""
 
     scores: np.ndarray
     flags: np.ndarray
@@ -213,10 +241,14 @@ class Detection:
 
 
 def detect(predict, state: dict[str, Any], series: Any, threshold: float | None = None) -> Detection:
-    scores, per_feature = score_series(predict, state, series)
+    parts = series_parts(series, state)
+    scores, per_feature = _score_parts(predict, state, parts)
     t = state["anomaly"]["threshold"] if threshold is None else float(threshold)
     flags = np.nan_to_num(scores, nan=-np.inf) > t
-    return Detection(scores, flags, t, metrics.intervals(flags), per_feature, list(state["columns"]), state["window"])
+    # each series' intervals on its own (one never runs into the next series' rows), as table rows
+    intervals = sorted((int(rows[a]), int(rows[b - 1]) + 1) for rows, _ in parts
+                       for a, b in metrics.intervals(flags[rows]))
+    return Detection(scores, flags, t, intervals, per_feature, list(state["columns"]), state["window"])
 
 
 def stream_step(predict, state: dict[str, Any], x: np.ndarray, carry: dict[str, Any] | None

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from cellforge.data import targets
-from cellforge.data.sources import Sequences, Series, to_source
+from cellforge.data.sources import Sequences, Series, group_rows, to_source
 from cellforge.errors import SpecError
 from cellforge.spec import ModelSpec
 
@@ -270,30 +270,45 @@ def anomaly_windows(scaled: np.ndarray, window: int, reconstruct: bool) -> tuple
 
 def _fit_anomaly(spec: ModelSpec, src: Series) -> tuple[ModelSpec, Prepared]:
     """Windows of a series believed normal, split in time order: train, then validation (where the
-    score's scaling and the threshold are calibrated, see cellforge.anomaly.scores), then test."""
+    score's scaling and the threshold are calibrated, see cellforge.anomaly.scores), then test.
+    Many series in one table (``input.group``): each is windowed and split in time order on its own
+    (no window crosses from one series into the next), one scaler fitted on every train part."""
     inp, t = spec.input, spec.training
     values, reconstruct = src.values, spec.reconstructs
-    n_windows = len(values) - inp.window + reconstruct
-    if n_windows < 3:
-        raise SpecError([("input.window", f"a window of {inp.window} steps needs a series longer than "
-                          f"{inp.window + 2} steps, got {len(values)}")], what="data")
     if not np.isfinite(values).all():
         raise SpecError([("data", "the series contains NaN or infinity")], what="data")
-    parts = split_indices(n_windows, t.val_fraction, t.test_fraction, t.seed, shuffle=False)
-    scaler = fit_scaler(values[: parts["train"][-1] + inp.window + (not reconstruct)], inp.scale)
+    series = []  # (rows, that series' splits of its windows)
+    for key, rows in group_rows(src.groups, len(values)):
+        n_windows = len(rows) - inp.window + reconstruct
+        if n_windows < 3:
+            which = "" if key is None else f" (series {key!r} of input.group)"
+            raise SpecError([("input.window", f"a window of {inp.window} steps needs a series longer than "
+                              f"{inp.window + 2} steps, got {len(rows)}{which}")], what="data")
+        series.append((rows, split_indices(n_windows, t.val_fraction, t.test_fraction, t.seed, shuffle=False)))
+    scaler = fit_scaler(np.concatenate([values[rows[: parts["train"][-1] + inp.window + (not reconstruct)]]
+                                        for rows, parts in series]), inp.scale)
     state = {"kind": "series", "task": "anomaly", "method": spec.anomaly.method, "input_type": "numeric",
              "max_length": None, "num_features": values.shape[1], "window": inp.window, "horizon": 1,
              "columns": list(src.columns), "targets": list(src.columns), "num_targets": values.shape[1],
-             "scaler": scaler, "target_scaler": scaler}
+             "scaler": scaler, "target_scaler": scaler, "group": inp.group if src.groups is not None else None}
     spec = spec.updated(**{"input.num_features": values.shape[1]})
-    x, y = anomaly_windows(scale(values, scaler), inp.window, reconstruct)
-    lengths = np.full(n_windows, inp.window, np.int64)
-    splits = {k: {"x": x[i], "lengths": lengths[i], "y": y[i]} for k, i in parts.items()}
-    if src.labels is not None:  # the label of the step each window scores: val_f1, val_auroc, the threshold
-        scored = src.labels[inp.window - reconstruct:]
+    pieces: dict[str, dict[str, list]] = {k: {"x": [], "y": [], "labels": []} for k in ("train", "val", "test")}
+    for rows, parts in series:
+        x, y = anomaly_windows(scale(values[rows], scaler), inp.window, reconstruct)
+        # the label of the step each window scores: val_f1, val_auroc, the threshold
+        scored = None if src.labels is None else src.labels[rows][inp.window - reconstruct:]
         for k, i in parts.items():
-            splits[k]["labels"] = scored[i]
-    return spec, Prepared(splits, Preprocessor(state), [x[i] for i in parts["test"][:5]])
+            pieces[k]["x"].append(x[i])
+            pieces[k]["y"].append(y[i])
+            if scored is not None:
+                pieces[k]["labels"].append(scored[i])
+    splits = {}
+    for k, p in pieces.items():
+        x = np.concatenate(p["x"])
+        splits[k] = {"x": x, "lengths": np.full(len(x), inp.window, np.int64), "y": np.concatenate(p["y"])}
+        if src.labels is not None:
+            splits[k]["labels"] = np.concatenate(p["labels"])
+    return spec, Prepared(splits, Preprocessor(state), list(splits["test"]["x"][:5]))
 
 
 def _fit_series(spec: ModelSpec, src: Series) -> tuple[ModelSpec, Prepared]:

@@ -37,17 +37,39 @@ class Series:
     columns: list[str] = field(default_factory=list)
     name: str = "series"
     labels: np.ndarray | None = None  # anomaly: 1 at each anomalous step, for metrics (never for training)
+    # anomaly: one key per step when the table holds many series (one per machine), each in time order;
+    # windows never cross from one series into the next
+    groups: np.ndarray | None = None
 
     def __post_init__(self):
         self.values = np.asarray(self.values, dtype=np.float64)
         if self.values.ndim == 1:
             self.values = self.values[:, None]
+        if self.groups is not None:
+            self.groups = np.asarray(self.groups)
+            if self.groups.shape != (len(self.values),):
+                raise ValueError(f"groups: expected one key per step, shape ({len(self.values)},), "
+                                 f"got {self.groups.shape}")
         if self.labels is not None:
             self.labels = np.asarray(self.labels).astype(bool)
             if self.labels.shape != (len(self.values),):
                 raise ValueError(f"labels: expected one per step, shape ({len(self.values)},), got {self.labels.shape}")
         if not self.columns:
             self.columns = [f"x{i}" for i in range(self.values.shape[1])]
+
+
+def group_rows(groups: Any, n: int) -> list[tuple[Any, np.ndarray]]:
+    """Each series' key and its row indices (in row order), series in order of first appearance;
+    ``[(None, all n rows)]`` without groups.
+
+        >>> [(k, r.tolist()) for k, r in group_rows(np.array(["b", "a", "b", "a"]), 4)]
+        [('b', [0, 2]), ('a', [1, 3])]
+    """
+    if groups is None:
+        return [(None, np.arange(n))]
+    keys, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    return [(keys[k].item() if hasattr(keys[k], "item") else keys[k], np.flatnonzero(inverse == k))
+            for k in np.argsort(first, kind="stable")]
 
 
 def to_source(data: Any, spec: ModelSpec) -> Sequences | Series:
@@ -89,8 +111,13 @@ def _from_frame(df, spec: ModelSpec) -> Sequences | Series:
                         what="data")
     targets = _as_list(inp.target)
     if spec.task in ("forecast", "anomaly"):
-        cols = inp.columns or [c for c in df.columns if np.issubdtype(df[c].dtype, np.number)]
-        return Series(df[cols].to_numpy(np.float64), list(cols), name="table")
+        if inp.group is not None and spec.task == "forecast":
+            raise SpecError([("input.group", "a forecaster learns one series; many series in one table (a group "
+                                             "column) are supported for task 'anomaly'")], what="data")
+        cols = inp.columns or [c for c in df.columns
+                               if c != inp.group and np.issubdtype(df[c].dtype, np.number)]
+        groups = None if inp.group is None else df[inp.group].to_numpy()
+        return Series(df[cols].to_numpy(np.float64), list(cols), name="table", groups=groups)
     if not targets:
         raise SpecError([("input.target", "name the label/value column of a table source")], what="data")
     feats = inp.columns or [c for c in df.columns if c not in (*targets, inp.group)]
