@@ -120,13 +120,15 @@ class TrainStep(Step):
     max_failures: int = Field(0, ge=0)  # worker failures to recover from
     show: int = Field(5, ge=0)  # test predictions to print next to the truth
     tracking: str | None = None  # an MLflow tracking URI or 'none' (default: $MLFLOW_TRACKING_URI, else local)
+    tensorboard: bool | None = None  # TensorBoard event files in the run's directory (default: $CELLFORGE_TENSORBOARD)
 
     _spec = field_validator("spec")(lambda cls, v: _valid_spec(v))
 
     def run(self, base: Path, address: str | None) -> dict[str, Any]:
         result = fit(ModelSpec.parse(self.spec), self.data.load(base), workers=self.workers, use_gpu=self.use_gpu,
                      epochs=self.epochs, name=self.name, address=address, max_failures=self.max_failures,
-                     bundle_path=(base / self.bundle).resolve() if self.bundle else None, tracking=self.tracking)
+                     bundle_path=(base / self.bundle).resolve() if self.bundle else None, tracking=self.tracking,
+                     tensorboard=self.tensorboard)
         model = load(result.bundle)  # reload from disk: what a user would deploy
         if self.show and result.examples:
             log.info("%r: %d test predictions", model, min(self.show, len(result.examples)))

@@ -31,6 +31,8 @@ from cellforge.runtime import ensure_ray, own_sigint
 from cellforge.spec import TASKS, ModelSpec
 from cellforge.train import seq2seq_eval
 from cellforge.train.checkpoint import final_weights
+from cellforge.train.events import enabled as tensorboard_on
+from cellforge.train.events import logdir as events_dir
 from cellforge.train.loop import worker_loop
 
 
@@ -59,7 +61,7 @@ class FitResult:
 
 def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_checkpoint: str | None = None,
                   verbose: bool = True, init_weights: dict[str, np.ndarray] | None = None,
-                  tracking_run: dict[str, Any] | None = None) -> dict[str, Any]:
+                  tracking_run: dict[str, Any] | None = None, tensorboard: Path | None = None) -> dict[str, Any]:
     """What every Train worker of a run gets (``train_loop_config``): the spec, the prepared splits in
     Ray's object store, custom cells, where to start from, and how much to log (the driver's level of
     the ``cellforge`` logger: a notebook that quiets it quiets its workers too)."""
@@ -70,7 +72,8 @@ def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_ch
             "target": prepared.preprocessor.state.get("target"),  # seq2seq's vocabulary: val texts
             "init_checkpoint": init_checkpoint, "verbose": verbose, "log_level": log.getEffectiveLevel(),
             "init_weights": None if init_weights is None else ray.put(init_weights),
-            "tracking": tracking_run}  # rank 0 logs each epoch into this MLflow run (cellforge.tracking)
+            "tracking": tracking_run,  # rank 0 logs each epoch into this MLflow run (cellforge.tracking)
+            "tensorboard": None if tensorboard is None else str(tensorboard)}  # and its event files here
 
 
 def trainer(spec: ModelSpec, config: dict[str, Any], workers: int, use_gpu: bool, run_config):
@@ -94,7 +97,8 @@ def _local_node() -> bool:
 def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = False, epochs: int | None = None,
         name: str | None = None, storage_path: str | Path | None = None, bundle_path: str | Path | None = None,
         address: str | None = None, max_failures: int = 0, verbose: bool = True,
-        init_weights: dict[str, np.ndarray] | None = None, tracking: str | None = None) -> FitResult:
+        init_weights: dict[str, np.ndarray] | None = None, tracking: str | None = None,
+        tensorboard: bool | None = None) -> FitResult:
     """Train ``spec`` on ``data`` with ``workers`` Ray Train workers and save a bundle.
 
     Args:
@@ -111,6 +115,8 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
         init_weights: canonical weights to start from (a warm start: ``cellforge compress`` fine-tunes so).
         tracking: an MLflow tracking URI, or ``"none"``; default ``$MLFLOW_TRACKING_URI``, else a SQLite
             store under the runs directory (see ``cellforge.tracking``). A resumed run logs into its own run.
+        tensorboard: write TensorBoard event files to ``<storage>/<name>/tensorboard`` (scalars, weight
+            and gradient histograms; :mod:`cellforge.train.events`); default ``$CELLFORGE_TENSORBOARD``.
 
     Returns:
         FitResult with ``metrics`` (``test_*``), ``history`` and ``bundle``.
@@ -127,10 +133,13 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     ensure_ray(address)
     use_gpu = _gpu_or_cpu(use_gpu, address)
     track = start_tracking(tracking, storage, name, spec, prepared, data, workers, use_gpu)
+    events = events_dir(storage / name) if tensorboard_on(tensorboard) else None
+    if events is not None and verbose:
+        log.info("TensorBoard event files: tensorboard --logdir %s", events)
     try:
         weights, state = run(spec, prepared, workers=workers, use_gpu=use_gpu, name=name, storage=storage,
                              max_failures=max_failures, verbose=verbose, init_weights=init_weights,
-                             tracking_run=track.ref())
+                             tracking_run=track.ref(), tensorboard=events)
     except BaseException:
         track.finish([], status="FAILED")
         raise
@@ -184,13 +193,14 @@ def check_name(name: str) -> str:
 def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, name: str, storage: Path,
         max_failures: int = 0, callbacks: list | None = None, verbose: bool = True,
         init_weights: dict[str, np.ndarray] | None = None,
-        tracking_run: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        tracking_run: dict[str, Any] | None = None,
+        tensorboard: Path | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run the Ray Train job for prepared data; returns the final weights and the loop's state
     (history, best epoch). Resumes from the last checkpoint of a run with the same name and storage."""
     import ray.train
 
     config = worker_config(spec, prepared, use_gpu, verbose=verbose, init_weights=init_weights,
-                           tracking_run=tracking_run)
+                           tracking_run=tracking_run, tensorboard=tensorboard)
     run_config = ray.train.RunConfig(
         name=name, storage_path=str(storage), callbacks=callbacks,
         failure_config=ray.train.FailureConfig(max_failures=max_failures),

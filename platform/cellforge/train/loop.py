@@ -23,6 +23,7 @@ from cellforge.cells import load_cells
 from cellforge.log import log
 from cellforge.spec import ModelSpec
 from cellforge.train import checkpoint, seq2seq_eval
+from cellforge.train.events import EventLog
 from cellforge.train.worker import WorkerInfo
 
 
@@ -93,6 +94,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     fitter = fitter_class(spec)(spec, info)
     # rank 0 logs the epochs (metrics are already aggregated over ranks); the driver opened the run
     track = tracking.Run.of(config.get("tracking") if info.rank == 0 else None)
+    events = EventLog(config.get("tensorboard") if info.rank == 0 else None)
     t = spec.training
     es = t.early_stopping
     state = {"epoch": -1, "history": [], "best": None, "bad": 0, "best_epoch": None}
@@ -161,8 +163,11 @@ def worker_loop(config: dict[str, Any]) -> None:
         # after the report: an epoch is logged once its checkpoint is kept, so a resumed run never logs
         # an epoch twice (the driver fills in one that a kill left out: tracking.Run.finish)
         track.log_epoch(row, epoch + 1)
+        if info.rank == 0:
+            events.epoch(row, epoch + 1, weights, fitter.gradients())
         if stop:
             break
+    events.close()
 
 
 def fitter_class(spec: ModelSpec):

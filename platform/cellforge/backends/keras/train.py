@@ -182,6 +182,11 @@ class Fitter:
         return self._fns[key]
 
     # the Fitter contract (see cellforge.train.loop) -------------------------------------------------
+    def gradients(self) -> dict[str, np.ndarray]:
+        """None kept: the compiled step applies its gradients inside the graph, and keeping a copy
+        would cost one per step (TensorBoard shows Keras runs' weights, not their gradients)."""
+        return {}
+
     def train_epoch(self, epoch: int, batches) -> tuple[float, int]:
         """One pass over this rank's batches (x, lengths, y numpy); returns (loss sum, examples)."""
         self.opt.learning_rate = self.lr.value

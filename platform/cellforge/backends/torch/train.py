@@ -65,6 +65,11 @@ class Fitter:
         self.opt = make_optimizer(spec, self.net.parameters())
         self.lr = LRSchedule(spec)
 
+    def gradients(self) -> dict[str, np.ndarray]:
+        """Every parameter's gradient at the last step (its torch name), for TensorBoard's histograms."""
+        net = self.net.module if hasattr(self.net, "module") else self.net  # DDP
+        return {n: p.grad.detach().cpu().numpy() for n, p in net.named_parameters() if p.grad is not None}
+
     def train_epoch(self, epoch: int, batches) -> tuple[float, int]:
         """One pass over this rank's batches (x, lengths, y numpy); returns (loss sum, examples)."""
         self.net.train()
