@@ -86,14 +86,15 @@ def worker_loop(config: dict[str, Any]) -> None:
     log.setLevel(config.get("log_level", log.level))
     load_cells(config.get("cells", {}))
     spec = ModelSpec.parse(config["spec"])
+    ctx = ray.train.get_context()
+    info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_world_size(), config["use_gpu"])
+    # rank 0 logs the epochs (metrics are already aggregated over ranks); the driver opened the run.
+    # Started first: its thread opens the store while the data arrives and the model is built
+    track = tracking.EpochLog(tracking.Run.of(config.get("tracking") if info.rank == 0 else None))
     data = config["data"]
     splits = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     scaler = config.get("target_scaler")
-    ctx = ray.train.get_context()
-    info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_world_size(), config["use_gpu"])
     fitter = fitter_class(spec)(spec, info)
-    # rank 0 logs the epochs (metrics are already aggregated over ranks); the driver opened the run
-    track = tracking.Run.of(config.get("tracking") if info.rank == 0 else None)
     events = EventLog(config.get("tensorboard") if info.rank == 0 else None)
     t = spec.training
     es = t.early_stopping
@@ -168,6 +169,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         if stop:
             break
     events.close()
+    track.close()
 
 
 def fitter_class(spec: ModelSpec):
