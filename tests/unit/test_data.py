@@ -99,5 +99,5 @@ def test_missing_file_and_bad_inputs_are_named():
 def test_unknown_data_set_lists_known_ones():
     with pytest.raises(ValueError, match="known data sets: \\['adding', 'co2_seasonal', 'dates', 'digits', "
                                          "'docstrings', "
-                                         "'internal_bleeding', 'numbers', 'sunspots'\\]"):
+                                         "'internal_bleeding', 'numbers', 'spoken_digits', 'spoken_words', 'sunspots'\\]"):
         cf.datasets.load("mnist")

@@ -234,6 +234,8 @@ def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[di
         return {}, []
     backend = get_backend(spec.framework)
     out = backend.predict(backend.build(spec, weights), test["x"], test["lengths"])
+    if spec.task == "transcribe":
+        return _transcribe_test(prepared.preprocessor.state["target"], out, test)
     m = _metrics.score(spec, out, test["y"], prepared.preprocessor.state.get("target_scaler"))
     if spec.task == "anomaly":
         m.update(_anomaly_test(spec, out, test["y"], prepared.preprocessor.state["anomaly"]))
@@ -244,6 +246,15 @@ def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[di
     examples = [{"prediction": np.asarray(p).tolist(), "truth": np.asarray(t).tolist()}
                 for p, t in zip(shown[key], truth[key])]
     return {f"test_{k}": v for k, v in m.items()}, examples
+
+
+def _transcribe_test(target: dict, out: np.ndarray, test: dict) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    from cellforge import ctc
+
+    m = _metrics.transcribe_finalize(_metrics.transcribe_stats(target, out, test["lengths"], test["y"]))
+    shown = ctc.transcripts(target, out[:5], test["lengths"][:5])
+    truth = [ctc.text(target, [int(c) for c in row if c >= 0]) for row in test["y"][:5]]
+    return {f"test_{k}": v for k, v in m.items()}, [{"prediction": p, "truth": t} for p, t in zip(shown, truth)]
 
 
 def _calibrate(spec: ModelSpec, weights, val: dict[str, np.ndarray]) -> dict[str, Any]:
