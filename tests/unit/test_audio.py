@@ -3,6 +3,7 @@ called directly, bad audio -> a SpecError naming the field, the CTC loss in torc
 the numpy reference, decoding, and the transcribe head's parity through the numpy/torch/Keras nets."""
 
 import base64
+import json
 
 import librosa
 import numpy as np
@@ -159,3 +160,23 @@ def test_transcribe_head_parity(cell, bidirectional):
     spec = cf.ModelSpec(task="transcribe", cell=cell, bidirectional=bidirectional, hidden_size=7,
                         input={"num_features": 5}, target={"vocab_size": 6})
     check_parity(spec, *padded_batch(spec), compiled=False)
+
+
+def test_prepared_features_are_what_the_bundle_computes_from_raw_audio():
+    from cellforge.data import Preprocessor, prepare, speech
+
+    data = speech.spoken_words(voices=4, repeats=1, words=("yes", "no", "stop"))
+    spec = cf.ModelSpec(input={"type": "audio", "audio": {"hop_length": 320, "frame_length": 640, "n_mels": 24}},
+                        training={"val_fraction": 0.25, "test_fraction": 0.25})
+    spec, prepared = prepare(spec, data)
+    assert spec.input.num_features == 24 and spec.num_classes == 3
+    test_voices = {data.groups[i] for i in range(len(data.x)) if data.x[i] in prepared.raw_test}
+    train_voices = set(data.groups) - test_voices
+    assert len(test_voices) == 1 and len(train_voices) == 3  # held out by voice
+    pre = Preprocessor(json.loads(json.dumps(prepared.preprocessor.state)))  # as a bundle stores it
+    x, lengths = pre.transform(prepared.raw_test)
+    np.testing.assert_allclose(x, prepared.splits["test"]["x"][:, : x.shape[1]], atol=1e-5, rtol=0)
+    assert (lengths == prepared.splits["test"]["lengths"]).all()
+    t = spec.updated(task="transcribe", num_classes=None)
+    t, p = prepare(t, data)
+    assert t.target.vocab_size == len(p.preprocessor.state["target"]["vocab"]) and p.splits["train"]["y"].ndim == 2

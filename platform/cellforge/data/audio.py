@@ -151,3 +151,18 @@ def encode_wav(samples: np.ndarray, sample_rate: int) -> str:
     buf = io.BytesIO()
     sf.write(buf, np.asarray(samples, np.float32), sample_rate, format="WAV", subtype="PCM_16")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def from_request(inputs: list[Any]) -> list[Any]:
+    """An HTTP request's clips, checked: ``{"wav": base64}`` (any format soundfile reads), ``{"samples":
+    [...], "sample_rate": Hz}`` or a plain list of samples. Paths are refused: a server reads no files
+    named by its callers."""
+    clips = []
+    for i, clip in enumerate(inputs):
+        if isinstance(clip, str):
+            raise _bad(f"inputs.{i}", "expected {'wav': base64 audio}, {'samples': [...], 'sample_rate': Hz} or "
+                                      "a list of samples; file paths are not read over HTTP")
+        if isinstance(clip, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in clip):
+            raise _bad(f"inputs.{i}", "expected a list of numbers (mono samples at the model's sample rate)")
+        clips.append(np.asarray(clip, np.float32) if isinstance(clip, list) else clip)
+    return clips
