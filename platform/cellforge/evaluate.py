@@ -20,7 +20,7 @@ import numpy as np
 from cellforge import decode
 from cellforge import metrics as _metrics
 from cellforge.data import Series, read_table, split_indices, to_source
-from cellforge.data.preprocess import split_groups
+from cellforge.data.preprocess import split_parts
 from cellforge.errors import SpecError
 from cellforge.model import Model, load
 from cellforge.train.seq2seq_eval import score as seq2seq_score
@@ -57,7 +57,7 @@ def evaluate(bundle: str | Path, data: Any, split: str = "test", framework: str 
         x, lengths, y, naive = _series_arrays(model, src, split)
         extra["naive_rmse"] = naive
     else:
-        idx = _indices(len(src.x), spec, split, shuffle=True, groups=src.groups)
+        idx = _indices(len(src.x), spec, split, shuffle=True, src=src)
         x, lengths = pre.transform([src.x[i] for i in idx])
         try:
             y = pre.encode_y([src.y[i] for i in idx], lengths)
@@ -91,13 +91,14 @@ def _anomaly(model: Model, src, split: str) -> dict[str, float]:
     return {f"{split}_{k}": v for k, v in m.items()}
 
 
-def _indices(n: int, spec, split: str, shuffle: bool, groups=None) -> np.ndarray:
+def _indices(n: int, spec, split: str, shuffle: bool, src=None) -> np.ndarray:
     if split == "all":
         return np.arange(n)
     t = spec.training
-    # as prepare splits: by group when the data has groups (speech: its voices; dates: its dates)
-    idx = (split_indices(n, t.val_fraction, t.test_fraction, t.seed, shuffle) if groups is None
-           else split_groups(groups, t.val_fraction, t.test_fraction, t.seed))[split]
+    # sequences split as prepare splits them: official splits kept, else by group when the data has groups
+    # (speech: its voices; dates: its dates), else at random
+    idx = (split_indices(n, t.val_fraction, t.test_fraction, t.seed, shuffle) if src is None
+           else split_parts(src, t.val_fraction, t.test_fraction, t.seed))[split]
     if not len(idx):
         raise SpecError([("split", f"the {split!r} split of this data is empty; use split: all")], what="data")
     return idx

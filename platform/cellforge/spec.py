@@ -67,6 +67,9 @@ class InputSpec(_Strict):
     columns: list[str] | None = None  # feature columns; None = every column but target/group
     target: str | list[str] | None = None  # label/value column(s); for forecast the series to predict
     group: str | None = None  # rows sharing this column's value form one sequence
+    # official splits: this column says each row's split ('train', 'validation'/'val'/'dev', 'test'),
+    # kept exactly; a split it lacks is carved from 'train' by training.val_fraction / test_fraction
+    split: str | None = None
     num_features: int | None = Field(None, gt=0)  # filled in from the data by fit()
     max_length: int | None = Field(None, gt=0)  # longer sequences are cut to their last max_length steps
     scale: Literal["standard", "minmax", "none"] = "standard"  # fitted on the training split only

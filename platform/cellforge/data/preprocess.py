@@ -21,7 +21,7 @@ import numpy as np
 
 from cellforge import ctc
 from cellforge.data import audio, targets
-from cellforge.data.sources import Sequences, Series, to_source
+from cellforge.data.sources import Sequences, Series, with_splits
 from cellforge.errors import SpecError
 from cellforge.spec import ModelSpec
 
@@ -198,9 +198,38 @@ class Prepared:
     fingerprint: str | None = None  # the splits' sha256, once computed (cellforge.tracking.fingerprint)
 
 
-def prepare(spec: ModelSpec, data: Any) -> tuple[ModelSpec, Prepared]:
-    """Split, fit preprocessing on the training split only, and fill in the spec's sizes."""
-    src = to_source(data, spec)
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "val", "val": "val", "valid": "val",
+               "dev": "val", "test": "test"}
+
+
+def split_parts(src: Sequences, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
+    """Row indices of each split: the source's official ones (``src.split``) kept exactly, a split it
+    lacks carved from its training rows at the spec's fraction; else random (by group when grouped)."""
+    if src.split is None:
+        return (split_indices(len(src.x), val, test, seed, shuffle=True) if src.groups is None
+                else split_groups(src.groups, val, test, seed))
+    if len(src.split) != len(src.x):
+        raise SpecError([("input.split", f"{len(src.x)} inputs but {len(src.split)} split values")], what="data")
+    names = [SPLIT_NAMES.get(str(v).strip().lower()) for v in src.split]
+    bad = sorted({str(v) for v, n in zip(src.split, names) if n is None})
+    if bad:
+        raise SpecError([("input.split", f"expected 'train', 'validation' (or 'val', 'dev') or 'test', got "
+                                         f"{bad[:5]}")], what="data")
+    names = np.asarray(names)
+    given = {k: np.flatnonzero(names == k) for k in ("train", "val", "test")}
+    if not len(given["train"]):
+        raise SpecError([("input.split", "no training rows")], what="data")
+    fracs = {k: 0.0 if len(given[k]) else f for k, f in (("val", val), ("test", test))}
+    train = given["train"]
+    sub = (split_indices(len(train), fracs["val"], fracs["test"], seed, shuffle=True) if src.groups is None
+           else split_groups([src.groups[i] for i in train], fracs["val"], fracs["test"], seed))
+    return {"train": train[sub["train"]], **{k: given[k] if len(given[k]) else train[sub[k]] for k in ("val", "test")}}
+
+
+def prepare(spec: ModelSpec, data: Any, validation: Any = None, test: Any = None) -> tuple[ModelSpec, Prepared]:
+    """Split, fit preprocessing on the training split only, and fill in the spec's sizes. ``validation``
+    / ``test``: official splits, kept exactly (``data`` is then the training data)."""
+    src = with_splits(spec, data, validation, test)
     if spec.task in ("forecast", "anomaly") and not isinstance(src, Series):
         raise SpecError([("data", f"{spec.task} needs a time series (Series, 1-D/2-D array or a table)")],
                         what="data")
@@ -218,8 +247,7 @@ def fit_preprocessor(spec: ModelSpec, src: Sequences | Series) -> tuple[ModelSpe
         raise SpecError([("data", f"{n} inputs but {len(src.y)} targets")], what="data")
     if src.groups is not None and len(src.groups) != n:
         raise SpecError([("data", f"{n} inputs but {len(src.groups)} groups")], what="data")
-    parts = (split_indices(n, t.val_fraction, t.test_fraction, t.seed, shuffle=True) if src.groups is None
-             else split_groups(src.groups, t.val_fraction, t.test_fraction, t.seed))
+    parts = split_parts(src, t.val_fraction, t.test_fraction, t.seed)
     state: dict[str, Any] = {"kind": "sequences", "task": spec.task, "input_type": inp.type,
                              "max_length": inp.max_length}
     if inp.type == "text":

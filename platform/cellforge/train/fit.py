@@ -94,12 +94,14 @@ def _local_node() -> bool:
 def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = False, epochs: int | None = None,
         name: str | None = None, storage_path: str | Path | None = None, bundle_path: str | Path | None = None,
         address: str | None = None, max_failures: int = 0, verbose: bool = True,
-        init_weights: dict[str, np.ndarray] | None = None, tracking: str | None = None) -> FitResult:
+        init_weights: dict[str, np.ndarray] | None = None, tracking: str | None = None, validation: Any = None,
+        test: Any = None) -> FitResult:
     """Train ``spec`` on ``data`` with ``workers`` Ray Train workers and save a bundle.
 
     Args:
         spec: a ModelSpec or a dict of its fields.
-        data: (X, y), a built-in data set, a DataFrame, a CSV/Parquet path or a Ray Dataset.
+        data: (X, y), a built-in data set, a DataFrame, a CSV/Parquet path or a Ray Dataset (with
+            ``validation`` or ``test``: the training data).
         workers: data-parallel Ray Train workers; the global batch is split between them.
         use_gpu: one GPU per worker (CUDA), when the cluster has them.
         epochs: overrides ``spec.training.epochs``.
@@ -111,6 +113,9 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
         init_weights: canonical weights to start from (a warm start: ``cellforge compress`` fine-tunes so).
         tracking: an MLflow tracking URI, or ``"none"``; default ``$MLFLOW_TRACKING_URI``, else a SQLite
             store under the runs directory (see ``cellforge.tracking``). A resumed run logs into its own run.
+        validation, test: official splits, in any form ``data`` takes: kept exactly (early stopping reads
+            ``validation``, the test metrics ``test``); one not given is carved from ``data`` at the spec's
+            fraction. A table's split column (``input.split``) does the same from one table.
 
     Returns:
         FitResult with ``metrics`` (``test_*``), ``history`` and ``bundle``.
@@ -121,7 +126,7 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     spec = ModelSpec.of(spec, epochs)
     check_trainable(spec)
     check_workers(workers)
-    spec, prepared = prepare(spec, data)
+    spec, prepared = prepare(spec, data, validation, test)
     name = check_name(name or f"{spec.task}-{spec.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage = Path(storage_path).resolve() if storage_path else runs_dir()
     ensure_ray(address)
