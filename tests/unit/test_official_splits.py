@@ -60,3 +60,22 @@ def test_groups_carve_a_missing_split_by_group():
     assert (parts["test"] == np.arange(32, 40)).all()
     val_groups = {i // 4 for i in parts["val"]}
     assert val_groups and not val_groups & {i // 4 for i in parts["train"]}
+
+
+def test_a_folder_per_label_and_a_manifest(tmp_path):
+    import soundfile as sf
+
+    for label in ("no", "yes"):
+        (tmp_path / "clips" / label).mkdir(parents=True)
+        for i in range(3):
+            sf.write(tmp_path / "clips" / label / f"{i}.wav", np.zeros(1600, np.float32), 16000)
+    (tmp_path / "clips" / "yes" / "notes.txt").write_text("not a clip")
+    audio = cf.ModelSpec(input={"type": "audio"})
+    src = cf.data.to_source(tmp_path / "clips", audio)
+    assert src.y == ["no"] * 3 + ["yes"] * 3 and src.x[0].endswith("clips/no/0.wav")
+    pd.DataFrame({"path": ["clips/no/0.wav", "clips/yes/1.wav"], "label": ["no", "yes"]}).to_csv(
+        tmp_path / "manifest.csv", index=False)
+    src = cf.data.to_source(tmp_path / "manifest.csv", audio.updated(**{"input.target": "label"}))
+    assert src.x == [str(tmp_path / "clips/no/0.wav"), str(tmp_path / "clips/yes/1.wav")]
+    with pytest.raises(SpecError, match="input.type 'audio' or 'text'"):
+        cf.data.to_source(tmp_path / "clips", cf.ModelSpec())

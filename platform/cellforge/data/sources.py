@@ -85,8 +85,15 @@ def to_source(data: Any, spec: ModelSpec) -> Sequences | Series:
     """Normalise any supported source into Sequences or Series."""
     if isinstance(data, (Sequences, Series)):
         return data
+    if isinstance(data, (str, Path)) and Path(data).is_dir():
+        return from_folder(Path(data), spec)
     if isinstance(data, (str, Path)):
-        data = read_table(Path(data))
+        table = Path(data)
+        data = read_table(table)
+        if spec.input.type == "audio":  # a manifest: clip paths relative to the manifest's own folder
+            src = _from_frame(data, spec)
+            src.x = [str(table.parent / p) if not Path(p).is_absolute() else p for p in src.x]
+            return src
     if type(data).__module__.startswith("ray.data"):
         data = data.to_pandas()
     if isinstance(data, tuple) and len(data) == 2:
@@ -97,6 +104,34 @@ def to_source(data: Any, spec: ModelSpec) -> Sequences | Series:
         return Series(np.asarray(data, dtype=np.float64))
     raise SpecError([("data", "expected (X, y), Sequences, Series, a DataFrame, a CSV/Parquet path or a "
                       f"Ray Dataset, got {type(data).__name__}")], what="data")
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def from_folder(root: Path, spec: ModelSpec) -> Sequences:
+    """A folder with one subfolder per label: audio clips (input.type audio: WAV/FLAC/OGG paths) or
+    text files (input.type text: each file's text), in name order; the subfolder's name is the label."""
+    if spec.input.type not in ("audio", "text"):
+        raise SpecError([("data", f"a folder of labelled files is read for input.type 'audio' or 'text', got "
+                                  f"{spec.input.type!r}")], what="data")
+    x, y = [], []
+    for label in sorted(d for d in root.iterdir() if d.is_dir()):
+        for f in sorted(label.iterdir()):
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            if spec.input.type == "audio":
+                if f.suffix.lower() in AUDIO_SUFFIXES:
+                    x.append(str(f))
+                    y.append(label.name)
+            else:
+                x.append(f.read_text(encoding="utf-8", errors="replace"))
+                y.append(label.name)
+    if not x:
+        raise SpecError([("data", f"no labelled files in {root}: expected one subfolder per label"
+                                  + (f" holding {', '.join(AUDIO_SUFFIXES)} files" if spec.input.type == "audio" else ""))],
+                        what="data")
+    return Sequences(x, y, name=root.name)
 
 
 def read_table(path: Path):
