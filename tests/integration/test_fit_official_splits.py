@@ -7,6 +7,7 @@ import pytest
 
 import cellforge as cf
 from cellforge.data.preprocess import fit_scaler
+from cellforge.evaluate import evaluate
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ def test_official_splits_reach_only_their_own_roles(ray_session, tmp_path):
     want = fit_scaler(x[train].reshape(-1, 8).astype(np.float64), "standard")
     np.testing.assert_allclose(model.preprocessor.state["scaler"]["shift"], want["shift"], rtol=1e-9)
     np.testing.assert_allclose(model.preprocessor.state["scaler"]["scale"], want["scale"], rtol=1e-9)
-    on_test = cf.evaluate(r.bundle, (x_test, y[test]), split="all")
+    on_test = evaluate(r.bundle, (x_test, y[test]), split="all")
     assert r.metrics["test_accuracy"] == pytest.approx(on_test["all_accuracy"])
     best = max(h["val_accuracy"] for h in r.history)
-    assert cf.evaluate(r.bundle, (x[val], y[val]), split="all")["all_accuracy"] == pytest.approx(best) and best > 0.8
+    assert evaluate(r.bundle, (x[val], y[val]), split="all")["all_accuracy"] == pytest.approx(best) and best > 0.8

@@ -47,7 +47,7 @@ def test_spoken_words_on_held_out_voices(words, tmp_path):
     model = cf.load(result.bundle)
     test = [data.x[i] for i in parts["test"]]
     predicted = model.predict(test)
-    assert np.mean(predicted == np.asarray([data.y[i] for i in parts["test"]])) == result.metrics["test_accuracy"]
+    assert np.mean(predicted == np.asarray([data.y[i] for i in parts["test"]])) == pytest.approx(result.metrics["test_accuracy"])
     # the bundle's features from raw audio are the training features
     _, prepared = prepare(spec, data)
     x, lengths = model.preprocessor.transform(test[:8])
@@ -104,7 +104,8 @@ def test_served_over_http_base64_wav_and_samples_agree_bad_audio_is_4xx(words, s
     model = cf.load(result.bundle)
     test = [data.x[i] for i in held_out_voices(data, cf.ModelSpec.parse(WORDS))["test"][:6]]
     want = model.predict(test).tolist()
-    client = cf.Client(cf.deploy(result.bundle, "spoken-words", num_replicas=1).base_url)
+    # audio is bulky: ~0.3 MB of JSON per second of samples (base64 16-bit WAV: 43 kB), over the 1 MiB default
+    client = cf.Client(cf.deploy(result.bundle, "spoken-words", num_replicas=1, max_body_bytes=8 << 20).base_url)
     clips = [sf.read(p, dtype="float32") for p in test]
     by_wav = client.predict("spoken-words", [{"wav": audio.encode_wav(s, sr)} for s, sr in clips])
     by_samples = client.predict("spoken-words", [s.tolist() for s, _ in clips[:3]] +
