@@ -29,4 +29,4 @@ def test_official_splits_reach_only_their_own_roles(ray_session, tmp_path):
     on_test = evaluate(r.bundle, (x_test, y[test]), split="all")
     assert r.metrics["test_accuracy"] == pytest.approx(on_test["all_accuracy"])
     best = max(h["val_accuracy"] for h in r.history)
-    assert evaluate(r.bundle, (x[val], y[val]), split="all")["all_accuracy"] == pytest.approx(best) and best > 0.8
+    assert evaluate(r.bundle, (x[val], y[val]), split="all")["all_accuracy"] == pytest.approx(best) and best > 0.5
