@@ -12,7 +12,10 @@ share of a spoken-word fit spent computing features.
    Train holds in its object store, so no epoch recomputes them) against the whole fit.
 
 The machine may be shared: compare the two measured in the same run, and give the load average
-(printed) next to any figure.
+(printed) next to any figure. Measured 2026-11-30 (2 cores, ``ray-slot --alone``, load 4.8 then 3.4):
+librosa directly 1158 clips/s, featurize 1059 clips/s (1.09x librosa's time); a 3-epoch fit of the 864
+spoken_words clips took 37.8 s, of which features 0.9 s (2%) and epochs 1.6 s: the rest is Ray and its
+workers starting.
 """
 
 from __future__ import annotations
