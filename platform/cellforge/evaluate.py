@@ -20,6 +20,7 @@ import numpy as np
 from cellforge import decode
 from cellforge import metrics as _metrics
 from cellforge.data import Series, read_table, split_indices, to_source
+from cellforge.data.preprocess import split_parts
 from cellforge.errors import SpecError
 from cellforge.model import Model, load
 from cellforge.train.seq2seq_eval import score as seq2seq_score
@@ -56,7 +57,7 @@ def evaluate(bundle: str | Path, data: Any, split: str = "test", framework: str 
         x, lengths, y, naive = _series_arrays(model, src, split)
         extra["naive_rmse"] = naive
     else:
-        idx = _indices(len(src.x), spec, split, shuffle=True)
+        idx = _indices(len(src.x), spec, split, shuffle=True, src=src)
         x, lengths = pre.transform([src.x[i] for i in idx])
         try:
             y = pre.encode_y([src.y[i] for i in idx], lengths)
@@ -66,6 +67,10 @@ def evaluate(bundle: str | Path, data: Any, split: str = "test", framework: str 
     if spec.task == "seq2seq":  # decoded as spec.decode says, scored by sacrebleu and rouge-score
         m = seq2seq_score(spec, decode.runtime(model.framework), model.net, {"x": x, "lengths": lengths, "y": y},
                   pre.state["target"])[0]
+        return {f"{split}_{k}": v for k, v in m.items()}
+    if spec.task == "transcribe":  # greedy transcripts: CER and WER by jiwer
+        m = _metrics.transcribe_finalize(_metrics.transcribe_stats(pre.state["target"], model.outputs(x, lengths),
+                                                                   lengths, y))
         return {f"{split}_{k}": v for k, v in m.items()}
     m = _metrics.score(spec, model.outputs(x, lengths), y, pre.state.get("target_scaler"))
     return {**{f"{split}_{k}": v for k, v in m.items()}, **extra}
@@ -86,11 +91,14 @@ def _anomaly(model: Model, src, split: str) -> dict[str, float]:
     return {f"{split}_{k}": v for k, v in m.items()}
 
 
-def _indices(n: int, spec, split: str, shuffle: bool) -> np.ndarray:
+def _indices(n: int, spec, split: str, shuffle: bool, src=None) -> np.ndarray:
     if split == "all":
         return np.arange(n)
     t = spec.training
-    idx = split_indices(n, t.val_fraction, t.test_fraction, t.seed, shuffle)[split]
+    # sequences split as prepare splits them: official splits kept, else by group when the data has groups
+    # (speech: its voices; dates: its dates), else at random
+    idx = (split_indices(n, t.val_fraction, t.test_fraction, t.seed, shuffle) if src is None
+           else split_parts(src, t.val_fraction, t.test_fraction, t.seed))[split]
     if not len(idx):
         raise SpecError([("split", f"the {split!r} split of this data is empty; use split: all")], what="data")
     return idx

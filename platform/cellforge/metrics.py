@@ -73,6 +73,26 @@ def score(spec, out: np.ndarray, y: np.ndarray, target_scaler: dict | None = Non
     return evaluate(spec.task, out, y, spec.num_classes, target_scaler)
 
 
+MODES.update({"cer": "min", "wer": "min"})
+
+
+def transcribe_stats(target: dict, logits: np.ndarray, lengths: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """transcribe: [CTC loss sum, rows, char edits, reference chars, word edits, reference words] of
+    one shard, from greedy transcripts (cellforge.ctc) against the encoded targets."""
+    from cellforge import ctc
+
+    if not len(y):
+        return np.zeros(6)
+    truth = [ctc.text(target, [int(c) for c in row if c != ctc.PAD]) for row in y]
+    found = ctc.transcripts(target, logits, lengths)
+    return np.concatenate([[ctc.losses(logits, lengths, y).sum(), len(y)], ctc.edit_stats(truth, found)])
+
+
+def transcribe_finalize(s: np.ndarray) -> dict[str, float]:
+    """Loss, CER and WER of a split from its summed ``transcribe_stats``."""
+    return {"loss": float(s[0] / max(s[1], 1)), "cer": float(s[2] / max(s[3], 1)), "wer": float(s[4] / max(s[5], 1))}
+
+
 def mode_of(metric: str) -> str:
     """'min' or 'max' for a metric name such as 'val_accuracy'."""
     return MODES.get(metric.split("_", 1)[-1] if metric.startswith(("val_", "train_", "test_")) else metric, "min")

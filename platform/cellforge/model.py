@@ -53,11 +53,14 @@ class Model:
         return self.preprocessor.decode(self.outputs(x, lengths), lengths)
 
     def predict(self, inputs: Any, **options):
-        """Class labels, per-step tags, or values in the data's own units; seq2seq: strings
+        """Class labels, per-step tags, or values in the data's own units; transcribe: transcripts
+        (greedy CTC decoding; ``transcribe`` for beam search); seq2seq: strings
         (``options``: ``return_attention``, ``strategy``, ``beam_width``; see ``translate``)."""
         if self.spec.task == "seq2seq":
             return self.translate(inputs, **options)
         out = self.predict_details(inputs)
+        if "texts" in out:  # transcribe
+            return out["texts"]
         if "values" in out:
             return out["values"]
         return out["labels"] if self.spec.task == "tag" else np.asarray(out["labels"])
@@ -69,6 +72,19 @@ class Model:
         stepper = decode.runtime(self.framework).Stepper(self.net)
         return decode.translate(self.spec, self.preprocessor, stepper, inputs, return_attention=return_attention,
                                 strategy=strategy, beam_width=beam_width)
+
+    def transcribe(self, inputs: Any, strategy: str = "greedy", beam_width: int = 8) -> list[str]:
+        """transcribe: one transcript per clip, decoded greedily or by CTC prefix beam search."""
+        from cellforge import ctc
+
+        if self.spec.task != "transcribe":
+            raise SpecError([("task", f"transcribing needs a model of task 'transcribe', this one's is "
+                                      f"{self.spec.task!r}")], what="model")
+        if strategy not in ("greedy", "beam"):
+            raise SpecError([("strategy", f"expected 'greedy' or 'beam', got {strategy!r}")], what="model")
+        x, lengths = self.preprocessor.transform(inputs)
+        return ctc.transcripts(self.preprocessor.state["target"], self.outputs(x, lengths), lengths, strategy,
+                               beam_width)
 
     # anomaly: cellforge.anomaly.scores ------------------------------------------------------
     def score(self, series: Any, per_feature: bool = False):

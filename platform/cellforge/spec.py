@@ -22,7 +22,7 @@ from cellforge.attention import ATTENTIONS
 from cellforge.cells import CELLS
 from cellforge.errors import Problems, Strict
 
-TASKS = ("classify", "regress", "forecast", "tag", "seq2seq", "anomaly")
+TASKS = ("classify", "regress", "forecast", "tag", "seq2seq", "anomaly", "transcribe")
 SEQ2SEQ_FIELDS = ("attention", "decoder", "target", "decode")  # None on every other task
 FRAMEWORKS = ("torch", "tensorflow")
 
@@ -31,14 +31,45 @@ class _Strict(Strict):
     what = "spec"
 
 
+class AudioSpec(_Strict):
+    """input.type audio: how a clip becomes a feature sequence (librosa; cellforge.data.audio)."""
+
+    sample_rate: int = Field(16000, gt=0)  # Hz; clips at another rate are resampled to it
+    resample: bool = True  # off: a clip at another sample rate is refused
+    features: Literal["logmel", "mfcc"] = "logmel"
+    frame_length: int = Field(400, gt=0)  # samples per FFT window (400 at 16 kHz: 25 ms)
+    hop_length: int = Field(160, gt=0)  # samples between frames (160 at 16 kHz: 10 ms)
+    n_mels: int = Field(40, gt=0)
+    n_mfcc: int = Field(13, gt=0)  # mfcc only
+    # each feature's mean and variance over the clip (CMVN) before input.scale, which is fitted on the
+    # training split's frames (global normalisation)
+    per_utterance: bool = False
+    max_seconds: float = Field(30.0, gt=0)  # longer clips are refused
+
+    @model_validator(mode="after")
+    def _sizes(self) -> AudioSpec:
+        problems = []
+        if self.hop_length > self.frame_length:
+            problems.append(("hop_length", f"must be <= frame_length ({self.frame_length}), got {self.hop_length}"))
+        if self.features == "mfcc" and self.n_mfcc > self.n_mels:
+            problems.append(("n_mfcc", f"must be <= n_mels ({self.n_mels}), got {self.n_mfcc}"))
+        if problems:
+            raise Problems(problems)
+        return self
+
+
 class InputSpec(_Strict):
     """What goes into the network and how raw data is turned into it."""
 
-    type: Literal["numeric", "text"] = "numeric"
+    type: Literal["numeric", "text", "audio"] = "numeric"
+    audio: AudioSpec | None = None  # type audio only (filled in there)
     # tabular sources (DataFrame, CSV, Parquet, Ray Data): which columns are what
     columns: list[str] | None = None  # feature columns; None = every column but target/group
     target: str | list[str] | None = None  # label/value column(s); for forecast the series to predict
     group: str | None = None  # rows sharing this column's value form one sequence (anomaly: one series, e.g. a machine)
+    # official splits: this column says each row's split ('train', 'validation'/'val'/'dev', 'test'),
+    # kept exactly; a split it lacks is carved from 'train' by training.val_fraction / test_fraction
+    split: str | None = None
     num_features: int | None = Field(None, gt=0)  # filled in from the data by fit()
     max_length: int | None = Field(None, gt=0)  # longer sequences are cut to their last max_length steps
     scale: Literal["standard", "minmax", "none"] = "standard"  # fitted on the training split only
@@ -216,7 +247,8 @@ class ModelSpec(_Strict):
     """
 
     framework: Literal["torch", "tensorflow"] = "torch"
-    task: Literal["classify", "regress", "forecast", "tag", "seq2seq", "anomaly"] = "classify"
+    # transcribe: a sequence (audio) -> a shorter token sequence, by CTC over target's vocabulary
+    task: Literal["classify", "regress", "forecast", "tag", "seq2seq", "anomaly", "transcribe"] = "classify"
     cell: str = "lstm"  # a name in cellforge.cells.CELLS
     hidden_size: int = Field(64, gt=0)
     num_layers: int = Field(1, gt=0, le=16)
@@ -253,6 +285,11 @@ class ModelSpec(_Strict):
             data = {**data, **{k: v for k, v in defaults.items() if data.get(k) is None}}
         if isinstance(data, dict) and data.get("task") == "anomaly" and data.get("anomaly") is None:
             data = {**data, "anomaly": {}}
+        if isinstance(data, dict) and data.get("task") == "transcribe" and data.get("target") is None:
+            data = {**data, "target": {}}
+        inp = data.get("input") if isinstance(data, dict) else None
+        if isinstance(inp, dict) and inp.get("type") == "audio" and inp.get("audio") is None:
+            data = {**data, "input": {**inp, "audio": {}}}
         return data
 
     @model_validator(mode="after")
@@ -274,11 +311,18 @@ class ModelSpec(_Strict):
                                                   "so the network reads forward only; got true"))
         elif self.anomaly is not None:
             problems.append(("anomaly", f"only for task 'anomaly', got task {self.task!r}"))
+        if self.input.type == "audio" and self.task in ("forecast", "anomaly"):
+            problems.append(("input.type", f"{self.task} needs numeric input, got 'audio'"))
+        if self.input.type != "audio" and self.input.audio is not None:
+            problems.append(("input.audio", f"only for input.type 'audio', got {self.input.type!r}"))
+        if self.task == "transcribe":
+            problems += [(f, "not used by transcribe: the target vocabulary sets the outputs (target.vocab_size)")
+                         for f in ("num_classes", "num_outputs") if getattr(self, f) is not None]
         if self.task == "seq2seq":
             problems += self._seq2seq_problems()
         else:
             problems += [(f, f"only for task 'seq2seq', got task {self.task!r}") for f in SEQ2SEQ_FIELDS
-                         if getattr(self, f) is not None]
+                         if getattr(self, f) is not None and not (f == "target" and self.task == "transcribe")]
             if self.training.teacher_forcing != 1.0:
                 problems.append(("training.teacher_forcing", f"only for task 'seq2seq', got task {self.task!r}"))
         if problems:
@@ -314,6 +358,8 @@ class ModelSpec(_Strict):
                 data["training"].pop("teacher_forcing")
         if self.task != "anomaly" and isinstance(data, dict) and data.get("anomaly") is None:
             data.pop("anomaly", None)
+        if isinstance(data, dict) and isinstance(data.get("input"), dict) and data["input"].get("audio") is None:
+            data["input"].pop("audio", None)  # what non-audio specs were before audio existed
         return data
 
     def updated(self, **changes: Any) -> ModelSpec:
@@ -415,9 +461,14 @@ class ModelSpec(_Strict):
         return self.attention != "none" if self.decoder.input_feeding is None else self.decoder.input_feeding
 
     @property
+    def per_step(self) -> bool:
+        """Whether the head reads every step (tag, transcribe) rather than the sequence's summary."""
+        return self.task in ("tag", "transcribe")
+
+    @property
     def output_size(self) -> int:
         """Width of the head's output (logits, values, or horizon x targets flattened)."""
-        if self.task == "seq2seq":
+        if self.task in ("seq2seq", "transcribe"):
             if self.target.vocab_size is None:
                 raise ValueError("target.vocab_size is not set: fit() fills it in from the data")
             return self.target.vocab_size

@@ -97,7 +97,7 @@ def test_missing_file_and_bad_inputs_are_named():
 
 
 def test_unknown_data_set_lists_known_ones():
-    with pytest.raises(ValueError, match="known data sets: \\['adding', 'co2_seasonal', 'dates', 'digits', "
+    with pytest.raises(ValueError, match="known data sets: \\['adding', 'co2_seasonal', 'dates', 'debian_descriptions', 'digits', "
                                          "'docstrings', "
-                                         "'internal_bleeding', 'numbers', 'sunspots'\\]"):
+                                         "'internal_bleeding', 'numbers', 'spoken_digits', 'spoken_words', 'sunspots'\\]"):
         cf.datasets.load("mnist")

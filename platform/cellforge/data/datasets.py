@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cellforge.data import anomalies
+from cellforge.data import anomalies, speech
+from cellforge.data.debian import debian_descriptions
 from cellforge.data.docstrings import docstrings
 from cellforge.data.sources import Sequences, Series
 
@@ -102,13 +103,16 @@ def dates(n: int = 2000, locales: tuple[str, ...] = DATE_LOCALES, formats: tuple
 
 DATASETS = {"digits": digits, "sunspots": sunspots, "adding": adding, "numbers": numbers, "dates": dates,
             "docstrings": docstrings, "co2_seasonal": anomalies.co2_seasonal,
-            "internal_bleeding": anomalies.internal_bleeding}
+            "internal_bleeding": anomalies.internal_bleeding, "spoken_words": speech.spoken_words,
+            "spoken_digits": speech.spoken_digits, "debian_descriptions": debian_descriptions}
 
 
 def load(name: str, **kwargs) -> Sequences | Series:
     """Load a built-in data set by name: ``digits``, ``sunspots``, ``adding``, ``numbers``, ``dates``,
     ``docstrings``, ``co2_seasonal`` or ``internal_bleeding`` (a labelled anomaly; see
-    :mod:`cellforge.data.anomalies`)."""
+    :mod:`cellforge.data.anomalies`), ``spoken_words`` or ``spoken_digits`` (synthesised speech, WAV
+    paths; see :mod:`cellforge.data.speech`) or ``debian_descriptions`` (real text: package descriptions ->
+    archive sections, :mod:`cellforge.data.debian`)."""
     try:
         fn = DATASETS[name]
     except KeyError:

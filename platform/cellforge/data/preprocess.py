@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from cellforge.data import targets
-from cellforge.data.sources import Sequences, Series, group_rows, to_source
+from cellforge import ctc
+from cellforge.data import audio, targets
+from cellforge.data.sources import Sequences, Series, group_rows, with_splits
 from cellforge.errors import SpecError
 from cellforge.spec import ModelSpec
 
@@ -58,10 +59,17 @@ class Preprocessor:
                 ids = self.token_ids(t) or [1]
                 seqs.append(np.asarray(ids, np.int64))
             return pad(seqs, s.get("max_length"), np.int64)
+        if s["input_type"] == "audio":
+            return self.from_features(audio.featurize(raw, s["audio"]))
         seqs = as_sequences(raw, s["num_features"])
         if s["kind"] == "series":
             seqs = [q[-s["window"]:] for q in seqs]
         return pad([scale(q, s["scaler"]) for q in seqs], s.get("max_length"), np.float32)
+
+    def from_features(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Audio: feature sequences (cellforge.data.audio) -> scaled, padded x and lengths."""
+        s = self.state
+        return pad([scale(q, s["scaler"]).astype(np.float32) for q in seqs], s.get("max_length"), np.float32)
 
     # targets ------------------------------------------------------------------
     def encode_y(self, y: Any, lengths: np.ndarray | None = None) -> np.ndarray:
@@ -71,6 +79,8 @@ class Preprocessor:
             return np.asarray([index[_key(v)] for v in np.asarray(y).tolist()], np.int64)
         if s["task"] == "seq2seq":
             return targets.encode(s["target"], list(y))
+        if s["task"] == "transcribe":
+            return ctc.encode(s["target"], list(y))
         if s["task"] == "tag":
             index = {c: i for i, c in enumerate(s["classes"])}
             out = np.full((len(y), int(lengths.max())), -100, np.int64)  # -100: ignored by the loss
@@ -93,6 +103,8 @@ class Preprocessor:
                 return {"labels": [lab[: n].tolist() for lab, n in zip(labels, lengths)],
                         "probabilities": [q[: n] for q, n in zip(p, lengths)]}
             return {"labels": labels.tolist(), "probabilities": p}
+        if s["task"] == "transcribe":
+            return {"texts": ctc.transcripts(s["target"], outputs, lengths)}
         values = unscale(outputs.reshape(len(outputs), -1, s["num_targets"]), s["target_scaler"])
         if s["task"] == "regress":
             values = values[:, 0]
@@ -186,9 +198,38 @@ class Prepared:
     fingerprint: str | None = None  # the splits' sha256, once computed (cellforge.tracking.fingerprint)
 
 
-def prepare(spec: ModelSpec, data: Any) -> tuple[ModelSpec, Prepared]:
-    """Split, fit preprocessing on the training split only, and fill in the spec's sizes."""
-    src = to_source(data, spec)
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "val", "val": "val", "valid": "val",
+               "dev": "val", "test": "test"}
+
+
+def split_parts(src: Sequences, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
+    """Row indices of each split: the source's official ones (``src.split``) kept exactly, a split it
+    lacks carved from its training rows at the spec's fraction; else random (by group when grouped)."""
+    if src.split is None:
+        return (split_indices(len(src.x), val, test, seed, shuffle=True) if src.groups is None
+                else split_groups(src.groups, val, test, seed))
+    if len(src.split) != len(src.x):
+        raise SpecError([("input.split", f"{len(src.x)} inputs but {len(src.split)} split values")], what="data")
+    names = [SPLIT_NAMES.get(str(v).strip().lower()) for v in src.split]
+    bad = sorted({str(v) for v, n in zip(src.split, names) if n is None})
+    if bad:
+        raise SpecError([("input.split", f"expected 'train', 'validation' (or 'val', 'dev') or 'test', got "
+                                         f"{bad[:5]}")], what="data")
+    names = np.asarray(names)
+    given = {k: np.flatnonzero(names == k) for k in ("train", "val", "test")}
+    if not len(given["train"]):
+        raise SpecError([("input.split", "no training rows")], what="data")
+    fracs = {k: 0.0 if len(given[k]) else f for k, f in (("val", val), ("test", test))}
+    train = given["train"]
+    sub = (split_indices(len(train), fracs["val"], fracs["test"], seed, shuffle=True) if src.groups is None
+           else split_groups([src.groups[i] for i in train], fracs["val"], fracs["test"], seed))
+    return {"train": train[sub["train"]], **{k: given[k] if len(given[k]) else train[sub[k]] for k in ("val", "test")}}
+
+
+def prepare(spec: ModelSpec, data: Any, validation: Any = None, test: Any = None) -> tuple[ModelSpec, Prepared]:
+    """Split, fit preprocessing on the training split only, and fill in the spec's sizes. ``validation``
+    / ``test``: official splits, kept exactly (``data`` is then the training data)."""
+    src = with_splits(spec, data, validation, test)
     if spec.task in ("forecast", "anomaly") and not isinstance(src, Series):
         raise SpecError([("data", f"{spec.task} needs a time series (Series, 1-D/2-D array or a table)")],
                         what="data")
@@ -206,8 +247,7 @@ def fit_preprocessor(spec: ModelSpec, src: Sequences | Series) -> tuple[ModelSpe
         raise SpecError([("data", f"{n} inputs but {len(src.y)} targets")], what="data")
     if src.groups is not None and len(src.groups) != n:
         raise SpecError([("data", f"{n} inputs but {len(src.groups)} groups")], what="data")
-    parts = (split_indices(n, t.val_fraction, t.test_fraction, t.seed, shuffle=True) if src.groups is None
-             else split_groups(src.groups, t.val_fraction, t.test_fraction, t.seed))
+    parts = split_parts(src, t.val_fraction, t.test_fraction, t.seed)
     state: dict[str, Any] = {"kind": "sequences", "task": spec.task, "input_type": inp.type,
                              "max_length": inp.max_length}
     if inp.type == "text":
@@ -219,6 +259,13 @@ def fit_preprocessor(spec: ModelSpec, src: Sequences | Series) -> tuple[ModelSpe
         kept = sorted((c for c in counts.items() if c[1] >= inp.min_freq), key=lambda c: (-c[1], c[0]))
         state["vocab"] = [PAD, UNK, *[tok for tok, _ in kept[: inp.max_vocab - 2]]]
         spec = spec.updated(**{"input.vocab_size": len(state["vocab"])})
+    elif inp.type == "audio":  # features computed once here: epochs read the arrays
+        state["audio"] = inp.audio.model_dump()
+        feats = audio.featurize(src.x, state["audio"])
+        state["num_features"] = feats[0].shape[1]
+        state["scaler"] = fit_scaler(np.concatenate([feats[i][: inp.max_length or None] for i in parts["train"]]),
+                                     inp.scale)
+        spec = spec.updated(**{"input.num_features": state["num_features"]})
     else:
         seqs = as_sequences(src.x, None)
         widths = {q.shape[1] for q in seqs}
@@ -240,13 +287,18 @@ def fit_preprocessor(spec: ModelSpec, src: Sequences | Series) -> tuple[ModelSpe
             raise SpecError([("data", "seq2seq targets must be strings")], what="data")
         state["target"] = targets.fit(spec.target, [src.y[i] for i in parts["train"]])
         spec = spec.updated(**{"target.vocab_size": len(state["target"]["vocab"])})
+    elif spec.task == "transcribe":
+        if not all(isinstance(t, str) for t in src.y):
+            raise SpecError([("data", "transcribe targets must be strings (transcripts)")], what="data")
+        state["target"] = ctc.fit(spec.target, [src.y[i] for i in parts["train"]])
+        spec = spec.updated(**{"target.vocab_size": len(state["target"]["vocab"])})
     else:
         y = np.asarray(src.y, np.float64).reshape(n, -1)
         state["num_targets"] = y.shape[1]
         state["target_scaler"] = fit_scaler(y[parts["train"]], inp.scale)
         spec = spec.updated(num_outputs=y.shape[1])
     pre = Preprocessor(state)
-    x, lengths = pre.transform(src.x)
+    x, lengths = pre.from_features(feats) if inp.type == "audio" else pre.transform(src.x)
     y = pre.encode_y(src.y if spec.task != "tag" else list(src.y), lengths)
     splits = {k: {"x": x[i], "lengths": lengths[i], "y": y[i]} for k, i in parts.items()}
     raw_test = [src.x[i] for i in parts["test"]]

@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from cellforge.anomaly.scores import stream_step
 from cellforge.backends.numpy import step as reference_step
+from cellforge.data import audio
 from cellforge.data.preprocess import scale
 from cellforge.errors import SpecError
 from cellforge.model import load
@@ -96,6 +97,11 @@ class Engine:
                                                               f"request, got {len(inputs)}")])
         if self.seq2seq:
             return self.translator.prepare(inputs, options or {})[1:]
+        if self.state["input_type"] == "audio":  # base64 audio or samples (cellforge.data.audio)
+            try:
+                return self.pre.transform(audio.from_request(inputs))
+            except SpecError as e:
+                raise InputError([Problem(field=f, message=m) for f, m in e.problems]) from None
         try:
             (TEXT if self.text else NUMERIC).validate_python(inputs)
         except ValidationError as e:
@@ -135,7 +141,7 @@ class Engine:
         xs = [np.pad(x, [(0, 0), (0, steps - x.shape[1])] + [(0, 0)] * (x.ndim - 2)) for x, _ in items]
         out = self.model.outputs(np.concatenate(xs), np.concatenate([n for _, n in items]))
         parts = np.split(out, np.cumsum([len(x) for x, _ in items])[:-1])
-        return [p[:, : x.shape[1]] if self.spec.task == "tag" else p for p, (x, _) in zip(parts, items)]
+        return [p[:, : x.shape[1]] if self.spec.per_step else p for p, (x, _) in zip(parts, items)]
 
     def respond(self, outputs: np.ndarray, lengths: np.ndarray, texts: list[str] | None = None,
                 return_attention: bool = False) -> dict[str, Any]:
@@ -144,6 +150,8 @@ class Engine:
         if self.seq2seq:
             return self.translator.respond(outputs, texts, lengths, return_attention)
         d = self.pre.decode(outputs, lengths)
+        if "texts" in d:  # transcribe
+            return {"texts": d["texts"]}
         if "values" in d:
             return {"values": np.asarray(d["values"]).tolist()}
         probs = d["probabilities"]
@@ -184,6 +192,8 @@ class Engine:
             return "a seq2seq model reads whole inputs; stream its output with predict's \"stream\": true"
         if self.spec.bidirectional:
             return "a bidirectional model reads whole sequences; sessions need a unidirectional one"
+        if self.state["input_type"] == "audio":
+            return "an audio model reads whole clips; send each clip to predict"
         return None
 
     def step_inputs(self, raw: list[Any] | str) -> np.ndarray:
@@ -246,6 +256,9 @@ class Engine:
         if self.text:
             inp.update(tokenizer=st["tokenizer"], vocab_size=len(st["vocab"]),
                        example=["a sentence to translate" if self.seq2seq else "a sentence to classify"])
+        elif st["input_type"] == "audio":  # clips: {"wav": base64}, {"samples": [...], "sample_rate": Hz}, samples
+            inp.update(audio=st["audio"], example=[{"samples": [0.0] * st["audio"]["frame_length"],
+                                                    "sample_rate": st["audio"]["sample_rate"]}])
         else:
             inp.update(num_features=st["num_features"], example=[[[0.0] * st["num_features"]]])
             if st["kind"] == "series":
@@ -257,7 +270,8 @@ class Engine:
                                    "max_length": d.max_length or t["max_length"],
                                    "decode": {"strategy": d.strategy, "beam_width": d.width}}
         else:
-            out = {"classes": st["classes"]} if "classes" in st else {
+            out = {"classes": st["classes"]} if "classes" in st else {"vocab": st["target"]["vocab"]} if (
+                s.task == "transcribe") else {
                 "targets": st.get("targets", st.get("num_targets")), "horizon": st.get("horizon", 1)}
         return {"name": name, "version": self.version, "task": s.task, "framework": s.framework,
                 "runtime": self.cfg.runtime, "cell": s.cell, "hidden_size": s.hidden_size,

@@ -98,12 +98,13 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
         name: str | None = None, storage_path: str | Path | None = None, bundle_path: str | Path | None = None,
         address: str | None = None, max_failures: int = 0, verbose: bool = True,
         init_weights: dict[str, np.ndarray] | None = None, tracking: str | None = None,
-        tensorboard: bool | None = None) -> FitResult:
+        tensorboard: bool | None = None, validation: Any = None, test: Any = None) -> FitResult:
     """Train ``spec`` on ``data`` with ``workers`` Ray Train workers and save a bundle.
 
     Args:
         spec: a ModelSpec or a dict of its fields.
-        data: (X, y), a built-in data set, a DataFrame, a CSV/Parquet path or a Ray Dataset.
+        data: (X, y), a built-in data set, a DataFrame, a CSV/Parquet path or a Ray Dataset (with
+            ``validation`` or ``test``: the training data).
         workers: data-parallel Ray Train workers; the global batch is split between them.
         use_gpu: one GPU per worker (CUDA), when the cluster has them.
         epochs: overrides ``spec.training.epochs``.
@@ -117,6 +118,9 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
             store under the runs directory (see ``cellforge.tracking``). A resumed run logs into its own run.
         tensorboard: write TensorBoard event files to ``<storage>/<name>/tensorboard`` (scalars, weight
             and gradient histograms; :mod:`cellforge.train.events`); default ``$CELLFORGE_TENSORBOARD``.
+        validation, test: official splits, in any form ``data`` takes: kept exactly (early stopping reads
+            ``validation``, the test metrics ``test``); one not given is carved from ``data`` at the spec's
+            fraction. A table's split column (``input.split``) does the same from one table.
 
     Returns:
         FitResult with ``metrics`` (``test_*``), ``history`` and ``bundle``.
@@ -127,7 +131,7 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     spec = ModelSpec.of(spec, epochs)
     check_trainable(spec)
     check_workers(workers)
-    spec, prepared = prepare(spec, data)
+    spec, prepared = prepare(spec, data, validation, test)
     name = check_name(name or f"{spec.task}-{spec.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage = Path(storage_path).resolve() if storage_path else runs_dir()
     ensure_ray(address)
@@ -244,6 +248,8 @@ def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[di
         return {}, []
     backend = get_backend(spec.framework)
     out = backend.predict(backend.build(spec, weights), test["x"], test["lengths"])
+    if spec.task == "transcribe":
+        return _transcribe_test(prepared.preprocessor.state["target"], out, test)
     m = _metrics.score(spec, out, test["y"], prepared.preprocessor.state.get("target_scaler"))
     if spec.task == "anomaly":
         m.update(_anomaly_test(spec, out, test["y"], prepared.preprocessor.state["anomaly"]))
@@ -254,6 +260,15 @@ def _test(spec: ModelSpec, weights, prepared) -> tuple[dict[str, float], list[di
     examples = [{"prediction": np.asarray(p).tolist(), "truth": np.asarray(t).tolist()}
                 for p, t in zip(shown[key], truth[key])]
     return {f"test_{k}": v for k, v in m.items()}, examples
+
+
+def _transcribe_test(target: dict, out: np.ndarray, test: dict) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    from cellforge import ctc
+
+    m = _metrics.transcribe_finalize(_metrics.transcribe_stats(target, out, test["lengths"], test["y"]))
+    shown = ctc.transcripts(target, out[:5], test["lengths"][:5])
+    truth = [ctc.text(target, [int(c) for c in row if c >= 0]) for row in test["y"][:5]]
+    return {f"test_{k}": v for k, v in m.items()}, [{"prediction": p, "truth": t} for p, t in zip(shown, truth)]
 
 
 def _calibrate(spec: ModelSpec, weights, val: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ def batches(split: dict[str, np.ndarray], idx: np.ndarray, batch_size: int, task
         y = split["y"][b]
         if task == "seq2seq":
             y = seq2seq_eval.trim(y)
+        elif task == "transcribe":  # CTC targets, of their own length: to the longest (PAD is -1)
+            y = y[:, : max(1, int((y >= 0).sum(1).max()))]
         elif y.ndim == 2 and y.dtype == np.int64:
             y = y[:, :steps]
         yield split["x"][b][:, :steps], lengths, y
@@ -54,6 +56,10 @@ def shard_eval(fitter, spec: ModelSpec, split: dict[str, np.ndarray], info: Work
         plain = {k: v for k, v in split.items() if k != "labels"}
         return {**shard_eval(fitter, spec, plain, info, scaler, target), **found}
     idx = np.arange(info.rank, len(split["y"]), info.world)
+    if spec.task == "transcribe":  # greedy transcripts against the truth: CER and WER (jiwer)
+        s = sum((metrics.transcribe_stats(target, fitter.predict(xb, lb), lb, yb)
+                 for xb, lb, yb in batches(split, idx, 256, spec.task)), np.zeros(6))
+        return metrics.transcribe_finalize(fitter.allreduce(s))
     if len(idx):
         outs = [fitter.predict(xb, lb) for xb, lb, _ in batches(split, idx, 1024)]
         ys = [yb for _, _, yb in batches(split, idx, 1024)]

@@ -125,7 +125,7 @@ class Net(keras.Model):
         if self.spec.reconstructs:
             repeated = tf.repeat(summary[:, None, :], tf.shape(x)[1], axis=1)
             return tf.reverse(self.dec_out(self.dec_rnn(repeated, training=training)), [1])  # last step first
-        return self.head(seq if self.spec.task == "tag" else summary)
+        return self.head(seq if self.spec.per_step else summary)
 
     def encode(self, x, lengths, training=False, full=False):
         """The top layer's outputs (B, T, H*dirs), zero at padding, and the summary (B, H*dirs)."""

@@ -34,8 +34,14 @@ def make_trainer(worker_fn, config: dict, scaling_config, run_config):
                         run_config=run_config, torch_config=TorchConfig(backend="gloo"))
 
 
-def loss_fn(spec: ModelSpec, out, y):
-    """The torch backend's loss_fn: cross-entropy (mean over labels that are not -100) or MSE."""
+def loss_fn(spec: ModelSpec, out, y, lengths=None):
+    """The torch backend's loss_fn: cross-entropy (mean over labels that are not -100), CTC or MSE."""
+    if spec.task == "transcribe":  # Keras' CTC loss (per row), over the target length, then the mean
+        target_lengths = tf.reduce_sum(tf.cast(y >= 0, tf.int32), 1)
+        per_row = keras.ops.ctc_loss(tf.maximum(y, 0), out, target_lengths, tf.cast(lengths, tf.int32), mask_index=0)
+        per_row = per_row / tf.cast(tf.maximum(target_lengths, 1), out.dtype)
+        per_row = tf.where(tf.math.is_finite(per_row), per_row, tf.zeros_like(per_row))  # torch's zero_infinity
+        return tf.reduce_mean(per_row)
     if spec.task in ("classify", "tag"):
         y = tf.reshape(y, [-1])
         valid = tf.cast(y != -100, out.dtype)
@@ -144,7 +150,7 @@ class Fitter:
     def _grads(self, x, lengths, y, full):
         t = self.spec.training
         with tf.GradientTape() as tape:
-            loss = loss_fn(self.spec, self.net(x, lengths, training=True, full=full), y)
+            loss = loss_fn(self.spec, self.net(x, lengths, training=True, full=full), y, lengths)
             total = loss
             if t.l1:
                 total += t.l1 * tf.add_n([tf.reduce_sum(tf.abs(w)) for w in self.penalized])

@@ -140,7 +140,7 @@ def forward(spec: ModelSpec, params: dict[str, np.ndarray], x, lengths) -> np.nd
     seq, summary = features(spec, params, x, lengths)
     if spec.reconstructs:
         return np.asarray(reconstruct(OPS, spec, params, summary, seq.shape[1]), np.float32)
-    z = seq if spec.task == "tag" else summary
+    z = seq if spec.per_step else summary
     return (z @ params["head.weight"].T + params["head.bias"]).astype(np.float32)
 
 

@@ -248,9 +248,9 @@ def sequence_graph(spec: ModelSpec, params: dict[str, np.ndarray]) -> onnx.Model
                 finals.append(state[0])
             h = outs[0] if len(outs) == 1 else ops.concat(outs)
         summary = finals[0] if len(finals) == 1 else ops.concat(finals)
-    y = _head(g, params, h if spec.task == "tag" else summary)
+    y = _head(g, params, h if spec.per_step else summary)
     g.nodes.append(helper.make_node("Identity", [y.name], ["outputs"]))
-    out_shape = ["batch", "time", spec.output_size] if spec.task == "tag" else ["batch", spec.output_size]
+    out_shape = ["batch", "time", spec.output_size] if spec.per_step else ["batch", spec.output_size]
     return _model(g, [_x_info(spec), helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])],
                   [helper.make_tensor_value_info("outputs", TensorProto.FLOAT, out_shape)], "cellforge_sequence")
 

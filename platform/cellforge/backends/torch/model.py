@@ -135,7 +135,7 @@ class Net(nn.Module):
         if self.spec.reconstructs:
             p = {n.replace("__", "."): v for n, v in self.dec.items()}
             return reconstruct(OPS, self.spec, p, summary, x.shape[1])
-        return self.head(seq if self.spec.task == "tag" else summary)
+        return self.head(seq if self.spec.per_step else summary)
 
     def encode(self, x, lengths):
         """The top layer's outputs (B, T, H*dirs), zero at padding, and the summary (B, H*dirs)."""

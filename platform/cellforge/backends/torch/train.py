@@ -24,7 +24,12 @@ def make_trainer(worker_fn, config: dict, scaling_config, run_config):
     return TorchTrainer(worker_fn, train_loop_config=config, scaling_config=scaling_config, run_config=run_config)
 
 
-def loss_fn(spec: ModelSpec, out, y):
+def loss_fn(spec: ModelSpec, out, y, lengths=None):
+    if spec.task == "transcribe":  # CTC: blank 0, each row's loss over its target length, then the mean
+        target_lengths = (y >= 0).sum(1)
+        log_p = F.log_softmax(out, -1).transpose(0, 1)  # (T, N, C)
+        return F.ctc_loss(log_p, y.clamp(min=0), lengths.to(torch.int64), target_lengths, blank=0,
+                          reduction="mean", zero_infinity=True)
     if spec.task in ("classify", "tag"):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=-100)
     return F.mse_loss(out, y)
@@ -82,7 +87,7 @@ class Fitter:
             yb = torch.as_tensor(yb, device=self.device)
             lb = torch.as_tensor(lb)
             out = self.net(xb, lb)
-            loss = loss_fn(self.spec, out, yb)
+            loss = loss_fn(self.spec, out, yb, lb)
             full = loss + penalty(self.spec, self.net)
             self.opt.zero_grad(set_to_none=True)
             full.backward()
