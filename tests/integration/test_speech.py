@@ -13,7 +13,10 @@ from cellforge.data.preprocess import prepare, split_groups
 # 20 ms hop, 32 log-mels, each clip normalised on its own (voices differ in loudness and timbre)
 FEATURES = {"type": "audio", "audio": {"frame_length": 640, "hop_length": 320, "n_mels": 32, "per_utterance": True}}
 WORDS = {"task": "classify", "cell": "gru", "hidden_size": 64, "bidirectional": True, "input": FEATURES,
-         "training": {"epochs": 12, "batch_size": 32, "lr": 3e-3, "seed": 0}}
+         "training": {"epochs": 12, "batch_size": 32, "lr": 3e-3, "lr_schedule": "cosine", "seed": 0}}
+# 36 voices (1,296 clips): test accuracy 0.978 on 6 held-out voices (24 voices, constant lr: 0.951, one clip
+# above the bar), 65 s at load 4-6
+WORD_VOICES = {"voices": 36}
 # CTC over word tokens; a 30 ms hop (~90 frames for 2-5 digits) keeps an epoch at ~2.5 s on a quiet 2-core machine
 DIGIT_STRINGS = {"task": "transcribe", "cell": "gru", "hidden_size": 64, "bidirectional": True,
                  "input": {"type": "audio", "audio": {"frame_length": 960, "hop_length": 480, "n_mels": 32,
@@ -34,7 +37,7 @@ def held_out_voices(data, spec):
 
 @pytest.fixture(scope="module")
 def words(ray_session, tmp_path_factory):
-    data = cf.datasets.load("spoken_words")
+    data = cf.datasets.load("spoken_words", **WORD_VOICES)
     result = cf.fit(WORDS, data, name="spoken-words", storage_path=tmp_path_factory.mktemp("speech"))
     return data, result
 
