@@ -168,3 +168,16 @@ def test_steps_through_redis_equal_the_whole_sequence(redis_server, tmp_path):
 
     want = cf.load(bundle).predict_proba([x[: t + 1] for t in range(6)])
     np.testing.assert_allclose(run(go()), want, atol=1e-5)
+
+
+def test_deploy_config_names_the_store_and_affinity_sets_the_consistent_hash_router():
+    from cellforge.errors import SpecError
+    from cellforge.serving.config import AFFINITY_ROUTER, DeployConfig
+
+    with pytest.raises(SpecError) as e:
+        DeployConfig.parse({"bundle": "b", "name": "m", "session_store": "mysql://db"})
+    assert e.value.problems[0][0] == "session_store"
+    cfg = DeployConfig.parse({"bundle": "b", "name": "m", "session_store": "redis://10.0.0.5:6379/2", "affinity": True})
+    router = cfg.serve_options()["request_router_config"]
+    assert router.request_router_class == AFFINITY_ROUTER
+    assert "request_router_config" not in DeployConfig(bundle="b", name="m").serve_options()
