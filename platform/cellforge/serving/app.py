@@ -41,7 +41,7 @@ from cellforge.serving.schema import (
     StepRequest,
     StepResponse,
 )
-from cellforge.serving.sessions import get_store, open_sessions
+from cellforge.serving.sessions import call, get_store, open_sessions
 
 FLUSH_EVERY_S = 0.25  # how often a replica sends its batch statistics to the store
 REGISTER_EVERY = 8  # flushes between a replica's registrations of its model (every 2 s)
@@ -295,7 +295,7 @@ def model_api(server: ModelServer) -> FastAPI:
     async def metrics():
         """Batch sizes formed so far (summed over replicas), the number of live sessions, the session
         store, and with affinity the replicas' cache counts (hit, miss, stale)."""
-        stats = await server.store.batch_stats.remote(cfg.name)
+        stats = await call(server.store, "batch_stats", cfg.name)
         return {"model": cfg.name, "version": server.engine.version, **stats,
                 "sessions": await server.sessions.count(cfg.name), "session_store": server.sessions.kind,
                 "affinity": cfg.affinity}
@@ -339,7 +339,7 @@ class Index:
         return index_api(self)
 
     async def models(self) -> list[dict[str, Any]]:
-        registered = await self.store.registered.remote()
+        registered = await call(self.store, "registered")
         live = (await asyncio.to_thread(serve.status)).applications
         return [info for name, info in sorted(registered.items())
                 if name in live and live[name].status in ("RUNNING", "DEPLOYING")]

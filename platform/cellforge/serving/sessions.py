@@ -15,6 +15,7 @@ A deployment that needs sessions to outlive any process sets ``session_store: re
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import Counter
@@ -24,6 +25,7 @@ import ray
 
 STORE_NAME, NAMESPACE = "cellforge-state", "cellforge"
 SWEEP_EVERY_S = 1.0  # how often expired sessions are looked for (each call checks the clock)
+ACTOR_RETRIES = 12  # calls while Ray restarts the actor: backoff 0.05 s doubling to 1 s, ~8 s in all
 
 
 class Store:
@@ -115,6 +117,24 @@ def get_store():
                               get_if_exists=True).remote()
 
 
+async def call(actor, method: str, *args: Any) -> Any:
+    """``actor.method.remote(*args)``, retried while Ray restarts the actor (it comes back empty: its
+    sessions are gone, see above); still unavailable after ~8 s, a 503 naming ``session_store``."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    from cellforge.serving.schema import ApiError
+
+    for attempt in range(ACTOR_RETRIES):
+        try:
+            return await getattr(actor, method).remote(*args)
+        except (ActorUnavailableError, RayActorError) as e:
+            if attempt == ACTOR_RETRIES - 1:
+                raise ApiError(503, "unavailable", "session_store", f"the session store actor is unavailable "
+                                                                    f"({type(e).__name__}); retry",
+                               headers={"Retry-After": "1"}) from None
+            await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
+
+
 class ActorSessions:
     """The sessions of the store actor, behind the async interface every session store has:
     ``create``, ``get``, ``advance`` (compare-and-set on the step count), ``delete``, ``count``."""
@@ -125,19 +145,19 @@ class ActorSessions:
         self.actor = actor or get_store()
 
     async def create(self, model: str, version: str, ttl_s: float) -> str:
-        return await self.actor.create.remote(model, version, ttl_s)
+        return await call(self.actor, "create", model, version, ttl_s)
 
     async def get(self, sid: str, model: str) -> dict[str, Any] | None:
-        return await self.actor.get.remote(sid, model)
+        return await call(self.actor, "get", sid, model)
 
     async def advance(self, sid: str, expected_steps: int, state: Any, steps: int, model: str = "") -> str:
-        return await self.actor.advance.remote(sid, expected_steps, state, steps)
+        return await call(self.actor, "advance", sid, expected_steps, state, steps)
 
     async def delete(self, sid: str, model: str) -> bool:
-        return await self.actor.delete.remote(sid, model)
+        return await call(self.actor, "delete", sid, model)
 
     async def count(self, model: str) -> int:
-        return await self.actor.count.remote(model)
+        return await call(self.actor, "count", model)
 
     async def close(self) -> None:
         pass
