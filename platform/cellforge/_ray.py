@@ -288,3 +288,21 @@ def filter_error_messages(keep) -> None:
 
     filtered.keeps = keep
     worker.print_to_stdstream = filtered
+
+
+def serve_replica_actors(app: str, deployment: str = "Model") -> set[str]:
+    """Actor names (namespace "serve") of an application's running replicas, from the controller's
+    details (checked against Ray 2.60.0): what a fault test kills."""
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()["applications"].get(app, {})
+    reps = details.get("deployments", {}).get(deployment, {}).get("replicas", [])
+    return {r["actor_name"] for r in reps if r["state"] == "RUNNING"}
+
+
+def serve_controller():
+    """The Serve controller's actor handle (checked against Ray 2.60.0): Ray restarts it when killed
+    with ``no_restart=False``, and it recovers its applications from the GCS."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client()._controller

@@ -58,10 +58,11 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, body: Any = None, retry: bool = True) -> Any:
+    def _call(self, method: str, path: str, body: Any = None, retry: bool = True,
+              headers: dict[str, str] | None = None) -> Any:
         for attempt in range(self.retries + 1 if retry else 1):
             try:
-                r = self._http.request(method, path, json=body)
+                r = self._http.request(method, path, json=body, headers=headers)
             except httpx.TransportError:
                 if attempt == self.retries or not retry:
                     raise
@@ -147,7 +148,9 @@ class Session:
         if hasattr(inputs, "tolist"):
             inputs = inputs.tolist()
         body = {"inputs": inputs, "offset": self.steps}
-        out = self.client._call("POST", f"/v1/models/{self.name}/sessions/{self.id}/step", body)
+        # x-session-id: with affinity, Serve routes the session's steps to one replica (its cache)
+        out = self.client._call("POST", f"/v1/models/{self.name}/sessions/{self.id}/step", body,
+                                headers={"x-session-id": self.id})
         self.steps = out["steps"]
         return out
 

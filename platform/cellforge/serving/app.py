@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any
 
 import ray
@@ -21,24 +21,31 @@ from fastapi.responses import StreamingResponse
 from ray import serve
 
 from cellforge import _ray
+from cellforge.serving import contract
 from cellforge.serving.config import INDEX_APP, DeployConfig, resolve_bundle
 from cellforge.serving.engine import EXPLAIN_MAX_PASSES, Engine
 from cellforge.serving.http import BodyLimit, bearer_check, install_errors, unknown
 from cellforge.serving.schema import (
+    SEQ2SEQ_FIELDS,
     ApiError,
     ExplainRequest,
     ExplainResponse,
+    InputError,
     ModelInfo,
     ModelList,
     PredictRequest,
     PredictResponse,
+    Problem,
     SessionCreated,
+    SessionDeleted,
     StepRequest,
     StepResponse,
 )
-from cellforge.serving.sessions import get_store
+from cellforge.serving.sessions import call, get_store, open_sessions
 
 FLUSH_EVERY_S = 0.25  # how often a replica sends its batch statistics to the store
+REGISTER_EVERY = 8  # flushes between a replica's registrations of its model (every 2 s)
+CACHE_MAX = 100_000  # sessions whose state a replica keeps (affinity); the least recently stepped go first
 
 
 def on_loopback_if_local() -> None:
@@ -51,7 +58,8 @@ def on_loopback_if_local() -> None:
 @serve.deployment(name="Model")
 @serve.ingress()
 class ModelServer:
-    """One replica of a model endpoint; all per-session state lives in the store actor."""
+    """One replica of a model endpoint; every session's state lives in the session store (with
+    ``affinity``, the replica also keeps the sessions it stepped: a write-through cache)."""
 
     async def __init__(self, config: dict[str, Any]):
         on_loopback_if_local()
@@ -59,6 +67,9 @@ class ModelServer:
         self.name = self.cfg.name
         self.engine = Engine(self.cfg)
         self.store = get_store()
+        self.sessions = open_sessions(self.cfg.session_store, self.store)
+        self.cache: OrderedDict[str, dict[str, Any]] | None = OrderedDict() if self.cfg.affinity else None
+        self.cache_counts: Counter = Counter()  # hit, miss, stale (the replica changed meanwhile)
         await self.store.register.remote(self.name, self.engine.info(self.name))
         self._batched.set_max_batch_size(self.cfg.batching.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
@@ -66,13 +77,21 @@ class ModelServer:
         self._sent, self._flusher = 0, None
         self.inflight = 0  # predict requests inside this replica's HTTP app, counted by InFlight
         self.replica = serve.get_replica_context().replica_id.unique_id
+        self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return model_api(self)
 
     # predictions -------------------------------------------------------------------
+    def options(self, req: PredictRequest) -> dict[str, Any]:
+        """seq2seq's decoding fields that were given; another task refuses any of them that is present,
+        even at its default value (its OpenAPI document has no such field)."""
+        if self.engine.seq2seq:
+            return req.decode_options()
+        return {f: getattr(req, f) for f in SEQ2SEQ_FIELDS if f in req.model_fields_set}
+
     async def predict(self, req: PredictRequest) -> dict[str, Any]:
-        options = req.decode_options()
+        options = self.options(req)
         x, lengths = self.engine.prepare(req.inputs, options)  # bad input is refused here, before any batch
         item = (x, lengths)
         if self.engine.seq2seq:
@@ -102,7 +121,7 @@ class ModelServer:
 
     def stream(self, req: PredictRequest) -> StreamingResponse:
         """A seq2seq prediction as server-sent events (greedy, decoded for this request alone)."""
-        x, lengths = self.engine.prepare(req.inputs, req.decode_options())  # 4xx before the stream starts
+        x, lengths = self.engine.prepare(req.inputs, self.options(req))  # 4xx before the stream starts
         events = self.engine.translator.stream(req.inputs, x, lengths, req.return_attention)
         head = {"model": self.name, "version": self.engine.version}
 
@@ -122,14 +141,22 @@ class ModelServer:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
-            total = sum(self.sizes.values())
-            if total != self._sent:
+            ticks += 1
+            total = sum(self.sizes.values()) + sum(self.cache_counts.values())
+            # every REGISTER_EVERY ticks, counts or not, with the model's description: a store actor
+            # restarted empty learns the model list again
+            if total != self._sent or ticks % REGISTER_EVERY == 0:
                 self._sent = total
-                self.store.report.remote(self.name, self.replica, {"batch_sizes": dict(self.sizes)})
+                self.store.report.remote(self.name, self.replica, {"batch_sizes": dict(self.sizes),
+                                                                   "cache": dict(self.cache_counts)},
+                                         self.engine.info(self.name) if ticks % REGISTER_EVERY == 0 else None)
 
     async def explain(self, req: ExplainRequest) -> dict[str, Any]:
+        if "step" in req.model_fields_set and self.engine.spec.task != "tag":
+            raise InputError([Problem(field="step", message=f"only for task 'tag', not {self.engine.spec.task!r}")])
         # off the event loop: one request is many forward passes and a backward
         out = await asyncio.to_thread(self.engine.explain, req.inputs, req.method, req.target, req.step, req.n_steps)
         return {"model": self.name, "version": self.engine.version, "task": self.engine.spec.task, **out}
@@ -138,15 +165,38 @@ class ModelServer:
     async def create_session(self) -> dict[str, Any]:
         if not self.engine.streams:
             raise ApiError(400, "unsupported", "model", self.engine.no_sessions)
-        sid = await self.store.create.remote(self.name, self.engine.version, self.cfg.session_ttl_s)
+        sid = await self.sessions.create(self.name, self.engine.version, self.cfg.session_ttl_s)
+        self._count_session(None)
         return {"session_id": sid, "model": self.name, "version": self.engine.version,
                 "ttl_s": self.cfg.session_ttl_s}
 
-    async def step(self, sid: str, req: StepRequest) -> dict[str, Any]:
-        x = self.engine.step_inputs(req.inputs)
-        s = await self.store.get.remote(sid, self.name)
+    async def _load(self, sid: str) -> dict[str, Any]:
+        s = await self.sessions.get(sid, self.name)
         if s is None:
+            self._forget(sid)
             raise ApiError(404, "not_found", "session_id", f"unknown or expired session {sid!r}")
+        return s
+
+    def _forget(self, sid: str) -> None:
+        if self.cache is not None:
+            self.cache.pop(sid, None)
+
+    def _count_session(self, what: str | None) -> None:
+        if what and self.cache is not None:
+            self.cache_counts[what] += 1
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def step(self, sid: str, req: StepRequest) -> dict[str, Any]:
+        if not self.engine.streams:
+            raise ApiError(400, "unsupported", "model", self.engine.no_sessions)
+        x = self.engine.step_inputs(req.inputs)
+        s = self.cache.get(sid) if self.cache is not None else None
+        fresh = s is None
+        if fresh:
+            s = await self._load(sid)
+        elif req.offset is not None and req.offset != s["steps"]:  # the cache may be behind the store
+            s, fresh = await self._load(sid), True
         if s["version"] != self.engine.version:
             raise ApiError(409, "conflict", "session_id", f"the session was started on version {s['version']} "
                                                           f"and {self.name} now serves {self.engine.version}; "
@@ -156,13 +206,32 @@ class ModelServer:
                                                       f"got offset {req.offset}")
         answer, state = self.engine.step(x, s["state"])
         steps = s["steps"] + x.shape[1]
-        status = await self.store.advance.remote(sid, s["steps"], state, steps)
+        status = await self.sessions.advance(sid, s["steps"], state, steps, self.name)
+        if status == "conflict" and not fresh:
+            # another replica stepped the session since this one cached it (the hash ring changed): the
+            # store has the truth; step again from it
+            self._forget(sid)
+            self._count_session("stale")
+            return await self.step(sid, req)
         if status != "ok":
+            self._forget(sid)
             raise ApiError(409, "conflict", "session_id", "another step on this session ran at the same "
                                                           "time; retry with 'offset'" if status == "conflict"
                            else f"session {sid!r} ended while stepping")
+        if self.cache is not None:
+            self._count_session("miss" if fresh else "hit")
+            self.cache[sid] = {"version": self.engine.version, "steps": steps, "state": state}
+            self.cache.move_to_end(sid)
+            if len(self.cache) > CACHE_MAX:
+                self.cache.popitem(last=False)
         return {"session_id": sid, "model": self.name, "version": self.engine.version, "steps": steps,
                 **answer}
+
+    async def end_session(self, sid: str) -> dict[str, Any]:
+        self._forget(sid)
+        if not await self.sessions.delete(sid, self.name):
+            raise ApiError(404, "not_found", "session_id", f"unknown or expired session {sid!r}")
+        return {"session_id": sid, "deleted": True}
 
 
 class InFlight:
@@ -191,8 +260,8 @@ def model_api(server: ModelServer) -> FastAPI:
     api.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
     api.add_middleware(InFlight, server=server)
 
-    @api.get("", response_model=ModelInfo)
-    @api.get("/", response_model=ModelInfo, include_in_schema=False)
+    @api.get("/", response_model=ModelInfo)
+    @api.get("", response_model=ModelInfo, include_in_schema=False)  # /v1/models/<name> itself
     async def info():
         return server.engine.info(cfg.name)
 
@@ -218,20 +287,43 @@ def model_api(server: ModelServer) -> FastAPI:
     async def step(session_id: str, req: StepRequest):
         return await server.step(session_id, req)
 
-    @api.delete("/sessions/{session_id}")
+    @api.delete("/sessions/{session_id}", response_model=SessionDeleted)
     async def end_session(session_id: str):
-        if not await server.store.delete.remote(session_id, cfg.name):
-            raise ApiError(404, "not_found", "session_id", f"unknown or expired session {session_id!r}")
-        return {"session_id": session_id, "deleted": True}
+        return await server.end_session(session_id)
 
     @api.get("/metrics")
     async def metrics():
-        """Batch sizes formed so far (summed over replicas) and the number of live sessions."""
-        stats = await server.store.batch_stats.remote(cfg.name)
+        """Batch sizes formed so far (summed over replicas), the number of live sessions, the session
+        store, and with affinity the replicas' cache counts (hit, miss, stale)."""
+        stats = await call(server.store, "batch_stats", cfg.name)
         return {"model": cfg.name, "version": server.engine.version, **stats,
-                "sessions": await server.store.count.remote(cfg.name)}
+                "sessions": await server.sessions.count(cfg.name), "session_store": server.sessions.kind,
+                "affinity": cfg.affinity}
 
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            doc = contract.exact(FastAPI.openapi(api), server.engine, cfg, model_errors(cfg, server.engine.streams))
+            if not server.engine.streams:  # its session routes answer 400 naming "model": not part of its API
+                doc["paths"] = {p: v for p, v in doc["paths"].items() if not p.startswith("/sessions")}
+            if cfg.api_key:
+                doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                doc["security"] = [{"bearer": []}]
+        return api.openapi_schema
+
+    api.openapi = openapi
     return api
+
+
+def model_errors(cfg: DeployConfig, sessions: bool) -> dict[str, list[int]]:
+    """The error statuses each operation of a model app answers (documented in its OpenAPI)."""
+    auth = [401] if cfg.api_key else []
+    body = [*auth, 413, 422]
+    store = [503] if cfg.session_store != "memory" else []
+    out = {"GET /": auth, "POST /predict": body, "POST /explain": body, "GET /metrics": [*auth, *store]}
+    if sessions:
+        out |= {"POST /sessions": [*auth, *store], "POST /sessions/{session_id}/step": [*body, 404, 409, *store],
+                "DELETE /sessions/{session_id}": [*auth, 404, *store]}
+    return out
 
 
 @serve.deployment(name="Index", num_replicas=1, ray_actor_options={"num_cpus": 0.1})
@@ -247,7 +339,7 @@ class Index:
         return index_api(self)
 
     async def models(self) -> list[dict[str, Any]]:
-        registered = await self.store.registered.remote()
+        registered = await call(self.store, "registered")
         live = (await asyncio.to_thread(serve.status)).applications
         return [info for name, info in sorted(registered.items())
                 if name in live and live[name].status in ("RUNNING", "DEPLOYING")]
@@ -302,6 +394,14 @@ def index_api(index: Index) -> FastAPI:
     async def metrics(name: str):
         await missing(name)
 
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:  # every model route here answers 404, whatever the body
+            doc = FastAPI.openapi(api)
+            contract.document_errors(doc, {f"{m.upper()} {p}": [404] for p, item in doc["paths"].items()
+                                           for m in item if p.startswith("/v1/models/")})
+        return api.openapi_schema
+
+    api.openapi = openapi
     return api
 
 

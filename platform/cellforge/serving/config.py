@@ -21,6 +21,8 @@ from cellforge.errors import Problems, Strict
 
 INDEX_APP = "cellforge"  # the Serve application that answers /healthz, /v1/models and unknown names
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+STORE = re.compile(r"memory|rediss?://[^/\s]+(/\d{1,2})?")
+AFFINITY_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 
 
 class _Strict(Strict):
@@ -72,6 +74,11 @@ class DeployConfig(_Strict):
     max_inputs: int = Field(1024, gt=0)  # sequences per request
     max_body_bytes: int = Field(1 << 20, gt=0)  # larger request bodies -> 413
     session_ttl_s: float = Field(600, gt=0)  # idle sessions expire after this long
+    # where sessions live: "memory" (one Ray actor; lost with it) or redis://host:port/db (Redis or Valkey)
+    session_store: str = "memory"
+    # route a session's steps (header x-session-id) to one replica by consistent hashing; that replica
+    # keeps the session's state as a write-through cache and reads the store only when it changed
+    affinity: bool = False
     api_key: str | None = Field(None, min_length=8)  # when set, requests need 'Authorization: Bearer <key>'
     max_ongoing_requests: int | None = Field(None, gt=0)  # per replica; default 2 x max_batch_size
     # a public key PEM: serve only a bundle signed by its owner (default $CELLFORGE_VERIFY_KEY where deploy runs)
@@ -83,6 +90,13 @@ class DeployConfig(_Strict):
     def _name(cls, v: str) -> str:
         if not NAME.fullmatch(v) or v == INDEX_APP:
             raise ValueError(f"use 1-63 letters, digits, '.', '_' or '-' (not {INDEX_APP!r}), got {v!r}")
+        return v
+
+    @field_validator("session_store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if not STORE.fullmatch(v):
+            raise ValueError(f"use 'memory' or redis://host:port/db (rediss:// for TLS), got {v!r}")
         return v
 
     @model_validator(mode="after")
@@ -104,6 +118,10 @@ class DeployConfig(_Strict):
             # replacing a bundle drains old replicas; requests in flight get this long to finish
             "graceful_shutdown_timeout_s": 30,
         }
+        if self.affinity:
+            from ray.serve.config import RequestRouterConfig
+
+            opts["request_router_config"] = RequestRouterConfig(request_router_class=AFFINITY_ROUTER)
         if self.autoscaling is not None:
             opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
         else:

@@ -27,10 +27,12 @@ from cellforge.data.preprocess import scale
 from cellforge.errors import SpecError
 from cellforge.model import load
 from cellforge.serving.config import DeployConfig, version_of
+from cellforge.serving.contract import MAX_ABS
 from cellforge.serving.schema import ApiError, InputError, Problem
 from cellforge.serving.seq2seq import Translator
 
-Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # ints pass; bools, strings, NaN do not
+# ints pass; bools, strings, NaN and values beyond MAX_ABS (the OpenAPI documents' bound) do not
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS, le=MAX_ABS)]
 STEPS = TypeAdapter(list[Finite | list[Finite]])
 NUMERIC = TypeAdapter(list[list[Finite | list[Finite]]])
 # an explain request's cost, in sequence forward passes (integrated gradients: n_steps per input; occlusion:
@@ -117,8 +119,10 @@ class Engine:
                 problems += self._widths(seq, f"inputs.{i}")
         if problems:
             raise InputError(problems)
+        # one-feature steps may come as bare numbers or one-value lists, mixed within a sequence
+        rows = inputs if self.text else [[s if isinstance(s, list) else [s] for s in seq] for seq in inputs]
         try:
-            return self.pre.transform(inputs)
+            return self.pre.transform(rows)
         except SpecError as e:
             raise InputError([Problem(field=f, message=m) for f, m in e.problems]) from None
 
@@ -217,7 +221,7 @@ class Engine:
             problems = self._widths(raw, "inputs")
             if problems:
                 raise InputError(problems)
-            q = np.asarray(raw, np.float64).reshape(len(raw), -1)
+            q = np.asarray([s if isinstance(s, list) else [s] for s in raw], np.float64)
             arr = scale(q, self.state["scaler"]).astype(np.float32)[None]
         if arr.shape[1] > self.cfg.max_length:
             raise InputError([Problem(field="inputs", message=f"{arr.shape[1]} steps is longer than the "

@@ -47,6 +47,10 @@ def install_errors(api: FastAPI, unknown_model: bool = False) -> None:
 
     @api.exception_handler(HTTPException)
     async def _http(request: Request, e: HTTPException):
+        if e.status_code == 400 and e.detail == "There was an error parsing the body":  # FastAPI's, for bad bytes
+            if unknown_model and request.path_params.get("name"):
+                return await _api(request, unknown(request.path_params["name"]))
+            return problems_response(422, [Problem(field="body", message="the body is not valid JSON in UTF-8")])
         field = "path" if e.status_code in (404, 405) else "body"
         return problems_response(e.status_code, [Problem(field=field, message=str(e.detail))],
                                  headers=getattr(e, "headers", None))

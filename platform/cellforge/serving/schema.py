@@ -8,15 +8,26 @@ Every error is one JSON object a client can act on::
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cellforge.errors import Strict
 
 
 class _Strict(Strict):
     what = "request"
+
+
+def _integral(v: Any) -> Any:
+    """3.0 -> 3 (JSON Schema's integer includes integral floats); any other value to the strict int check,
+    which refuses true and "3" as JSON Schema does (pydantic's lax int would take them)."""
+    if isinstance(v, list):
+        return [_integral(x) for x in v]
+    return int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**53 else v
+
+
+Int = Annotated[int, Field(strict=True)]  # with _integral before it: integers as JSON Schema has them
 
 
 class Problem(_Strict):
@@ -63,12 +74,14 @@ class PredictRequest(_Strict):
     # seq2seq only (another task's model answers 422 naming the field)
     strategy: Literal["greedy", "beam"] | None = Field(None, description="seq2seq: decoding; default the "
                                                                          "model's spec.decode.strategy.")
-    beam_width: int | None = Field(None, gt=0, le=MAX_BEAM, description="seq2seq, beam: hypotheses per input.")
-    return_attention: bool = Field(False, description="seq2seq: one (output tokens x input tokens) attention "
+    beam_width: Annotated[Int, Field(gt=0, le=MAX_BEAM)] | None = Field(None, description="seq2seq, beam: hypotheses per input.")
+    return_attention: bool = Field(False, strict=True, description="seq2seq: one (output tokens x input tokens) attention "
                                                       "matrix per input, with its tokens.")
-    stream: bool = Field(False, description="seq2seq, greedy: answer with server-sent events, one per "
+    stream: bool = Field(False, strict=True, description="seq2seq, greedy: answer with server-sent events, one per "
                                             "decoded piece of text ({\"index\", \"token\"}), then one "
                                             "with \"done\": true and the whole texts.")
+
+    _ints = field_validator("beam_width", mode="before")(_integral)
 
     def decode_options(self) -> dict[str, Any]:
         """The seq2seq fields that were given (to refuse them for other tasks)."""
@@ -99,13 +112,15 @@ class ExplainRequest(_Strict):
 
     inputs: list[Any] = Field(description=INPUTS_DOC, examples=[[[0.0, 1.0], [2.0, 3.0]]])
     method: Literal["integrated_gradients", "gradient_x_input", "occlusion"] = "integrated_gradients"
-    target: int | list[int] | None = Field(None, description="The output to explain: a class index (classify, "
+    target: Int | list[Int] | None = Field(None, description="The output to explain: a class index (classify, "
                                                              "tag) or output index (regress, forecast), one "
                                                              "for all inputs or one per input; default the "
                                                              "predicted class / the first output.")
-    step: int | None = Field(None, ge=0, description="tag only: the step whose tag is explained (default "
+    step: Annotated[Int, Field(ge=0)] | None = Field(None, description="tag only: the step whose tag is explained (default "
                                                      "each input's last step).")
-    n_steps: int = Field(50, gt=0, le=500, description="integrated gradients' interpolation steps.")
+    n_steps: Int = Field(50, gt=0, le=500, description="integrated gradients' interpolation steps.")
+
+    _ints = field_validator("target", "step", "n_steps", mode="before")(_integral)
 
 
 class ExplainResponse(_Strict):
@@ -132,12 +147,19 @@ class SessionCreated(_Strict):
     ttl_s: float  # idle time after which the session expires
 
 
+class SessionDeleted(_Strict):
+    session_id: str
+    deleted: bool
+
+
 class StepRequest(_Strict):
     inputs: list[Any] | str = Field(description="New time steps: a list of steps (each a list of feature "
                                                 "values or one number), or text whose tokens are the steps.")
-    offset: int | None = Field(None, ge=0, description="Steps the session has consumed so far; when given, "
+    offset: Annotated[Int, Field(ge=0)] | None = Field(None, description="Steps the session has consumed so far; when given, "
                                                       "a mismatch answers 409 instead of applying the "
                                                       "steps twice (safe retries).")
+
+    _ints = field_validator("offset", mode="before")(_integral)
 
 
 class StepResponse(_Strict):

@@ -9,10 +9,13 @@ next step. Idle sessions expire after their deployment's ``session_ttl_s``.
 
 If the store actor itself dies, Ray restarts it empty: sessions then answer 404 and clients
 start new ones (the state is in memory only, by design: it is cheap to rebuild from the stream).
+A deployment that needs sessions to outlive any process sets ``session_store: redis://host:port/db``
+(``cellforge.serving.redis_store``); replicas reach either store through ``open_sessions``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import Counter
@@ -22,6 +25,7 @@ import ray
 
 STORE_NAME, NAMESPACE = "cellforge-state", "cellforge"
 SWEEP_EVERY_S = 1.0  # how often expired sessions are looked for (each call checks the clock)
+ACTOR_RETRIES = 12  # calls while Ray restarts the actor: backoff 0.05 s doubling to 1 s, ~8 s in all
 
 
 class Store:
@@ -85,17 +89,23 @@ class Store:
     def registered(self) -> dict[str, dict[str, Any]]:
         return dict(self.models)
 
-    def report(self, app: str, replica: str, counters: dict[str, Any]) -> None:
+    def report(self, app: str, replica: str, counters: dict[str, Any], info: dict[str, Any] | None = None) -> None:
+        """A replica's cumulative counters, and its model's description: the registry heals from these
+        reports after the actor restarted empty."""
         self.stats.setdefault(app, {})[replica] = counters
+        if info is not None:
+            self.models[app] = info
 
     def batch_stats(self, app: str) -> dict[str, Any]:
         """Batch sizes (requests per forward pass) summed over every replica that served ``app``."""
-        sizes: Counter = Counter()
+        sizes, cache = Counter(), Counter()
         for c in self.stats.get(app, {}).values():
             sizes.update({int(k): v for k, v in c["batch_sizes"].items()})
+            cache.update(c.get("cache", {}))
         return {"replicas_reported": len(self.stats.get(app, {})),
                 "batches": sum(sizes.values()), "requests": sum(k * v for k, v in sizes.items()),
-                "max_batch_size": max(sizes, default=0), "batch_sizes": {str(k): sizes[k] for k in sorted(sizes)}}
+                "max_batch_size": max(sizes, default=0), "batch_sizes": {str(k): sizes[k] for k in sorted(sizes)},
+                **({"session_cache": dict(cache)} if cache else {})}
 
 
 StateStore = ray.remote(num_cpus=0, max_restarts=-1)(Store)
@@ -105,3 +115,58 @@ def get_store():
     """The store actor, created on first use (detached: it outlives the replica that made it)."""
     return StateStore.options(name=STORE_NAME, namespace=NAMESPACE, lifetime="detached",
                               get_if_exists=True).remote()
+
+
+async def call(actor, method: str, *args: Any) -> Any:
+    """``actor.method.remote(*args)``, retried while Ray restarts the actor (it comes back empty: its
+    sessions are gone, see above); still unavailable after ~8 s, a 503 naming ``session_store``."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    from cellforge.serving.schema import ApiError
+
+    for attempt in range(ACTOR_RETRIES):
+        try:
+            return await getattr(actor, method).remote(*args)
+        except (ActorUnavailableError, RayActorError) as e:
+            if attempt == ACTOR_RETRIES - 1:
+                raise ApiError(503, "unavailable", "session_store", f"the session store actor is unavailable "
+                                                                    f"({type(e).__name__}); retry",
+                               headers={"Retry-After": "1"}) from None
+            await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
+
+
+class ActorSessions:
+    """The sessions of the store actor, behind the async interface every session store has:
+    ``create``, ``get``, ``advance`` (compare-and-set on the step count), ``delete``, ``count``."""
+
+    kind = "memory"
+
+    def __init__(self, actor=None):
+        self.actor = actor or get_store()
+
+    async def create(self, model: str, version: str, ttl_s: float) -> str:
+        return await call(self.actor, "create", model, version, ttl_s)
+
+    async def get(self, sid: str, model: str) -> dict[str, Any] | None:
+        return await call(self.actor, "get", sid, model)
+
+    async def advance(self, sid: str, expected_steps: int, state: Any, steps: int, model: str = "") -> str:
+        return await call(self.actor, "advance", sid, expected_steps, state, steps)
+
+    async def delete(self, sid: str, model: str) -> bool:
+        return await call(self.actor, "delete", sid, model)
+
+    async def count(self, model: str) -> int:
+        return await call(self.actor, "count", model)
+
+    async def close(self) -> None:
+        pass
+
+
+def open_sessions(url: str, actor=None):
+    """The session store a deploy config names: ``memory`` (the store actor) or ``redis://...``."""
+    if url == "memory":
+        return ActorSessions(actor)
+    from cellforge.serving.redis_store import RedisSessions
+
+    return RedisSessions(url)
