@@ -59,6 +59,16 @@ def input_schemas(engine, cfg) -> dict[str, dict[str, Any]]:
         length = engine.translator.max_length if engine.seq2seq else cfg.max_length
         one, stepped = text(st.get("tokenizer"), 0, length), text(st.get("tokenizer"), 1, length)
         desc = f"Texts, at most {length} tokens each."
+    elif st["input_type"] == "audio":  # clips (cellforge.data.audio.from_request); no sessions
+        samples = {"type": "array", "items": {"type": "number"}, "minItems": 1}
+        one = {"oneOf": [samples,
+                         {"type": "object", "required": ["samples"], "additionalProperties": False,
+                          "properties": {"samples": samples, "sample_rate": {"type": "integer", "minimum": 1}}},
+                         {"type": "object", "required": ["wav"], "additionalProperties": False,
+                          "properties": {"wav": {"type": "string", "contentEncoding": "base64"}}}]}
+        stepped = one
+        desc = (f"Audio clips: mono samples at {st['audio']['sample_rate']} Hz, {{'samples', 'sample_rate'}} "
+                "(resampled), or {'wav': base64 WAV/FLAC/OGG}.")
     else:
         one = steps(st["num_features"], cfg.max_length)
         stepped = one
