@@ -14,9 +14,11 @@ Serving: the trained bundle deployed twice (numpy runtime, one replica of one CP
 without; greedy decoding, one input per request, at concurrency 1 and 32; requests/second.
 Compare the ratios (measured in the same run): the machine may be shared. Say ``uptime`` beside them.
 
-Measured 2026-11-30 on the shared 2-core machine (``--epochs 3 --requests 128``, load average ~2.4 /
-~1.5): training (b)/(a) 0.84x (222 vs 265 sequences/s); serving with batching / without 0.97x at
-concurrency 1 (69 vs 71 req/s), 7.1x at concurrency 32 (377 vs 53 req/s).
+Measured 2026-11-30 on the 2-core machine alone (``--epochs 3 --requests 128``, load average 2.1 / 1.6),
+after the decoder's vocabulary projection ran once over all steps and torch's own GRU/LSTM cell
+kernels ran the built-in decoder cells: training (b)/(a) 1.08x (360 vs 333 sequences/s; before them
+0.84x, 222 vs 265, at load ~2.4); serving with batching / without 1.08x at concurrency 1 (119 vs 110
+req/s), 6.3x at concurrency 32 (501 vs 79 req/s).
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ One LSTM (T=50, 8 features, hidden 128, batch 64, synthetic regression data) tra
   (a') the loop of (a) inside a 1-worker Ray Train TorchTrainer (what (b) runs in)
   (d) a plain Keras ``model.fit``        (e) cellforge tensorflow, 1 worker   (f) 2 workers
   (b+) (b) with MLflow tracking on (the local SQLite store, created beforehand: every run but a
-       machine's first pays what is timed here); (b) and the others run with ``tracking="none"``
+       machine's first pays what is timed here); (b) and the others run with ``tracking="none"``.
+       Measured 2026-11-30 alone (``--only tracking``, three runs, load average 1.4-2.1): whole fit
+       -1.1%, -1.5%, +0.0% (was +14.3% before rank 0 opened the store on a thread, tracking.EpochLog)
 Throughput is sequences/second of the median epoch in steady state: epoch 1 (tracing, warm-up) is excluded, and so
 is Ray's start-up (reported on its own). cellforge's figures come from the per-epoch ``time_s``
 in the run history, with no validation split so that it times training only. The machine may be
