@@ -26,6 +26,11 @@ def test_int8_is_within_a_point_and_3x_smaller(digits, tmp_path):
     x, _ = small.preprocessor.transform(images)
     steps, _ = small.backend.step(small.net, x)
     assert (steps[:, -1].argmax(-1) == small.predict(images)).all()
+    # it keeps its source's provenance (run, data fingerprint, code) and names the bundle it came from
+    from cellforge import bundle
+
+    source, out = bundle.verify(digits)["provenance"], bundle.verify(tmp_path / "int8")["provenance"]
+    assert source and out == {**source, "compressed_from": bundle.digest(digits)}
 
 
 def test_prune_half_and_finetune_two_epochs_with_the_command(digits, tmp_path, capsys):

@@ -112,6 +112,9 @@ def compress(source: str | Path, data: Any, out: str | Path, quantize: str | Non
     spec, weights, state, metrics = _bundle.read(source)
     record: dict[str, Any] = {"source": str(source), "source_version": _bundle.digest(source)[:12],
                               "quantize": quantize, "prune": prune, "finetune": finetune}
+    # the compressed bundle comes from the same run and data as its source, and says which bundle it was
+    provenance = {**_bundle.verify(source, signature=False).get("provenance", {}),
+                  "compressed_from": _bundle.digest(source)}
     if prune:
         weights = prune_weights(weights, prune)
         if finetune:
@@ -130,12 +133,12 @@ def compress(source: str | Path, data: Any, out: str | Path, quantize: str | Non
         record["int8_ops"] = sorted({n.op_type for n in onnx.load_from_string(extra[GRAPH]).graph.node
                                      if "Integer" in n.op_type or n.op_type.startswith("DynamicQuantize")})
     out = Path(out)
-    _bundle.save(out, spec, weights, state, {**metrics, "compression": record}, extra)
+    _bundle.save(out, spec, weights, state, {**metrics, "compression": record}, extra, provenance)
     before = evaluate(source, data, "test", "onnx")
     after = evaluate(out, data, "test", "onnx")
     record["test"] = {"original": before, "compressed": after}
     # metrics.json records the measurement: rewrite the bundle with it (same weights and graphs)
-    _bundle.save(out, spec, weights, state, {**metrics, "test": after, "compression": record}, extra)
+    _bundle.save(out, spec, weights, state, {**metrics, "test": after, "compression": record}, extra, provenance)
     log.info("compressed %s -> %s: %s", source, out, "  ".join(
         f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in after if k in before))
     return record
