@@ -147,7 +147,8 @@ def test_failing_trial_is_reported_and_the_sweep_goes_on(ray_session, runs):
     job = {"name": "failing", "steps": [{"sweep": {
         "id": "search", "name": "failing", "data": {"dataset": "adding", "args": {"n": 300, "length": 10}},
         "spec": {"task": "regress", "hidden_size": 16, "training": {"optimizer": "sgd", "batch_size": 8, "epochs": 2}},
-        "space": {"training.lr": {"grid": [0.05, 10.0]}}, "trials": 2, "scheduler": "fifo", "metric": "val_rmse"}}]}
+        "space": {"training.lr": {"grid": [0.05, 10.0]}}, "trials": 2, "scheduler": "fifo", "metric": "val_rmse",
+        "tensorboard": True}}]}
     handler = signal.getsignal(signal.SIGINT)
     out = run_job(job)["search"]
     assert signal.getsignal(signal.SIGINT) is handler  # Tune's Ctrl-C handler went with its run
@@ -158,6 +159,13 @@ def test_failing_trial_is_reported_and_the_sweep_goes_on(ray_session, runs):
     assert out["best"]["params"] == {"training.lr": 0.05}
     assert Path(out["bundle"]) == runs / "failing" / "best" / "bundle"
     assert cf.load(out["bundle"]).spec.training.lr == 0.05
+    # TensorBoard: one directory per trial; the completed trial's two epochs are there, the failed one's none
+    from test_tensorboard import read
+
+    logged = {d.name: read(d).Tags()["scalars"] for d in (runs / "failing" / "tensorboard").iterdir()}
+    assert len(logged) == 2 and sorted(map(bool, logged.values())) == [False, True], logged
+    done = next(d for d, tags in logged.items() if tags)
+    assert [s.step for s in read(runs / "failing" / "tensorboard" / done).Scalars("val_rmse")] == [1, 2]
     # running it again resumes the failed sweep: the same leaderboard, no trial retrained or retried
     train_runs = sorted(p.name for p in (runs / "failing" / "train").iterdir())
     again = run_job(job)["search"]

@@ -255,6 +255,7 @@ class SweepStep(Step):
     grace_period: int = Field(1, gt=0)
     seed: int = 0
     tracking: str | None = None  # as train's: the sweep a parent run, its trials child runs
+    tensorboard: bool | None = None  # as train's: event files per trial under <runs>/<name>/tensorboard
 
     _spec = field_validator("spec")(lambda cls, v: _valid_spec(v))
 
@@ -282,7 +283,8 @@ class SweepStep(Step):
                   metric=self.metric, scheduler=self.scheduler, search=self.search,
                   workers_per_trial=self.workers_per_trial, use_gpu=self.use_gpu, epochs=self.epochs,
                   name=self.name, address=address, max_concurrent=self.max_concurrent,
-                  grace_period=self.grace_period, seed=self.seed, tracking=self.tracking)
+                  grace_period=self.grace_period, seed=self.seed, tracking=self.tracking,
+                  tensorboard=self.tensorboard)
         board = s.leaderboard()
         return {"bundle": str(s.best_bundle), "best": s.best,
                 "leaderboard": json.loads(board.reset_index().to_json(orient="records"))}

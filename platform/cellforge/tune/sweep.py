@@ -30,6 +30,8 @@ from cellforge.errors import SpecError
 from cellforge.log import log
 from cellforge.runtime import ensure_ray, own_sigint
 from cellforge.spec import ModelSpec
+from cellforge.train.events import enabled as tensorboard_on
+from cellforge.train.events import logdir as events_dir
 from cellforge.train.fit import check_name, check_trainable, runs_dir
 from cellforge.tune.space import Dim, affects_data, as_space, check_space
 
@@ -46,7 +48,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
           use_gpu: bool = False, epochs: int | None = None, name: str | None = None,
           storage_path: str | Path | None = None, address: str | None = None, max_concurrent: int | None = None,
           grace_period: int = 1, reduction_factor: int = 3, seed: int = 0, verbose: bool = True,
-          tracking: str | None = None) -> Sweep:
+          tracking: str | None = None, tensorboard: bool | None = None) -> Sweep:
     """Run (or resume) a hyperparameter sweep; every trial is a Ray Train run of ``workers_per_trial`` workers.
 
     Args:
@@ -69,6 +71,8 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
         seed: seeds the search.
         tracking: an MLflow tracking URI or ``"none"`` (as ``fit``): the sweep is a parent run, each trial
             a child run (one per trial, also after a resume).
+        tensorboard: TensorBoard event files per trial in ``<storage>/<name>/tensorboard/<trial id>``
+            (as ``fit``; default ``$CELLFORGE_TENSORBOARD``): ``tensorboard --logdir`` there compares them.
 
     Returns:
         Sweep: ``leaderboard()``, ``plot()``, ``best`` and ``best_bundle`` (a verified bundle).
@@ -132,7 +136,8 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     ctx = {"spec": spec.model_dump(), "prepared": None if per_trial_data else prepared,
            "data": data if per_trial_data else None, "workers": workers_per_trial, "use_gpu": use_gpu,
            "train_storage": str(exp / "train"), "cells": custom_cells(),
-           "tracking": track.ref() and {**track.ref(), "sweep": name, "tags": _data_tags(data, prepared)}}
+           "tracking": track.ref() and {**track.ref(), "sweep": name, "tags": _data_tags(data, prepared)},
+           "tensorboard": str(events_dir(exp)) if tensorboard_on(tensorboard) else None}
     progress.say("sending the data to Ray")
     trainable = tune.with_resources(tune.with_parameters(Trial, ctx=ctx), {"cpu": 1})
     run_config = tune.RunConfig(

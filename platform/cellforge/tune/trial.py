@@ -87,8 +87,10 @@ class Trial(tune.Trainable):
         self.track = self._tracking(spec)
         self.queue = Queue(actor_options={"num_cpus": 0})  # unbounded: the controller never blocks on it
         # the sweep's progress shows epochs, not each trial's workers
+        events = ctx.get("tensorboard")  # one directory per trial, beside the others: TensorBoard compares them
         config = worker_config(spec, prepared, ctx["use_gpu"], init_checkpoint=self.init_checkpoint, verbose=False,
-                               tracking_run=self.track.ref())
+                               tracking_run=self.track.ref(),
+                               tensorboard=None if events is None else Path(events) / self.trial_id)
         run_config = ray.train.RunConfig(
             name=f"{self.trial_id}-{time.time_ns()}",  # a fresh run per start; it resumes from init_checkpoint
             storage_path=ctx["train_storage"], callbacks=[_Relay(self.queue), _ControllerHandle(self.queue)],
