@@ -14,30 +14,22 @@ prefix-beam decoding, and the loss in numpy (the reference the torch and Keras l
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import numpy as np
 
+from cellforge.data import targets
+from cellforge.data.targets import tokenize
 from cellforge.spec import TargetSpec
 
 BLANK = 0
 PAD = -1  # a target row's padding (the losses read each row's length)
 
 
-def tokenize(state: dict[str, Any], text: str) -> list[str]:
-    """Characters, or words split on whitespace (seq2seq's target tokenizer, cellforge.data.targets)."""
-    text = text.lower() if state["lowercase"] else text
-    return list(text) if state["tokenizer"] == "char" else text.split()
-
-
 def fit(target: TargetSpec, texts: list[str]) -> dict[str, Any]:
-    """The vocabulary of the training transcripts: ``<blank>``, then tokens by count (ties by name)."""
-    state = {"tokenizer": target.tokenizer, "lowercase": target.lowercase, "max_length": target.max_length}
-    counts = Counter(tok for t in texts for tok in tokenize(state, t))
-    kept = sorted((c for c in counts.items() if c[1] >= target.min_freq), key=lambda c: (-c[1], c[0]))
-    state["vocab"] = ["<blank>", *[tok for tok, _ in kept[: target.max_vocab - 1]]]
-    return state
+    """The vocabulary of the training transcripts: ``<blank>``, then tokens by count (ties by name),
+    with seq2seq's tokenizer (cellforge.data.targets)."""
+    return targets.fit(target, texts, specials=("<blank>",))
 
 
 def encode(state: dict[str, Any], texts: list[str]) -> np.ndarray:

@@ -32,12 +32,13 @@ def tokenize(state: dict[str, Any], text: str) -> list[str]:
     return list(text) if state["tokenizer"] == "char" else text.split()
 
 
-def fit(target: TargetSpec, texts: list[str]) -> dict[str, Any]:
-    """The target vocabulary of ``texts`` (the training split's): the specials, then tokens by count."""
+def fit(target: TargetSpec, texts: list[str], specials: tuple[str, ...] = SPECIALS) -> dict[str, Any]:
+    """The target vocabulary of ``texts`` (the training split's): the ``specials`` (seq2seq's four;
+    CTC's blank), then tokens by count (ties by name)."""
     state = {"tokenizer": target.tokenizer, "lowercase": target.lowercase, "max_length": target.max_length}
     counts = Counter(tok for t in texts for tok in tokenize(state, t))
     kept = sorted((c for c in counts.items() if c[1] >= target.min_freq), key=lambda c: (-c[1], c[0]))
-    state["vocab"] = [*SPECIALS, *[tok for tok, _ in kept[: target.max_vocab - len(SPECIALS)]]]
+    state["vocab"] = [*specials, *[tok for tok, _ in kept[: target.max_vocab - len(specials)]]]
     return state
 
 
