@@ -145,9 +145,35 @@ async def _steps(base: str, name: str, concurrency: int, n: int, sessions: int) 
     return {"rps": len(lat) / wall, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
 
 
+def start_serve_with_noop() -> None:
+    """This child's own Ray (retried: a busy machine can miss Ray's 30 s node-startup deadline) and
+    Serve on 127.0.0.1, with a no-op app at /noop: the floor every figure stands beside."""
+    import logging
+
+    import ray
+    from ray import serve
+
+    for attempt in range(5):
+        try:
+            ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     logging_level=logging.ERROR, log_to_driver=False)
+            break
+        except Exception as e:
+            if "timed out during startup" not in str(e) or attempt == 4:
+                raise
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, logging_config={"log_level": "WARNING"})
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
+    class Noop:
+        async def __call__(self, request):
+            await request.body()
+            return {"ok": True}
+
+    serve.run(Noop.bind(), name="noop", route_prefix="/noop")
+
+
 def sessions_child(bundle: str, requests: int, out: str) -> None:
     """In-memory store, Redis, Redis + affinity, a no-op app and predict, on one Ray and Serve."""
-    import logging
 
     import ray
     from ray import serve
@@ -159,17 +185,7 @@ def sessions_child(bundle: str, requests: int, out: str) -> None:
 
     redis = RedisServer(Path(tempfile.mkdtemp(prefix="cf-bench-redis-")), fsync="everysec").start()
     try:
-        ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.ERROR,
-                 log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, logging_config={"log_level": "WARNING"})
-
-        @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
-        class Noop:
-            async def __call__(self, request):
-                await request.body()
-                return {"ok": True}
-
-        serve.run(Noop.bind(), name="noop", route_prefix="/noop")
+        start_serve_with_noop()
         common = dict(num_replicas=2, num_cpus=0.5, max_ongoing_requests=128,
                       batching={"max_batch_size": 64, "batch_wait_timeout_s": 0.005})
         ep = cf.deploy(bundle, "memory", **common)
@@ -229,30 +245,13 @@ def run_sessions(bundle: str, requests: int, tmp: Path) -> None:
 # children ----------------------------------------------------------------------------------
 def serve_child(mode: str, bundle: str, requests: int, out: str, steps: int, runtime: str) -> None:
     """One ingress mode: its own Ray and Serve; cellforge batched, unbatched, and a no-op app."""
-    import logging
 
     import ray
     from ray import serve
 
     import cellforge as cf
 
-    for attempt in range(5):  # a busy machine can miss Ray's 30 s node-startup deadline
-        try:
-            ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     logging_level=logging.ERROR, log_to_driver=False)
-            break
-        except Exception as e:
-            if "timed out during startup" not in str(e) or attempt == 4:
-                raise
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, logging_config={"log_level": "WARNING"})
-
-    @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
-    class Noop:
-        async def __call__(self, request):
-            await request.body()
-            return {"ok": True}
-
-    serve.run(Noop.bind(), name="noop", route_prefix="/noop")
+    start_serve_with_noop()
     ep = cf.deploy(bundle, "batched", num_replicas=1, max_ongoing_requests=128, runtime=runtime,
                    batching={"max_batch_size": 64, "batch_wait_timeout_s": 0.005})
     cf.deploy(bundle, "unbatched", num_replicas=1, max_ongoing_requests=128, runtime=runtime,
