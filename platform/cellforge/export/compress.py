@@ -110,11 +110,11 @@ def compress(source: str | Path, data: Any, out: str | Path, quantize: str | Non
 
     check(source, quantize, prune, finetune)
     spec, weights, state, metrics = _bundle.read(source)
-    record: dict[str, Any] = {"source": str(source), "source_version": _bundle.digest(source)[:12],
+    source_digest = _bundle.digest(source)
+    record: dict[str, Any] = {"source": str(source), "source_version": source_digest[:12],
                               "quantize": quantize, "prune": prune, "finetune": finetune}
     # the compressed bundle comes from the same run and data as its source, and says which bundle it was
-    provenance = {**_bundle.verify(source, signature=False).get("provenance", {}),
-                  "compressed_from": _bundle.digest(source)}
+    provenance = {**_bundle.verify(source, signature=False).get("provenance", {}), "compressed_from": source_digest}
     if prune:
         weights = prune_weights(weights, prune)
         if finetune:
