@@ -4,6 +4,7 @@ the server keeping the stream's last window; stepping a series point by point (a
 bad steps are 4xx naming the field. The detector is the session's torch forecast run (_anomaly_runs)."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import _anomaly_runs
 import numpy as np
@@ -58,3 +59,37 @@ def test_a_stream_scored_step_by_step_equals_score_also_across_a_killed_replica(
     scores = np.array([np.nan if v is None else v for v in got])
     np.testing.assert_allclose(scores, want, atol=1e-5, equal_nan=True)
     assert flags == list(np.nan_to_num(want, nan=-np.inf) > out["threshold"]) and any(flags)
+
+
+def test_many_streams_at_once_are_batched_and_each_gets_its_own_scores(serve_module, anomaly_runs):
+    """16 streams stepped at the same time through one replica: their windows run in shared forward
+    passes (the endpoint's batch statistics show batches of several steps), and every stream's scores
+    are still ``model.score`` of its own series."""
+    bundle = anomaly_runs("forecast", "torch").bundle
+    name = "co2-streams"
+    client = cf.Client(cf.deploy(bundle, name, num_replicas=1, runtime="numpy").base_url)
+    values = co2_seasonal().values[:, 0]
+    series = [values[300 + 7 * k: 300 + 7 * k + 40] for k in range(16)]
+    model = cf.load(bundle, framework="numpy")
+
+    def stream(k: int) -> list:
+        got = []
+        with client.session(name) as s:
+            for a, b in ((0, 1), (1, 20), *((t, t + 1) for t in range(20, 40))):
+                got.append(s.step(series[k][a:b, None].tolist())["scores"])
+        return got
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(stream, range(16)))
+    results = [sum(a, []) for a in answers]
+    scored = sum(any(v is not None for v in step) for a in answers for step in a)  # steps with windows to run
+    for got, x in zip(results, series):
+        np.testing.assert_allclose(np.array([np.nan if v is None else v for v in got]), model.score(x),
+                                   atol=1e-5, equal_nan=True)
+    deadline, stats = time.monotonic() + 10, {}
+    while time.monotonic() < deadline:  # replicas report their batch sizes every 0.25 s
+        stats = client.metrics(name)
+        if stats.get("requests", 0) >= scored:
+            break
+        time.sleep(0.3)
+    assert stats["requests"] == scored and stats["max_batch_size"] > 1, (scored, stats)

@@ -292,6 +292,33 @@ def test_stepping_a_stream_gives_the_scores_of_the_whole_series(bundle, runtime)
                                equal_nan=True)
 
 
+def test_many_streams_scored_in_one_forward_pass_give_each_stream_its_own_scores(bundle):
+    """The server's batched stream steps: several streams' windows (some still warming up, chunks of
+    different sizes) through ``windows_outputs`` at once answer what each stream's lone step answers."""
+    from cellforge.serving.config import DeployConfig
+    from cellforge.serving.engine import Engine
+
+    engine = Engine(DeployConfig(bundle=str(bundle.bundle), name="m", runtime="numpy"))
+    values = co2_seasonal().values[:, 0]
+    streams = [values[k * 30: k * 30 + 60] for k in range(5)]
+    rng = np.random.default_rng(0)  # each stream cut into 5 chunks of its own sizes (some of 1 step)
+    chunks = [np.split(np.arange(60), np.sort(rng.choice(np.arange(1, 60), 4, replace=False))) for _ in streams]
+    carries = [None] * 5
+    for r in range(5):
+        x = [engine.step_inputs(s[c[r]].tolist()) for s, c in zip(streams, chunks)]
+        lone = [engine.step(xi, c) for xi, c in zip(x, carries)]
+        work = [engine.stream_work(xi, c) for xi, c in zip(x, carries)]
+        scored = [w for w in work if len(w.windows)]
+        outs = iter(engine.windows_outputs([w.windows for w in scored]) if scored else [])
+        batched = [w.answer(next(outs) if len(w.windows) else None) for w in work]
+        for (want, want_carry), got, w in zip(lone, batched, work):
+            assert got["flags"] == want["flags"] and w.carry == want_carry
+            np.testing.assert_allclose(np.array(got["scores"], dtype=float), np.array(want["scores"], dtype=float),
+                                       atol=1e-6, equal_nan=True)
+        carries = [w.carry for w in work]
+    assert [c["steps"] for c in carries] == [60] * 5
+
+
 def test_onnx_runs_a_forecast_detector_and_refuses_a_reconstructing_one():
     spec = ModelSpec(task="anomaly", cell="gru", hidden_size=4, input={"num_features": 2, "window": 5})
     ref, onnx = get_backend("numpy"), get_backend("onnx")

@@ -251,15 +251,32 @@ def detect(predict, state: dict[str, Any], series: Any, threshold: float | None 
     return Detection(scores, flags, t, intervals, per_feature, list(state["columns"]), state["window"])
 
 
-def stream_step(predict, state: dict[str, Any], x: np.ndarray, carry: dict[str, Any] | None
-                ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A live stream's new steps (``x``: (t, F), already scaled) scored from what the server keeps for
-    it (``carry``: the last ``window`` steps and how many came before; None to start). The scores are
-    those ``score_series`` gives the whole stream at the same steps: the same windows, the same network.
+@dataclass
+class StreamStep:
+    """One stream step's work, split so a server can run many streams' windows in one forward pass:
+    ``windows`` (n, window, F) go through the network (n may be 0 while warming up), ``answer`` turns
+    the network's outputs for them into the step's scores; ``carry`` is what to keep for the stream."""
 
-    Returns the answer ({"scores": one per new step, None while warming up, "flags", "threshold"})
-    and the carry to keep.
-    """
+    state: dict[str, Any]
+    windows: np.ndarray
+    targets: np.ndarray
+    warming: int  # the new steps with no score yet (before the warm-up ends)
+    carry: dict[str, Any]
+
+    def answer(self, outputs: np.ndarray | None) -> dict[str, Any]:
+        a = self.state["anomaly"]
+        scores: list[float | None] = [None] * self.warming
+        if len(self.windows):
+            _, s = standardise(errors(a["method"] == "reconstruct", outputs, self.targets), a["error_scale"])
+            scores += [float(v) for v in s]
+        flags = [v is not None and v > a["threshold"] for v in scores]
+        return {"scores": scores, "flags": flags, "threshold": a["threshold"]}
+
+
+def stream_windows(state: dict[str, Any], x: np.ndarray, carry: dict[str, Any] | None) -> StreamStep:
+    """A live stream's new steps (``x``: (t, F), already scaled) and what the server keeps for it
+    (``carry``: the last ``window`` steps and how many came before; None to start) -> the windows to
+    score, the same ones ``score_series`` scores for the whole stream at the same steps."""
     a, window = state["anomaly"], state["window"]
     x = np.asarray(x, np.float32).reshape(-1, state["num_features"])
     kept = np.zeros((0, x.shape[1]), np.float32) if carry is None else np.asarray(carry["window"], np.float32)
@@ -269,13 +286,8 @@ def stream_step(predict, state: dict[str, Any], x: np.ndarray, carry: dict[str, 
     reconstruct = a["method"] == "reconstruct"
     steps = [k for k in range(before, before + len(x)) if k >= a["warmup"]]
     ends = [k - first + reconstruct for k in steps]  # seq index just past each scored window
-    out_scores: list[float | None] = [None] * (len(x) - len(steps))
-    if steps:
-        xs = np.stack([seq[e - window: e] for e in ends])
-        y = xs if reconstruct else np.stack([seq[e] for e in ends])
-        _, s = standardise(errors(reconstruct, predict(xs, np.full(len(xs), window, np.int64)), y),
-                           a["error_scale"])
-        out_scores += [float(v) for v in s]
-    flags = [v is not None and v > a["threshold"] for v in out_scores]
-    carry = {"window": seq[-window:].tolist(), "steps": before + len(x)}
-    return {"scores": out_scores, "flags": flags, "threshold": a["threshold"]}, carry
+    empty = np.zeros((0, window, x.shape[1]), np.float32)
+    xs = np.stack([seq[e - window: e] for e in ends]) if ends else empty
+    y = xs if reconstruct else (np.stack([seq[e] for e in ends]) if ends else empty[:, 0])
+    return StreamStep(state, xs, y, len(x) - len(steps), {"window": seq[-window:].tolist(), "steps": before + len(x)})
+

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError
 from threadpoolctl import threadpool_limits
 
-from cellforge.anomaly.scores import stream_step
+from cellforge.anomaly.scores import StreamStep, stream_windows
 from cellforge.backends.numpy import step as reference_step
 from cellforge.data import audio
 from cellforge.data.preprocess import scale
@@ -238,13 +238,26 @@ class Engine:
         if not self.streams:
             raise ApiError(400, "unsupported", "model", self.no_sessions)
         if self.spec.task == "anomaly":  # the state kept is the stream's last window (see anomaly.scores)
-            return stream_step(self.model.outputs, self.state, x[0], state)
+            work = self.stream_work(x, state)
+            return work.answer(self.windows_outputs([work.windows])[0] if len(work.windows) else None), work.carry
         out, new_state = self._step(x, state)
         steps = out.shape[1]
         if self.spec.task == "tag":
             d = self.respond(out, np.asarray([steps]))
             return {k: (v[0] if k != "classes" else v) for k, v in d.items()}, new_state
         return self.respond(out[0], np.full(steps, 1)), new_state
+
+    def stream_work(self, x: np.ndarray, carry: dict[str, Any] | None) -> StreamStep:
+        """An anomaly stream's step as windows to score and how to answer from their outputs
+        (:func:`cellforge.anomaly.scores.stream_windows`): the server runs many streams' windows
+        in one forward pass (:meth:`windows_outputs`)."""
+        return stream_windows(self.state, x[0], carry)
+
+    def windows_outputs(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        """The network's outputs for several streams' windows (each (n_i, window, F)), in one forward pass."""
+        xs = np.concatenate(windows)
+        out = self.model.outputs(xs, np.full(len(xs), self.state["window"], np.int64))
+        return np.split(out, np.cumsum([len(w) for w in windows])[:-1])
 
     def _step(self, x: np.ndarray, state: list | None):
         """The numpy reference's step, or with runtime onnx the single-step ONNX graph (same state layout)."""
