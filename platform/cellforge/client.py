@@ -7,6 +7,9 @@
     >>> with client.session("digits") as s:                                  # doctest: +SKIP
     ...     s.step(images[0][:4].tolist()); s.step(images[0][4:].tolist())
 
+    >>> with client.session("digits") as s, s.socket() as ws:                 # doctest: +SKIP
+    ...     ws.step(images[0][:4].tolist()); ws.step(images[0][4:].tolist())   # one WebSocket
+
 Errors come back as ``RequestError`` carrying the server's JSON (``problems`` name the fields).
 Session steps send their ``offset``, so a step retried after a lost replica never applies twice.
 """
@@ -154,6 +157,11 @@ class Session:
         self.steps = out["steps"]
         return out
 
+    def socket(self) -> SessionSocket:
+        """This session's steps over one WebSocket (``.../sessions/{id}/stream``): the same answers,
+        offsets and errors as ``step``, without a request per step."""
+        return SessionSocket(self)
+
     def close(self) -> None:
         self.client._call("DELETE", f"/v1/models/{self.name}/sessions/{self.id}")
 
@@ -165,3 +173,44 @@ class Session:
             self.close()
         except RequestError:
             pass  # already expired or ended
+
+
+class SessionSocket:
+    """A session's WebSocket: ``step`` sends new steps (with the session's offset) and reads their
+    answer; a refused step raises ``RequestError`` and leaves the connection open."""
+
+    def __init__(self, session: Session):
+        from websockets.sync.client import connect
+
+        http = session.client._http
+        url = str(http.base_url).rstrip("/").replace("http", "ws", 1)
+        headers = {"x-session-id": session.id}
+        if "authorization" in http.headers:
+            headers["Authorization"] = http.headers["authorization"]
+        self.session, self.timeout = session, http.timeout.read
+        self._ws = connect(f"{url}/v1/models/{session.name}/sessions/{session.id}/stream",
+                           additional_headers=headers, open_timeout=self.timeout)
+
+    def step(self, inputs: Any) -> dict[str, Any]:
+        if hasattr(inputs, "tolist"):
+            inputs = inputs.tolist()
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self._ws.send(json.dumps({"inputs": inputs, "offset": self.session.steps}))
+        except ConnectionClosed:
+            pass  # the server refused the session and closed: its answer is still to be read
+        out = json.loads(self._ws.recv(timeout=self.timeout))
+        if "error" in out:
+            raise RequestError(out.get("status", 400), out)
+        self.session.steps = out["steps"]
+        return out
+
+    def close(self) -> None:
+        self._ws.close()
+
+    def __enter__(self) -> SessionSocket:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

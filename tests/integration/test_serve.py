@@ -180,6 +180,37 @@ def test_session_steps_equal_whole_sequence_predictions(digits, more_models, ser
                                atol=1e-5)
 
 
+def test_session_steps_over_a_websocket_answer_as_the_step_route(digits):
+    """One WebSocket per session (/sessions/{id}/stream, through HAProxy, with the bearer token): the
+    answers are the whole-sequence predictions, in order; a refused step (wrong width, stale offset,
+    not JSON) answers its 4xx and changes nothing, the socket staying open; HTTP steps and socket
+    steps share the session; an unknown session is answered 404."""
+    ref = cf.load(digits.bundle)
+    x = digits.x[1]
+    with digits.client.session("digits") as s, s.socket() as ws:
+        outs = [ws.step(x[:3])]
+        with pytest.raises(RequestError) as e:
+            ws.step([[1.0, 2.0]])  # 2 features for an 8-feature model
+        assert e.value.status == 422 and e.value.problems[0][0].startswith("inputs"), e.value
+        s.steps = 1  # a stale offset: the step is refused, not applied twice
+        with pytest.raises(RequestError) as e:
+            ws.step(x[3:4])
+        assert e.value.status == 409 and e.value.problems[0][0] == "offset"
+        ws._ws.send(b"\xff not json")
+        assert json.loads(ws._ws.recv(timeout=30))["status"] == 422
+        s.steps = 3
+        outs += [ws.step(x[3:4]), s.step(x[4:6]), ws.step(x[6:8])]  # the socket, HTTP, the socket again
+    probs = np.concatenate([o["probabilities"] for o in outs])
+    np.testing.assert_allclose(probs, ref.predict_proba([x[: t + 1] for t in range(8)]), atol=1e-5)
+    assert [o["steps"] for o in outs] == [3, 4, 6, 8]
+    from cellforge.client import Session
+
+    with Session(digits.client, "digits", "no-such-session", s.version).socket() as ws, \
+            pytest.raises(RequestError) as e:
+        ws.step(x[:1])
+    assert e.value.status == 404 and e.value.problems[0][0] == "session_id"
+
+
 # bad input -------------------------------------------------------------------------------
 def test_bad_input_gets_4xx_naming_the_field_and_the_replica_keeps_serving(server, digits, more_models):
     auth = {"Authorization": f"Bearer {KEY}"}

@@ -17,15 +17,16 @@ from typing import Any
 
 import numpy as np
 import ray
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from ray import serve
 
 from cellforge import _ray
 from cellforge.serving import contract
 from cellforge.serving.config import INDEX_APP, DeployConfig, resolve_bundle
 from cellforge.serving.engine import EXPLAIN_MAX_PASSES, Engine
-from cellforge.serving.http import BodyLimit, bearer_check, install_errors, unknown
+from cellforge.serving.http import BodyLimit, bearer_check, error_answer, install_errors, unknown
 from cellforge.serving.schema import (
     SEQ2SEQ_FIELDS,
     ApiError,
@@ -41,6 +42,7 @@ from cellforge.serving.schema import (
     SessionDeleted,
     StepRequest,
     StepResponse,
+    validation_problems,
 )
 from cellforge.serving.sessions import call, get_store, open_sessions
 
@@ -249,6 +251,45 @@ class ModelServer:
         self._count(len(windows))
         return self.engine.windows_outputs(windows)
 
+    async def stream_session(self, ws: WebSocket, sid: str) -> None:
+        """A session's steps over one WebSocket: each message is a step's body (what POST .../step
+        takes), each answer that step's response or its refusal (the error body with its ``status``),
+        in order. A refused step changes nothing, and the connection stays open; an unknown session
+        is answered 404 and the connection closed (code 1008)."""
+        await ws.accept()
+        try:
+            await self._load(sid)
+        except ApiError as e:
+            await ws.send_json({"status": e.status, **e.body()})
+            return await ws.close(code=1008)
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            self.stepping += 1  # batched with the HTTP steps and other sockets' steps in flight
+            try:
+                answer = await self._socket_step(sid, message.get("text") or message.get("bytes") or b"")
+            finally:
+                self.stepping -= 1
+            await ws.send_json(answer)
+
+    async def _socket_step(self, sid: str, body: str | bytes) -> dict[str, Any]:
+        if len(body) > self.cfg.max_body_bytes:
+            return {"status": 413, **ApiError(413, "too_large", "body", f"the message is larger than "
+                                                                          f"{self.cfg.max_body_bytes} bytes").body()}
+        try:
+            req = StepRequest.model_validate_json(body)
+        except ValidationError as e:
+            problems = validation_problems(e.errors())
+            return {"status": 422, **error_answer(InputError(problems))[1]}
+        try:
+            return StepResponse.model_validate(await self.step(sid, req)).model_dump(mode="json", exclude_none=True)
+        except Exception as e:
+            refused = error_answer(e)
+            if refused is None:
+                raise
+            return {"status": refused[0], **refused[1]}
+
     async def end_session(self, sid: str) -> dict[str, Any]:
         self._forget(sid)
         if not await self.sessions.delete(sid, self.name):
@@ -310,6 +351,10 @@ def model_api(server: ModelServer) -> FastAPI:
     @api.post("/sessions/{session_id}/step", response_model=StepResponse, response_model_exclude_none=True)
     async def step(session_id: str, req: StepRequest):
         return await server.step(session_id, req)
+
+    @api.websocket("/sessions/{session_id}/stream")
+    async def stream_session(ws: WebSocket, session_id: str):
+        await server.stream_session(ws, session_id)
 
     @api.delete("/sessions/{session_id}", response_model=SessionDeleted)
     async def end_session(session_id: str):

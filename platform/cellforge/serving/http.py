@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
 
 from cellforge.errors import SpecError
 from cellforge.serving.schema import ApiError, ErrorBody, InputError, Problem, validation_problems
@@ -23,21 +24,30 @@ def problems_response(status: int, problems: list[Problem], code: str | None = N
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+def error_answer(e: Exception) -> tuple[int, dict] | None:
+    """The status and ``ErrorBody`` of a refusal (ApiError, InputError, SpecError); None for anything else."""
+    if isinstance(e, ApiError):
+        return e.status, e.body()
+    if isinstance(e, InputError):
+        problems = e.problems
+    elif isinstance(e, SpecError):
+        problems = [Problem(field=f or "body", message=m) for f, m in e.problems]
+    else:
+        return None
+    return 422, ErrorBody(error=CODES[422], message="; ".join(f"{p.field}: {p.message}" for p in problems),
+                          problems=problems).model_dump()
+
+
 def install_errors(api: FastAPI, unknown_model: bool = False) -> None:
     """Every error becomes ``ErrorBody`` JSON. ``unknown_model``: the index app answers 404 for any
     model route, whatever the body, since it only sees names no deployed app has claimed."""
 
     @api.exception_handler(ApiError)
-    async def _api(request: Request, e: ApiError):
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
     @api.exception_handler(InputError)
-    async def _input(request: Request, e: InputError):
-        return problems_response(422, e.problems)
-
     @api.exception_handler(SpecError)
-    async def _spec(request: Request, e: SpecError):
-        return problems_response(422, [Problem(field=f or "body", message=m) for f, m in e.problems])
+    async def _api(request: Request, e: Exception):
+        status, body = error_answer(e)
+        return JSONResponse(body, status_code=status, headers=getattr(e, "headers", None))
 
     @api.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):
@@ -96,10 +106,10 @@ class BodyLimit:
 def bearer_check(api_key: str | None):
     """A FastAPI dependency that requires ``Authorization: Bearer <api_key>`` when a key is set."""
 
-    async def check(request: Request) -> None:
+    async def check(conn: HTTPConnection) -> None:  # a request or a WebSocket's handshake
         if api_key is None:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        scheme, _, token = conn.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
             reason = "missing" if not token else "incorrect"
             raise ApiError(401, "unauthorized", "Authorization",
