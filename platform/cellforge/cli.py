@@ -256,7 +256,8 @@ def _ray_status(args) -> int:
     users = local_ray.clients()
     print(f"local cellforge Ray at {s['address']}: pid {s['pid']}, {s['cpus']} CPUs, up "
           f"{(time.time() - s['started']) / 60:.0f} min; used by {len(users)} process(es)"
-          + (f" ({', '.join(map(str, users))})" if users else "") + f"; home {local_ray.home()}")
+          + (f" ({', '.join(map(str, users))})" if users else "") + f"; home {local_ray.home()}"
+          + (f"; Prometheus metrics at {s['metrics']}" if "metrics" in s else ""))
     return 0
 
 

@@ -213,7 +213,9 @@ def _own(cpus: int, idle_s: float) -> None:
         signal.signal(sig, lambda *_: stopping.append(1))
     me = psutil.Process()
     s = {"address": ray.get_runtime_context().gcs_address, "pid": me.pid, "pid_started": me.create_time(),
-         "cpus": cpus, "started": time.time()}
+         "cpus": cpus, "started": time.time(),
+         # Prometheus scrapes Ray's metrics agent here: Serve's and the endpoints' (serving.metrics)
+         "metrics": f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"}
     tmp = home() / "ray.json.tmp"
     tmp.write_text(json.dumps(s))
     tmp.replace(home() / "ray.json")

@@ -211,6 +211,47 @@ def test_session_steps_over_a_websocket_answer_as_the_step_route(digits):
     assert e.value.status == 404 and e.value.problems[0][0] == "session_id"
 
 
+def test_endpoint_metrics_reach_prometheus_through_rays_export(digits):
+    """The endpoint's own series (serving.metrics), scraped from the Ray node's metrics agent as
+    Prometheus would: requests by route and status, their latency, rejections by reason, batch sizes,
+    session-store latency by operation, live sessions, WebSocket steps."""
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    x = digits.x
+    digits.client.predict("digits", x[:2])
+    with pytest.raises(RequestError):
+        digits.client.predict("digits", [[[1.0, 2.0]]])  # 2 features for 8: 422
+    with digits.client.session("digits") as s:
+        s.step(x[0][:2])
+        with s.socket() as ws:
+            ws.step(x[0][2:4])
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    need = {"ray_cellforge_requests_total", "ray_cellforge_request_latency_ms_count",
+            "ray_cellforge_rejected_requests_total", "ray_cellforge_batch_size_count",
+            "ray_cellforge_session_store_latency_ms_count", "ray_cellforge_live_sessions"}
+    deadline = time.monotonic() + 120  # Ray's workers report to the agent every few seconds
+    while True:
+        series: dict[str, list] = {}
+        for family in text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text):
+            for sample in family.samples:
+                if sample.labels.get("model") == "digits":
+                    series.setdefault(sample.name, []).append(sample)
+        requests = {(m.labels["route"], m.labels["status"]) for m in series.get("ray_cellforge_requests_total", [])}
+        ops = {m.labels["op"] for m in series.get("ray_cellforge_session_store_latency_ms_count", [])}
+        if need <= series.keys() and {("predict", "200"), ("predict", "422"), ("step", "200"),
+                                      ("stream_step", "200"), ("create_session", "200")} <= requests \
+                and {"create", "get", "advance", "delete"} <= ops:
+            break
+        assert time.monotonic() < deadline, (sorted(series), sorted(requests), sorted(ops))
+        time.sleep(2)
+    rejected = {(m.labels["route"], m.labels["reason"]) for m in series["ray_cellforge_rejected_requests_total"]}
+    assert ("predict", "invalid_input") in rejected
+    assert {m.labels["kind"] for m in series["ray_cellforge_batch_size_count"]} >= {"predict"}
+    assert sum(m.value for m in series["ray_cellforge_request_latency_ms_count"]
+               if m.labels["route"] == "predict") >= 2
+
+
 # bad input -------------------------------------------------------------------------------
 def test_bad_input_gets_4xx_naming_the_field_and_the_replica_keeps_serving(server, digits, more_models):
     auth = {"Authorization": f"Bearer {KEY}"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter, OrderedDict
 from typing import Any
 
@@ -27,6 +28,7 @@ from cellforge.serving import contract
 from cellforge.serving.config import INDEX_APP, DeployConfig, resolve_bundle
 from cellforge.serving.engine import EXPLAIN_MAX_PASSES, Engine
 from cellforge.serving.http import BodyLimit, bearer_check, error_answer, install_errors, unknown
+from cellforge.serving.metrics import EndpointMetrics, route_of
 from cellforge.serving.schema import (
     SEQ2SEQ_FIELDS,
     ApiError,
@@ -70,6 +72,7 @@ class ModelServer:
         self.name = self.cfg.name
         self.engine = Engine(self.cfg)
         self.store = get_store()
+        self.metrics = EndpointMetrics(self.name)
         self.sessions = open_sessions(self.cfg.session_store, self.store)
         self.cache: OrderedDict[str, dict[str, Any]] | None = OrderedDict() if self.cfg.affinity else None
         self.cache_counts: Counter = Counter()  # hit, miss, stale (the replica changed meanwhile)
@@ -79,7 +82,7 @@ class ModelServer:
             batched.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
         self.sizes: Counter = Counter()
         self._sent, self._flusher = 0, None
-        self.inflight = 0  # predict requests inside this replica's HTTP app, counted by InFlight
+        self.inflight = 0  # predict requests inside this replica's HTTP app, counted by Observe
         self.stepping = 0  # and session steps
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._flusher = asyncio.get_running_loop().create_task(self._flush())
@@ -103,7 +106,7 @@ class ModelServer:
             item = (x, lengths, self.engine.translator.decoding(options), req.return_attention)
         await asyncio.sleep(0)  # let requests that arrived with this one be counted
         # a lone request runs at once: waiting batch_wait_timeout_s for company nobody brings would
-        # only add latency; with other predictions in flight (see InFlight) it joins their batch
+        # only add latency; with other predictions in flight (see Observe) it joins their batch
         if self.cfg.batching.enabled and self.inflight > 1:
             out = await self._batched(item)
         else:
@@ -140,8 +143,9 @@ class ModelServer:
         return StreamingResponse(sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    def _count(self, size: int) -> None:
+    def _count(self, size: int, kind: str = "predict") -> None:
         self.sizes[size] += 1
+        self.metrics.batched(kind, size)
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
@@ -158,6 +162,11 @@ class ModelServer:
                 self.store.report.remote(self.name, self.replica, {"batch_sizes": dict(self.sizes),
                                                                    "cache": dict(self.cache_counts)},
                                          self.engine.info(self.name) if ticks % REGISTER_EVERY == 0 else None)
+            if ticks % REGISTER_EVERY == 0 and self.engine.streams:
+                try:  # the gauge of live sessions; a store that is away is the step routes' to report
+                    self.metrics.live_sessions(await self.sessions.count(self.name))
+                except Exception:  # noqa: BLE001 - never end the flusher
+                    pass
 
     async def explain(self, req: ExplainRequest) -> dict[str, Any]:
         if "step" in req.model_fields_set and self.engine.spec.task != "tag":
@@ -170,13 +179,14 @@ class ModelServer:
     async def create_session(self) -> dict[str, Any]:
         if not self.engine.streams:
             raise ApiError(400, "unsupported", "model", self.engine.no_sessions)
-        sid = await self.sessions.create(self.name, self.engine.version, self.cfg.session_ttl_s)
+        sid = await self.metrics.timed("create", self.sessions.create(self.name, self.engine.version,
+                                                                      self.cfg.session_ttl_s))
         self._count_session(None)
         return {"session_id": sid, "model": self.name, "version": self.engine.version,
                 "ttl_s": self.cfg.session_ttl_s}
 
     async def _load(self, sid: str) -> dict[str, Any]:
-        s = await self.sessions.get(sid, self.name)
+        s = await self.metrics.timed("get", self.sessions.get(sid, self.name))
         if s is None:
             self._forget(sid)
             raise ApiError(404, "not_found", "session_id", f"unknown or expired session {sid!r}")
@@ -211,7 +221,7 @@ class ModelServer:
                                                       f"got offset {req.offset}")
         answer, state = await self._advance(x, s["state"])
         steps = s["steps"] + x.shape[1]
-        status = await self.sessions.advance(sid, s["steps"], state, steps, self.name)
+        status = await self.metrics.timed("advance", self.sessions.advance(sid, s["steps"], state, steps, self.name))
         if status == "conflict" and not fresh:
             # another replica stepped the session since this one cached it (the hash ring changed): the
             # store has the truth; step again from it
@@ -243,12 +253,12 @@ class ModelServer:
             return work.answer(None), work.carry
         if self.cfg.batching.enabled and self.stepping > 1:
             return work.answer(await self._windows_batched(work.windows)), work.carry
-        self._count(1)  # a forward pass of its own, in the endpoint's batch statistics too
+        self._count(1, "step")  # a forward pass of its own, in the endpoint's batch statistics too
         return work.answer(self.engine.windows_outputs([work.windows])[0]), work.carry
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)  # reset from the config in __init__
     async def _windows_batched(self, windows: list[np.ndarray]) -> list[np.ndarray]:
-        self._count(len(windows))
+        self._count(len(windows), "step")
         return self.engine.windows_outputs(windows)
 
     async def stream_session(self, ws: WebSocket, sid: str) -> None:
@@ -267,11 +277,13 @@ class ModelServer:
             if message["type"] == "websocket.disconnect":
                 return
             self.stepping += 1  # batched with the HTTP steps and other sockets' steps in flight
+            t = time.perf_counter()
             try:
                 answer = await self._socket_step(sid, message.get("text") or message.get("bytes") or b"")
             finally:
                 self.stepping -= 1
             await ws.send_json(answer)
+            self.metrics.answered("stream_step", answer.get("status", 200), time.perf_counter() - t)
 
     async def _socket_step(self, sid: str, body: str | bytes) -> dict[str, Any]:
         if len(body) > self.cfg.max_body_bytes:
@@ -292,28 +304,39 @@ class ModelServer:
 
     async def end_session(self, sid: str) -> dict[str, Any]:
         self._forget(sid)
-        if not await self.sessions.delete(sid, self.name):
+        if not await self.metrics.timed("delete", self.sessions.delete(sid, self.name)):
             raise ApiError(404, "not_found", "session_id", f"unknown or expired session {sid!r}")
         return {"session_id": sid, "deleted": True}
 
 
-class InFlight:
-    """ASGI middleware counting predict requests and session steps from the moment they enter the app
-    (body not yet read), so a request can tell whether others arrived with it and batching is worth a wait."""
+class Observe:
+    """ASGI middleware: counts predict requests and session steps from the moment they enter the app
+    (body not yet read), so a request can tell whether others arrived with it and batching is worth a
+    wait; and records every request's route, status and latency (serving.metrics)."""
 
     def __init__(self, app, server):
         self.app, self.server = app, server
 
     async def __call__(self, scope, receive, send):
-        path = scope["path"] if scope["type"] == "http" else ""
-        counter = "inflight" if path.endswith("/predict") else "stepping" if path.endswith("/step") else None
-        if counter is None:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        setattr(self.server, counter, getattr(self.server, counter) + 1)
+        route, t, status = route_of(scope["path"]), time.perf_counter(), 500
+        counter = {"predict": "inflight", "step": "stepping"}.get(route)
+
+        async def sent(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        if counter:
+            setattr(self.server, counter, getattr(self.server, counter) + 1)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, sent)
         finally:
-            setattr(self.server, counter, getattr(self.server, counter) - 1)
+            if counter:
+                setattr(self.server, counter, getattr(self.server, counter) - 1)
+            self.server.metrics.answered(route, status, time.perf_counter() - t)
 
 
 def model_api(server: ModelServer) -> FastAPI:
@@ -323,7 +346,7 @@ def model_api(server: ModelServer) -> FastAPI:
                   dependencies=[Depends(bearer_check(cfg.api_key))])
     install_errors(api)
     api.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
-    api.add_middleware(InFlight, server=server)
+    api.add_middleware(Observe, server=server)
 
     @api.get("/", response_model=ModelInfo)
     @api.get("", response_model=ModelInfo, include_in_schema=False)  # /v1/models/<name> itself
