@@ -101,7 +101,7 @@ class Sweep:
         spec = self._spec.updated(**t["params"])
         prepared = self._prepared
         if self._raw is not None:
-            spec, prepared = prepare(spec, self._raw)
+            spec, prepared = prepare(spec, *self._raw)  # (data, validation, test)
         if t["checkpoint"] is None:
             raise RuntimeError(f"sweep {self.name}: trial {t['trial']} left no checkpoint")
         with t["checkpoint"].as_directory() as d:

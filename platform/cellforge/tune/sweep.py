@@ -48,12 +48,13 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
           use_gpu: bool = False, epochs: int | None = None, name: str | None = None,
           storage_path: str | Path | None = None, address: str | None = None, max_concurrent: int | None = None,
           grace_period: int = 1, reduction_factor: int = 3, seed: int = 0, verbose: bool = True,
-          tracking: str | None = None, tensorboard: bool | None = None) -> Sweep:
+          tracking: str | None = None, tensorboard: bool | None = None, validation: Any = None,
+          test: Any = None) -> Sweep:
     """Run (or resume) a hyperparameter sweep; every trial is a Ray Train run of ``workers_per_trial`` workers.
 
     Args:
         spec: the base ModelSpec (or a dict of its fields); the space's fields override it per trial.
-        data: anything ``fit`` takes.
+        data: anything ``fit`` takes (with ``validation`` or ``test``: the training data).
         space: spec field (dotted path, e.g. ``"training.lr"``) -> ``choice``/``grid``/``uniform``/
             ``loguniform``/``randint``, a job-file mapping such as ``{"choice": [32, 64]}``, or a fixed value.
         trials: how many trials (default 16; with ``search="grid"`` every combination once).
@@ -73,6 +74,8 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
             a child run (one per trial, also after a resume).
         tensorboard: TensorBoard event files per trial in ``<storage>/<name>/tensorboard/<trial id>``
             (as ``fit``; default ``$CELLFORGE_TENSORBOARD``): ``tensorboard --logdir`` there compares them.
+        validation, test: official splits, as ``fit`` takes them: every trial ranks by the same validation
+            split (early stopping and ASHA read it) and reports test metrics on the same test split.
 
     Returns:
         Sweep: ``leaderboard()``, ``plot()``, ``best`` and ``best_bundle`` (a verified bundle).
@@ -100,7 +103,8 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     n_trials = _n_trials(dims, trials, search)
     name = check_name(name or f"sweep-{spec.task}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage = Path(storage_path).resolve() if storage_path else runs_dir()
-    spec, prepared = prepare(spec, data)  # the data's problems surface here, before any trial
+    raw = (data, validation, test)
+    spec, prepared = prepare(spec, *raw)  # the data's problems surface here, before any trial
     max_epochs = max([spec.training.epochs, *dims["training.epochs"].probes()] if "training.epochs" in dims
                      else [spec.training.epochs])
     progress = Progress(name, list(dims), metric, mode, n_trials, max_epochs, verbose=verbose)
@@ -134,7 +138,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
         tags={"cellforge.kind": "sweep", **_data_tags(data, prepared),
               **_tracking.system_facts(spec.framework, workers_per_trial, use_gpu)})
     ctx = {"spec": spec.model_dump(), "prepared": None if per_trial_data else prepared,
-           "data": data if per_trial_data else None, "workers": workers_per_trial, "use_gpu": use_gpu,
+           "data": raw if per_trial_data else None, "workers": workers_per_trial, "use_gpu": use_gpu,
            "train_storage": str(exp / "train"), "cells": custom_cells(),
            "tracking": track.ref() and {**track.ref(), "sweep": name, "tags": _data_tags(data, prepared)},
            "tensorboard": str(events_dir(exp)) if tensorboard_on(tensorboard) else None}
@@ -177,7 +181,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     except BaseException:
         track.finish([], status="KILLED")
         raise
-    result = Sweep(name, exp, list(dims), metric, mode, grid_, spec, prepared, data if per_trial_data else None,
+    result = Sweep(name, exp, list(dims), metric, mode, grid_, spec, prepared, raw if per_trial_data else None,
                    tracking=track)
     best = result.best
     track.finish([], {f"best_{metric}": best["metrics"].get(metric)} if best else {})

@@ -82,7 +82,7 @@ class Trial(tune.Trainable):
         spec = ModelSpec.parse(ctx["spec"]).updated(**self.params)
         prepared = ctx["prepared"]
         if prepared is None:  # a dimension changes preprocessing: prepare this trial's own data
-            spec, prepared = prepare(spec, ctx["data"])
+            spec, prepared = prepare(spec, *ctx["data"])  # (data, validation, test)
         self.spec, self.epochs = spec, spec.training.epochs
         self.track = self._tracking(spec)
         self.queue = Queue(actor_options={"num_cpus": 0})  # unbounded: the controller never blocks on it
