@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train_throughput.py            # about 5-10 minutes on 2 cores
     .venv/bin/python benchmarks/train_throughput.py --only tracking   # (b) against (b+): ~2 minutes
+    .venv/bin/python benchmarks/train_throughput.py --only bucketing  # training.bucket_by_length: ~3 minutes
 
 One LSTM (T=50, 8 features, hidden 128, batch 64, synthetic regression data) trained by
   (a) a hand-written PyTorch loop        (b) cellforge torch, 1 worker   (c) 2 workers
@@ -11,6 +12,10 @@ One LSTM (T=50, 8 features, hidden 128, batch 64, synthetic regression data) tra
        machine's first pays what is timed here); (b) and the others run with ``tracking="none"``.
        Measured 2026-11-30 alone (``--only tracking``, three runs, load average 1.4-2.1): whole fit
        -1.1%, -1.5%, +0.0% (was +14.3% before rank 0 opened the store on a thread, tracking.EpochLog)
+``--only bucketing``: the same LSTM classifying variable-length sequences (lengths uniform in 10-400
+steps), cellforge torch and tensorflow, 1 worker, with ``training.bucket_by_length`` off and on: steady
+sequences/s and the padded share of the time steps run.
+
 Throughput is sequences/second of the median epoch in steady state: epoch 1 (tracing, warm-up) is excluded, and so
 is Ray's start-up (reported on its own). cellforge's figures come from the per-epoch ``time_s``
 in the run history, with no validation split so that it times training only. The machine may be
@@ -138,11 +143,47 @@ def cellforge_fit(framework: str, workers: int, x, y, epochs: int, storage: str,
     return steady(times, n_epoch), wall - sum(times)
 
 
+def bucketing(n: int, epochs: int, storage: str) -> None:
+    """Variable-length sequences, bucket_by_length off and on, in each framework."""
+    import cellforge as cf
+    from cellforge.train.loop import bucketed
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 401, n)
+    xs = [rng.normal(size=(t, F)).astype(np.float32) for t in lengths]
+    y = np.array([int(x[:, 0].mean() > 0) for x in xs])
+
+    def padded_share(on: bool) -> float:
+        idx, run = rng.permutation(n), 0
+        if on:
+            idx = bucketed(idx, lengths, BATCH, rng)
+        for s in range(0, n, BATCH):
+            run += len(idx[s: s + BATCH]) * int(lengths[idx[s: s + BATCH]].max())
+        return 1 - lengths.sum() / run
+
+    print(f"\nLSTM hidden={H} batch={BATCH}, {n} sequences of 10-400 steps x {F} features, {epochs} epochs "
+          f"(epoch 1 not timed), 1 worker; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'framework':12}{'bucketing':>10}{'seq/s':>10}{'padded steps':>14}")
+    for framework in ("torch", "tensorflow"):
+        rates = {}
+        for on in (False, True):
+            spec = cf.ModelSpec(framework=framework, task="classify", cell="lstm", hidden_size=H,
+                                training={"batch_size": BATCH, "epochs": epochs, "val_fraction": 0.0,
+                                          "test_fraction": 0.02, "seed": 0, "bucket_by_length": on})
+            r = cf.fit(spec, (xs, y), workers=1, storage_path=storage, verbose=False, tracking="none",
+                       name=f"bucket-{framework}-{on}")
+            rates[on] = steady([row["time_s"] for row in r.history], n - int(round(n * 0.02)))
+            print(f"{framework:12}{'on' if on else 'off':>10}{rates[on]:10.0f}{padded_share(on):14.1%}")
+        print(f"{'':12}{'on/off':>10}{rates[True] / rates[False]:10.2f}")
+    print(f"load average {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sequences", type=int, default=4096, help="training sequences per epoch")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per run (the first is not timed)")
-    parser.add_argument("--only", choices=["tracking"], help="run (b) and (b+) only")
+    parser.add_argument("--only", choices=["tracking", "bucketing"],
+                        help="tracking: (b) and (b+) only; bucketing: training.bucket_by_length off and on")
     args = parser.parse_args()
     x, y = make_data(args.sequences)
     xb, yb = make_data(args.sequences + int(round(args.sequences / 0.98 * 0.02)))  # + cellforge's test split
@@ -155,6 +196,9 @@ def main() -> None:
     ray_start = time.perf_counter() - start
     rows = {}
     walls: dict[str, float] = {}
+    if args.only == "bucketing":
+        with tempfile.TemporaryDirectory() as storage:
+            return bucketing(min(args.sequences, 2048), args.epochs, storage)
     with tempfile.TemporaryDirectory() as storage:
         from cellforge import tracking
 

@@ -153,6 +153,10 @@ class TrainingSpec(_Strict):
     # seq2seq: the chance that a decoder step is fed the true previous token rather than its own
     # prediction (1.0: always the truth, Williams & Zipser's teacher forcing)
     teacher_forcing: float = Field(1.0, ge=0, le=1)
+    # batches of sequences of similar length (each batch is cut to its longest, so less padding is run):
+    # the epoch's shuffled examples taken 50 batches at a time, sorted by length, cut into batches whose
+    # order is shuffled again. Helps variable-length data (audio, text); a no-op on fixed-length data
+    bucket_by_length: bool = False
 
     @model_validator(mode="after")
     def _splits(self) -> TrainingSpec:

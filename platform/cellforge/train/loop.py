@@ -44,6 +44,29 @@ def batches(split: dict[str, np.ndarray], idx: np.ndarray, batch_size: int, task
         yield split["x"][b][:, :steps], lengths, y
 
 
+BUCKET_POOL = 50  # batches sorted by length together: wide enough to group lengths, narrow enough to stay random
+
+
+def bucketed(idx: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """``idx`` reordered so that consecutive ``batch_size`` runs hold sequences of similar length: pools of
+    BUCKET_POOL batches sorted by length, cut into batches, the full batches' order shuffled (a short last
+    batch stays last, so ``batches`` cuts the same runs). The same examples, each once.
+
+    >>> lengths = np.array([5, 1, 9, 2, 8, 3, 7, 4])
+    >>> out = bucketed(np.arange(8), lengths, 2, np.random.default_rng(0))
+    >>> sorted(out.tolist()), [sorted(lengths[out[i:i + 2]].tolist()) for i in range(0, 8, 2)]
+    ([0, 1, 2, 3, 4, 5, 6, 7], [[5, 7], [1, 2], [3, 4], [8, 9]])
+    """
+    runs = []
+    for s in range(0, len(idx), batch_size * BUCKET_POOL):
+        pool = idx[s: s + batch_size * BUCKET_POOL]
+        pool = pool[np.argsort(lengths[pool], kind="stable")]
+        runs += [pool[i: i + batch_size] for i in range(0, len(pool), batch_size)]
+    full = [r for r in runs if len(r) == batch_size]
+    short = [r for r in runs if len(r) < batch_size]
+    return np.concatenate([full[i] for i in rng.permutation(len(full))] + short) if runs else idx
+
+
 def shard_eval(fitter, spec: ModelSpec, split: dict[str, np.ndarray], info: WorkerInfo, scaler,
                target: dict | None = None) -> dict[str, float]:
     """Metrics of a whole split: each rank takes every world-th example, stats are summed."""
@@ -126,6 +149,8 @@ def worker_loop(config: dict[str, Any]) -> None:
         start = time.perf_counter()
         order = np.random.default_rng(t.seed + epoch).permutation(len(train["y"]))
         idx = order[info.rank:: info.world][:n_local]
+        if t.bucket_by_length:  # per rank, so every rank still runs the same number of batches
+            idx = bucketed(idx, train["lengths"], local_bs, np.random.default_rng([t.seed, epoch, info.rank]))
         loss_sum, count = fitter.train_epoch(epoch, batches(train, idx, local_bs, spec.task))
         loss_sum, count = fitter.allreduce(np.array([loss_sum, count], np.float64))
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / max(count, 1), "lr": fitter.lr.value}
