@@ -129,6 +129,8 @@ def submit(target: str | Path, address: str | None = None, *, params: dict[str, 
     env = job_env(env, sid)
     runs = durable.announced(env)
     meta = {"cellforge": "1", "source": rel, "runs": runs}
+    if env.get(durable.SETTING):  # where `jobs status` looks for the job's record
+        meta["runs_root"] = env[durable.SETTING]
     if path.suffix in (".yaml", ".yml"):
         if params:
             raise SpecError([("params", "-p applies to notebooks; a job file takes its settings from the file")],
@@ -222,7 +224,7 @@ def job_record(jc, submission_id: str, metadata: dict[str, str]) -> dict[str, An
     durable root when this machine can read it (it outlives the cluster), else the record line at the end
     of its logs (the job server keeps them while the cluster is up); None while neither exists yet.
     Ray job metadata is fixed at submission, so it holds only the announced root."""
-    record = durable.read_record(metadata["runs"], submission_id) if metadata.get("runs") else None
+    record = durable.read_record(metadata["runs_root"], submission_id) if metadata.get("runs_root") else None
     if record:
         return record
     try:
