@@ -11,6 +11,11 @@ directory (job files, their data, notebooks) as ``working_dir``, minus what .git
 clusters since 2.59) is honoured: the token comes from ``$RAY_AUTH_TOKEN``,
 ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, as for Ray's own CLI, and goes in an
 ``Authorization: Bearer`` header on every request to the cluster's job server.
+
+Ray deletes a job's ``working_dir`` with its session, so a submitted job writes its runs, bundles
+and tracking data to a durable root instead (``$CELLFORGE_RUNS``, else ``~/cellforge/runs`` on the
+head node; ``cellforge.jobs.durable``), announced here before the job starts; ``jobs status`` reads
+the job's record back (from the root when this machine sees it, else from the job's logs).
 """
 
 from __future__ import annotations
