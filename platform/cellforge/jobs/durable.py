@@ -281,8 +281,8 @@ class Submitted:
             except Exception as e:  # noqa: BLE001 - the logs still hold the record
                 log.error("copying the job's record to %s failed: %s", self.root.uri, e)
         # the logs hold it too (the last such line counts): a client that cannot see the durable root
-        # reads it there
-        print(RECORD_LINE + json.dumps(rec, default=str), flush=True)
+        # reads it there. Outside run_job, so at the logger's own level, not the job file's log_level
+        log.info("%s%s", RECORD_LINE, json.dumps(rec, default=str))
 
 
 def bundles_of(outputs: dict[str, dict[str, Any]], paths: JobPaths | None = None) -> dict[str, str]:
