@@ -306,6 +306,8 @@ def _cmd_jobs(args) -> int:
             print(f"runs, bundles and tracking data: {record['root']}")
             for sid, where in record.get("bundles", {}).items():
                 print(f"bundle ({sid}): {where}")
+            for sid, artifact in (record.get("tracked") or {}).items():
+                print(f"tracked ({sid}): {artifact} in {record.get('tracking_uri')}")
         elif meta.get("runs"):
             print(f"runs, bundles and tracking data: {meta['runs']}")
         return 0

@@ -91,6 +91,9 @@ def test_a_submitted_jobs_bundle_outlives_the_job_and_the_cluster(cluster, head_
     assert status.stdout.startswith(f"{sid}: SUCCEEDED")
     assert f"bundle (fit): {bundle}\n" in status.stdout  # read back from the job's logs (the root is remote)
     assert f"runs, bundles and tracking data: {root}\n" in status.stdout
+    run_id = json.loads((bundle / "manifest.json").read_text())["provenance"]["run_id"]
+    assert record["tracked"] == {"fit": f"runs:/{run_id}/bundle"}
+    assert f"tracked (fit): runs:/{run_id}/bundle in sqlite:///{root}/mlflow.db\n" in status.stdout
 
     ray_tmp = [cluster.ray_tmp, cluster.worker_tmp]
     assert not any(str(bundle).startswith(str(t)) for t in ray_tmp)
@@ -101,4 +104,9 @@ def test_a_submitted_jobs_bundle_outlives_the_job_and_the_cluster(cluster, head_
     assert model.predict(digits.x[:5]).shape == (5,)
     # the kept bundle reproduces the job's own test metrics, here without Ray
     assert evaluate(bundle, digits)["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
-    assert (root / "mlflow.db").is_file()  # and the tracking store is there too
+    # the tracking store is there too, with the bundle among the run's artifacts
+    from mlflow import MlflowClient
+
+    tracked = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    assert tracked.get_run(run_id).info.status == "FINISHED"
+    assert {a.path for a in tracked.list_artifacts(run_id, "bundle")} >= {"bundle/manifest.json"}

@@ -134,10 +134,13 @@ def test_the_job_record_is_written_and_read_back(tmp_path, monkeypatch, capsys):
 
         assert os.environ[SETTING] == str(root)  # fit's default runs directory
         assert json.loads((root / "jobs" / "cellforge-x-1.json").read_text())["status"] == "RUNNING"
+        monkeypatch.delenv("CELLFORGE_TRACKING", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
         job.outputs["fit"] = {"bundle": str(root / "q" / "bundle"), "metrics": {"test_accuracy": 0.9}}
     record = read_record(str(root), "cellforge-x-1")
     assert record["status"] == "SUCCEEDED" and record["root"] == str(root)
     assert record["bundles"] == {"fit": str(root / "q" / "bundle")}
+    assert record["tracked"] == {} and record["tracking_uri"] == f"sqlite:///{root}/mlflow.db"
     assert record_from_logs("noise\n" + capsys.readouterr().out + "more noise\n") == record
     assert read_record(str(tmp_path / "elsewhere"), "cellforge-x-1") is None
 
@@ -155,20 +158,24 @@ def test_a_uri_root_is_staged_then_copied_there(tmp_path, monkeypatch):
     """A pyarrow filesystem URI (file:// here: the same code path as s3:// without a network)."""
     dest = tmp_path / "bucket"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for k in ("CELLFORGE_TRACKING", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(k, raising=False)
     monkeypatch.chdir(tmp_path)
     job = Submitted("sid-1", Root(None, dest.as_uri()), project=tmp_path)
     with job:
         staged = job.paths.output("runs/q/bundle", tmp_path)
         assert staged == tmp_path / "home" / "cellforge" / "staging" / "sid-1" / "q" / "bundle"
         staged.mkdir(parents=True)
-        (staged / "manifest.json").write_text('{"x": 1}')
+        (staged / "manifest.json").write_text('{"provenance": {"run_id": "abc"}}')
         (job.paths.local / "mlflow.db").write_text("db")
         job.outputs["fit"] = {"bundle": str(staged)}
-    assert (dest / "q" / "bundle" / "manifest.json").read_text() == '{"x": 1}'
+    assert json.loads((dest / "q" / "bundle" / "manifest.json").read_text())["provenance"]["run_id"] == "abc"
     assert (dest / "jobs" / "sid-1.mlflow.db").read_text() == "db"  # one per job, never over another's
     assert not job.paths.local.exists()  # the staging copy goes once copied
     record = read_record(dest.as_uri(), "sid-1")
     assert record["bundles"] == {"fit": f"{dest.as_uri()}/q/bundle"}
+    assert record["tracked"] == {"fit": "runs:/abc/bundle"}  # read from the bundle's provenance
+    assert record["tracking_uri"] == f"{dest.as_uri()}/jobs/sid-1.mlflow.db"
 
 
 def test_submit_passes_the_configured_storage_and_refuses_a_bad_one(monkeypatch, tmp_path):

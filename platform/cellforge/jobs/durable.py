@@ -265,8 +265,19 @@ class Submitted:
     def record(self, status: str, error: str | None = None) -> dict[str, Any]:
         return {"submission_id": self.id, "status": status, "root": str(self.root), "host": platform.node(),
                 "started": self.started, "ended": None if status == "RUNNING" else time.time(),
-                "bundles": bundles_of(self.outputs, self.paths), "error": error,
+                "bundles": bundles_of(self.outputs, self.paths), "tracked": tracked_of(self.outputs),
+                "tracking_uri": self.tracking_uri(), "error": error,
                 "outputs": json.loads(json.dumps(self.outputs, default=str))}
+
+    def tracking_uri(self) -> str | None:
+        """The job's tracking store: the configured one, else the default SQLite store in the root (for a
+        URI root, its copy beside the record; see __exit__)."""
+        from cellforge import tracking
+
+        uri = tracking.resolve(None, self.paths.local)
+        if self.root.uri and uri == f"sqlite:///{self.paths.local}/mlflow.db":
+            return self.root.join(f"jobs/{_safe(self.id)}.mlflow.db")
+        return uri
 
     def write(self, status: str, error: str | None = None) -> None:
         rec = self.record(status, error)
@@ -291,6 +302,20 @@ def bundles_of(outputs: dict[str, dict[str, Any]], paths: JobPaths | None = None
     for sid, o in outputs.items():
         if isinstance(o, dict) and isinstance(o.get("bundle"), str):
             out[sid] = paths.shown(o["bundle"]) if paths else o["bundle"]
+    return out
+
+
+def tracked_of(outputs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each step's bundle as its tracking run's artifact (``runs:/RUN/bundle``), where the fit was
+    tracked: with a tracking server configured, the server's artifact store holds a copy too."""
+    out = {}
+    for sid, o in outputs.items():
+        manifest = Path(o.get("bundle", "")) / "manifest.json" if isinstance(o, dict) else None
+        if manifest is None or not isinstance(o.get("bundle"), str) or not manifest.is_file():
+            continue
+        run_id = (json.loads(manifest.read_text()).get("provenance") or {}).get("run_id")
+        if run_id:
+            out[sid] = f"runs:/{run_id}/bundle"
     return out
 
 
