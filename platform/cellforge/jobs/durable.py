@@ -218,9 +218,9 @@ class JobPaths:
 class Submitted:
     """This process as a submitted job's entrypoint: its durable root set up, its record kept.
 
-        with Submitted.current() as job:        # None outside a submitted job
-            outputs = run_job(path, paths=job.paths)
-            job.outputs = outputs
+        job = Submitted.current()               # None outside a submitted job
+        with job:                               # the record: RUNNING, then SUCCEEDED or FAILED
+            run_job(path, paths=job.paths, outputs=job.outputs)
     """
 
     def __init__(self, submission_id: str, root: Root, project: Path):
