@@ -42,6 +42,7 @@ from pydantic import BaseModel
 from cellforge import registry, tracking
 from cellforge.errors import BundleError, SpecError
 from cellforge.jobs import STEPS, DataRef, Step, parse_job, run_job
+from cellforge.jobs.durable import Submitted
 from cellforge.submit import register as register_submit
 
 ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS or the local cellforge Ray)"
@@ -52,7 +53,12 @@ ENV = {"api_key": "CELLFORGE_API_KEY"}
 
 
 def _run(args) -> int:
-    run_job(args.job, address=args.address)
+    job = Submitted.current()  # a submitted job's entrypoint (cellforge submit): outputs go to a durable root
+    if job is None:
+        run_job(args.job, address=args.address)
+        return 0
+    with job:
+        run_job(args.job, address=args.address, paths=job.paths, outputs=job.outputs)
     return 0
 
 

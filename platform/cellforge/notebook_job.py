@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cellforge.jobs.durable import Submitted
 from cellforge.log import log
 from cellforge.submit import parse_pairs
 
@@ -32,18 +33,33 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     params = parse_pairs(args.param, "params", as_yaml=True)
     nb = Path(args.notebook).resolve()
-    if "://" not in args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    log.info("executing %s with %s", args.notebook, params or "its default parameters")
+    job = Submitted.current()  # as a submitted job: fits default to the durable root, the output goes there
+    output = args.output
+    if "://" not in output:
+        output = str(Path(output).expanduser())
+        if job is not None:
+            output = str(job.paths.output(output, Path.cwd()))
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+    if job is None:
+        return _execute(papermill, nb, output, params)
+    with job:
+        rc = _execute(papermill, nb, output, params)
+        job.outputs["notebook"] = {"output": job.paths.shown(output) if "://" not in output else output}
+        job.failed = rc != 0
+    return rc
+
+
+def _execute(papermill, nb: Path, output: str, params: dict) -> int:
+    log.info("executing %s with %s", nb.name, params or "its default parameters")
     try:
-        papermill.execute_notebook(str(nb), args.output, parameters=params, kernel_name=KERNEL, cwd=str(nb.parent),
+        papermill.execute_notebook(str(nb), output, parameters=params, kernel_name=KERNEL, cwd=str(nb.parent),
                                    progress_bar=False, stdout_file=sys.stdout,
                                    stderr_file=sys.stderr)
     except papermill.PapermillExecutionError as e:
         log.error("notebook failed in cell %s: %s: %s", e.exec_count, e.ename, e.evalue)
-        log.info("executed notebook (up to the failure): %s", _shown(args.output))
+        log.info("executed notebook (up to the failure): %s", _shown(output))
         return 1
-    log.info("executed notebook: %s", _shown(args.output))
+    log.info("executed notebook: %s", _shown(output))
     return 0
 
 

@@ -11,6 +11,11 @@ directory (job files, their data, notebooks) as ``working_dir``, minus what .git
 clusters since 2.59) is honoured: the token comes from ``$RAY_AUTH_TOKEN``,
 ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, as for Ray's own CLI, and goes in an
 ``Authorization: Bearer`` header on every request to the cluster's job server.
+
+Ray deletes a job's ``working_dir`` with its session, so a submitted job writes its runs, bundles
+and tracking data to a durable root instead (``$CELLFORGE_RUNS``, else ``~/cellforge/runs`` on the
+head node; ``cellforge.jobs.durable``), announced here before the job starts; ``jobs status`` reads
+the job's record back (from the root when this machine sees it, else from the job's logs).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 import yaml
 
 from cellforge.errors import SpecError
-from cellforge.jobs import parse_job
+from cellforge.jobs import durable, parse_job
 from cellforge.log import log
 
 PACKAGE = Path(__file__).resolve().parent  # the cellforge package, shipped with every job
@@ -126,17 +131,21 @@ def submit(target: str | Path, address: str | None = None, *, params: dict[str, 
     root = project_root(path)
     rel = path.resolve().relative_to(root).as_posix()
     sid = submission_id or f"cellforge-{_slug(path.stem)}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    meta = {"cellforge": "1", "source": rel}
+    env = job_env(env, sid)
+    runs = durable.announced(env)
+    meta = {"cellforge": "1", "source": rel, "runs": runs}
+    if env.get(durable.SETTING):  # where `jobs status` looks for the job's record
+        meta["runs_root"] = env[durable.SETTING]
     if path.suffix in (".yaml", ".yml"):
         if params:
             raise SpecError([("params", "-p applies to notebooks; a job file takes its settings from the file")],
                             what="submission")
-        parse_job(path)
+        parse_job(path, paths=_check_paths(env, root))
         entry = f"python -m cellforge.cli run {_quote(rel)}"
         meta["kind"] = "job"
     elif path.suffix == ".ipynb":
         _check_parameters(path, params or {})
-        out_dir = output or os.environ.get("CELLFORGE_NOTEBOOK_OUTPUT") or "runs/notebooks"
+        out_dir = output or os.environ.get("CELLFORGE_NOTEBOOK_OUTPUT") or _notebooks_dir(env)
         out = f"{out_dir.rstrip('/')}/{path.stem}-{sid}.ipynb"
         args = " ".join(f"-p {_quote(f'{k}={yaml.safe_dump(v, default_flow_style=True).strip()}')}"
                         for k, v in (params or {}).items())
@@ -145,8 +154,37 @@ def submit(target: str | Path, address: str | None = None, *, params: dict[str, 
     else:
         raise SpecError([("target", f"expected a job file (.yaml) or a notebook (.ipynb), got {path.name!r}")],
                         what="submission")
+    log.info("%s: runs, bundles and tracking data go to %s", sid, runs)
     jc = client(address)
     return jc.submit_job(entrypoint=entry, submission_id=sid, runtime_env=runtime_env(root, env), metadata=meta)
+
+
+def job_env(env: dict[str, str] | None, submission_id: str) -> dict[str, str]:
+    """The job's environment variables: ``-e`` ones, ``$CELLFORGE_RUNS`` of this environment when ``-e``
+    does not set it (the user's configured storage), and the submission id (which makes the job write
+    to its durable root, see ``cellforge.jobs.durable``). A bad ``CELLFORGE_RUNS`` is refused here."""
+    env = dict(env or {})
+    if not env.get(durable.SETTING) and os.environ.get(durable.SETTING):
+        env[durable.SETTING] = os.environ[durable.SETTING]
+    if env.get(durable.SETTING):
+        durable.Root.parse(env[durable.SETTING], expand_home=False)
+    env[durable.SUBMISSION] = submission_id
+    return env
+
+
+def _check_paths(env: dict[str, str], project: Path) -> durable.JobPaths:
+    """The mapping a submitted job will make, for checking the job file here: its durable root when
+    this machine sees it (the same machine or a shared mount), else a stand-in."""
+    value = env.get(durable.SETTING)
+    root = durable.Root.parse(value) if value else None
+    if root is None or root.path is None:
+        root = durable.Root(Path("/nonexistent/cellforge-durable-root"))
+    return durable.JobPaths(root, project)
+
+
+def _notebooks_dir(env: dict[str, str]) -> str:
+    value = env.get(durable.SETTING)
+    return durable.Root.parse(value, expand_home=False).join("notebooks") if value else f"{durable.DEFAULT}/notebooks"
 
 
 def _check_parameters(path: Path, params: dict[str, Any]) -> None:
@@ -184,6 +222,21 @@ def follow(submission_id: str, address: str | None = None, out=None) -> str:
         time.sleep(0.5)
         status = jc.get_job_status(submission_id)
     return str(status.value)
+
+
+def job_record(jc, submission_id: str, metadata: dict[str, str]) -> dict[str, Any] | None:
+    """What a submitted job wrote about itself (its durable root, each step's bundle): the record in its
+    durable root when this machine can read it (it outlives the cluster), else the record line at the end
+    of its logs (the job server keeps them while the cluster is up); None while neither exists yet.
+    Ray job metadata is fixed at submission, so it holds only the announced root."""
+    record = durable.read_record(metadata["runs_root"], submission_id) if metadata.get("runs_root") else None
+    if record:
+        return record
+    try:
+        logs = jc.get_job_logs(submission_id)
+    except RuntimeError:
+        return None
+    return durable.record_from_logs(logs)
 
 
 def _slug(s: str) -> str:
@@ -245,8 +298,18 @@ def _cmd_jobs(args) -> int:
     if args.action == "status":
         info = jc.get_job_info(args.id)
         print(f"{args.id}: {info.status.value}" + (f" — {info.message}" if info.message else ""))
-        if (info.metadata or {}).get("output"):
-            print(f"executed notebook: {info.metadata['output']}")
+        meta = info.metadata or {}
+        if meta.get("output"):
+            print(f"executed notebook: {meta['output']}")
+        record = job_record(jc, args.id, meta)
+        if record:
+            print(f"runs, bundles and tracking data: {record['root']}")
+            for sid, where in record.get("bundles", {}).items():
+                print(f"bundle ({sid}): {where}")
+            for sid, artifact in (record.get("tracked") or {}).items():
+                print(f"tracked ({sid}): {artifact} in {record.get('tracking_uri')}")
+        elif meta.get("runs"):
+            print(f"runs, bundles and tracking data: {meta['runs']}")
         return 0
     if args.action == "logs":
         if args.follow:

@@ -28,6 +28,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from cellforge.errors import SpecError, Strict, problems_of
+from cellforge.jobs.durable import JobPaths
 from cellforge.jobs.steps import REF, STEPS, Step, has_ref
 from cellforge.log import log
 from cellforge.registry import parse_ref
@@ -44,10 +45,12 @@ class Job(Strict):
     steps: list[dict[str, Any]] = Field(min_length=1)
 
 
-def parse_job(source: str | Path | dict, base: Path | None = None) -> tuple[Job, list[tuple[str, Step]], Path]:
+def parse_job(source: str | Path | dict, base: Path | None = None, paths: JobPaths | None = None
+              ) -> tuple[Job, list[tuple[str, Step]], Path]:
     """Validate a job file: (job, [(kind, step)], base directory). Raises one SpecError.
 
     ``base``: where a job given as a mapping resolves its relative paths (default: the current directory).
+    ``paths``: a submitted job's durable root, where its outputs go (``cellforge.jobs.durable``).
     """
     base = base or Path.cwd()
     if isinstance(source, (str, Path)) and not isinstance(source, dict):
@@ -67,15 +70,17 @@ def parse_job(source: str | Path | dict, base: Path | None = None) -> tuple[Job,
     except ValidationError as e:
         raise SpecError(problems_of(e), what="job file") from None
     steps = []
-    for kind, step, _, _ in _parse_steps(job, base, problems):
+    for kind, step, _, _ in _parse_steps(job, base, problems, paths):
         steps.append((kind, step))
     if problems:
         raise SpecError(problems, what="job file")
     return job, steps, base
 
 
-def _parse_steps(job: Job, base: Path, problems: list) -> list[tuple[str, Step | None, str, dict]]:
-    """Each step as (kind, model, id, raw body); appends every problem found to ``problems``."""
+def _parse_steps(job: Job, base: Path, problems: list, paths: JobPaths | None = None
+                 ) -> list[tuple[str, Step | None, str, dict]]:
+    """Each step as (kind, model, id, raw body); appends every problem found to ``problems``. With
+    ``paths`` (a submitted job), the body's paths are first mapped into the durable root."""
     out = []
     kinds: dict[str, str] = {}  # id -> kind, of the steps so far
     produced: set[Path] = set()  # bundle paths that earlier steps write
@@ -90,6 +95,8 @@ def _parse_steps(job: Job, base: Path, problems: list) -> list[tuple[str, Step |
             continue
         body = body or {}
         where = f"{where}.{kind}"
+        if paths is not None and isinstance(body, dict):
+            body = paths.rewrite(STEPS[kind], body, base, where, problems)
         step = None
         try:
             step = STEPS[kind].model_validate(body)
@@ -156,23 +163,25 @@ def _check_files(step: type[Step], body: dict[str, Any], base: Path, where: str,
     return problems
 
 
-def run_job(source: str | Path | dict, address: str | None = None, base: Path | None = None
+def run_job(source: str | Path | dict, address: str | None = None, base: Path | None = None,
+            paths: JobPaths | None = None, outputs: dict[str, dict[str, Any]] | None = None
             ) -> dict[str, dict[str, Any]]:
-    """Validate, then run every step in order; returns each step's outputs by id."""
-    job, _, base = parse_job(source, base)
+    """Validate, then run every step in order; returns each step's outputs by id (also filled into
+    ``outputs`` as each step ends, so a caller keeps what a failed job made). ``paths``: see parse_job."""
+    job, _, base = parse_job(source, base, paths)
     before = log.level
     log.setLevel(job.log_level.upper())
     try:
-        outputs = _run_steps(job, base, address or job.address)
+        outputs = _run_steps(job, base, address or job.address, paths, {} if outputs is None else outputs)
     finally:
         log.setLevel(before)
     return outputs
 
 
-def _run_steps(job: Job, base: Path, address: str | None) -> dict[str, dict[str, Any]]:
-    outputs: dict[str, dict[str, Any]] = {}
+def _run_steps(job: Job, base: Path, address: str | None, paths: JobPaths | None,
+               outputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     blocks = []  # serving steps' ``block``: the endpoints are held after the last step, not in between
-    for kind, _, sid, body in _parse_steps(job, base, []):
+    for kind, _, sid, body in _parse_steps(job, base, [], paths):
         log.info("step %s (%s)", sid, kind)
         step = STEPS[kind].parse(_resolve(body, outputs))  # with earlier steps' outputs filled in
         outputs[sid] = step.run(base, address)

@@ -83,6 +83,8 @@ class Step(Strict):
     reads_bundle: ClassVar[bool] = False  # its ``bundle`` field is an input, checked to exist
     takes_refs: ClassVar[bool] = False  # ...or a registry reference (models:/NAME@ALIAS), resolved when run
     files: ClassVar[tuple[str, ...]] = ()  # dotted fields naming files it reads, checked to exist
+    # fields naming paths it writes: in a submitted job they land under the durable root (jobs.durable)
+    writes: ClassVar[tuple[str, ...]] = ()
     serves: ClassVar[bool] = False  # deploys: the job keeps its endpoints up after the last step
 
     id: str | None = None  # how later steps refer to this one (default: its kind, then kind2, ...)
@@ -106,6 +108,7 @@ class TrainStep(Step):
     """Train a spec on data with Ray Train workers; save a bundle."""
 
     kind: ClassVar[str] = "train"
+    writes: ClassVar[tuple[str, ...]] = ("bundle",)
     outputs: ClassVar[tuple[str, ...]] = ("bundle", "metrics")
     positional: ClassVar[tuple[str, ...]] = ("spec",)
     files: ClassVar[tuple[str, ...]] = ("data.path",)
@@ -162,6 +165,7 @@ class PredictStep(Step):
     """A bundle + an input file (CSV/TSV/Parquet/JSON) -> predictions written to a CSV or JSON file."""
 
     kind: ClassVar[str] = "predict"
+    writes: ClassVar[tuple[str, ...]] = ("output",)
     outputs: ClassVar[tuple[str, ...]] = ("output", "rows")
     positional: ClassVar[tuple[str, ...]] = ("bundle",)
     reads_bundle: ClassVar[bool] = True
@@ -193,6 +197,7 @@ class DetectStep(Step):
     step's score, flag and warm-up mark (and each feature's standardised error) written to a CSV."""
 
     kind: ClassVar[str] = "detect"
+    writes: ClassVar[tuple[str, ...]] = ("output",)
     outputs: ClassVar[tuple[str, ...]] = ("output", "rows", "flagged", "intervals", "metrics")
     positional: ClassVar[tuple[str, ...]] = ("bundle",)
     reads_bundle: ClassVar[bool] = True
@@ -340,6 +345,7 @@ class ExportStep(Step):
     recurrent state as inputs and outputs) or a TensorFlow SavedModel; its preprocessing beside it as JSON."""
 
     kind: ClassVar[str] = "export"
+    writes: ClassVar[tuple[str, ...]] = ("out",)
     outputs: ClassVar[tuple[str, ...]] = ("model", "preprocessing")
     positional: ClassVar[tuple[str, ...]] = ("bundle",)
     reads_bundle: ClassVar[bool] = True
@@ -362,6 +368,7 @@ class CompressStep(Step):
     what was done and its test metrics beside the original's."""
 
     kind: ClassVar[str] = "compress"
+    writes: ClassVar[tuple[str, ...]] = ("out",)
     outputs: ClassVar[tuple[str, ...]] = ("bundle", "compression")
     positional: ClassVar[tuple[str, ...]] = ("bundle",)
     reads_bundle: ClassVar[bool] = True
