@@ -240,3 +240,36 @@ def test_a_job_sets_how_much_cellforge_logs_and_puts_it_back(digits_bundle, caps
     assert log.level == logging.INFO  # the caller's level again
     with pytest.raises(cf.SpecError, match="log_level"):
         parse_job({"log_level": "loud", "steps": [body]})
+
+
+def test_train_and_sweep_steps_take_official_splits(tmp_path, monkeypatch):
+    """``validation:`` / ``test:`` data references: a missing file is named at its field before anything
+    runs; when run, each reaches fit / sweep as the split it names."""
+    from cellforge.jobs import steps
+
+    for kind in ("train", "sweep"):
+        body = {"data": {"dataset": "digits"}, "validation": {"path": "val.csv"}, "test": {"dataset": "nope"}}
+        if kind == "sweep":
+            body["space"] = {"hidden_size": {"choice": [8, 16]}}
+        got = problems({"steps": [{kind: body}]}, tmp_path)
+        assert got[f"steps.0.{kind}.validation.path"].startswith("file not found")
+        assert "unknown data set 'nope'" in got[f"steps.0.{kind}.test"]
+    pd.DataFrame({"x0": [0.1, 0.2], "label": [0, 1]}).to_csv(tmp_path / "val.csv", index=False)
+    seen = {}
+
+    def fake(spec, data, *args, validation=None, test=None, **kw):  # what the step hands to fit / sweep
+        seen.update(data=data, validation=validation, test=test)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(steps, "fit", fake)
+    step = steps.TrainStep.parse({"data": {"dataset": "digits"}, "validation": {"path": "val.csv"}})
+    with pytest.raises(RuntimeError, match="stop here"):
+        step.run(tmp_path, None)
+    assert seen["validation"] == (tmp_path / "val.csv").resolve() and seen["test"] is None
+    monkeypatch.setattr(steps, "sweep", fake)
+    step = steps.SweepStep.parse({"data": {"path": "val.csv"}, "test": {"dataset": "digits"},
+                                  "space": {"hidden_size": {"choice": [8, 16]}}})
+    with pytest.raises(RuntimeError, match="stop here"):
+        step.run(tmp_path, None)
+    assert seen["data"] == (tmp_path / "val.csv").resolve() and seen["validation"] is None
+    assert len(seen["test"].x) == len(cf.datasets.load("digits").x)

@@ -73,6 +73,10 @@ class DataRef(Strict):
         return (base / self.path).resolve()
 
 
+def _load(ref: DataRef | None, base: Path):
+    return None if ref is None else ref.load(base)
+
+
 class Step(Strict):
     """What every step has. Class attributes say what the job runner and the CLI need to know."""
 
@@ -111,9 +115,13 @@ class TrainStep(Step):
     writes: ClassVar[tuple[str, ...]] = ("bundle",)
     outputs: ClassVar[tuple[str, ...]] = ("bundle", "metrics")
     positional: ClassVar[tuple[str, ...]] = ("spec",)
-    files: ClassVar[tuple[str, ...]] = ("data.path",)
+    files: ClassVar[tuple[str, ...]] = ("data.path", "validation.path", "test.path")
 
     data: DataRef
+    # a benchmark's official splits, kept exactly (``data`` is then the training data); one not given is
+    # carved from ``data`` at the spec's fractions
+    validation: DataRef | None = None
+    test: DataRef | None = None
     spec: dict[str, Any] = Field(default_factory=dict)  # ModelSpec fields
     workers: int = Field(1, gt=0)
     use_gpu: bool = False
@@ -128,7 +136,8 @@ class TrainStep(Step):
     _spec = field_validator("spec")(lambda cls, v: _valid_spec(v))
 
     def run(self, base: Path, address: str | None) -> dict[str, Any]:
-        result = fit(ModelSpec.parse(self.spec), self.data.load(base), workers=self.workers, use_gpu=self.use_gpu,
+        result = fit(ModelSpec.parse(self.spec), self.data.load(base), validation=_load(self.validation, base),
+                     test=_load(self.test, base), workers=self.workers, use_gpu=self.use_gpu,
                      epochs=self.epochs, name=self.name, address=address, max_failures=self.max_failures,
                      bundle_path=(base / self.bundle).resolve() if self.bundle else None, tracking=self.tracking,
                      tensorboard=self.tensorboard)
@@ -243,9 +252,13 @@ class SweepStep(Step):
     kind: ClassVar[str] = "sweep"
     outputs: ClassVar[tuple[str, ...]] = ("bundle", "best", "leaderboard")
     positional: ClassVar[tuple[str, ...]] = ("spec",)
-    files: ClassVar[tuple[str, ...]] = ("data.path",)
+    files: ClassVar[tuple[str, ...]] = ("data.path", "validation.path", "test.path")
 
     data: DataRef
+    # a benchmark's official splits, kept exactly (``data`` is then the training data); one not given is
+    # carved from ``data`` at the spec's fractions
+    validation: DataRef | None = None
+    test: DataRef | None = None
     spec: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Any]
     trials: int | None = Field(None, gt=0)
@@ -284,7 +297,8 @@ class SweepStep(Step):
         return step
 
     def run(self, base: Path, address: str | None) -> dict[str, Any]:
-        s = sweep(ModelSpec.parse(self.spec), self.data.load(base), self.space, trials=self.trials,
+        s = sweep(ModelSpec.parse(self.spec), self.data.load(base), self.space, validation=_load(self.validation, base),
+                  test=_load(self.test, base), trials=self.trials,
                   metric=self.metric, scheduler=self.scheduler, search=self.search,
                   workers_per_trial=self.workers_per_trial, use_gpu=self.use_gpu, epochs=self.epochs,
                   name=self.name, address=address, max_concurrent=self.max_concurrent,
