@@ -286,17 +286,15 @@ class ModelServer:
             self.metrics.answered("stream_step", answer.get("status", 200), time.perf_counter() - t)
 
     async def _socket_step(self, sid: str, body: str | bytes) -> dict[str, Any]:
-        if len(body) > self.cfg.max_body_bytes:
-            return {"status": 413, **ApiError(413, "too_large", "body", f"the message is larger than "
-                                                                          f"{self.cfg.max_body_bytes} bytes").body()}
         try:
-            req = StepRequest.model_validate_json(body)
-        except ValidationError as e:
-            problems = validation_problems(e.errors())
-            return {"status": 422, **error_answer(InputError(problems))[1]}
-        try:
+            if len(body) > self.cfg.max_body_bytes:
+                raise ApiError(413, "too_large", "body", f"the message is larger than {self.cfg.max_body_bytes} bytes")
+            try:
+                req = StepRequest.model_validate_json(body)
+            except ValidationError as e:
+                raise InputError(validation_problems(e.errors())) from None
             return StepResponse.model_validate(await self.step(sid, req)).model_dump(mode="json", exclude_none=True)
-        except Exception as e:
+        except Exception as e:  # a refusal is the answer (the socket stays open); anything else is a bug
             refused = error_answer(e)
             if refused is None:
                 raise

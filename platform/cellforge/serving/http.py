@@ -17,11 +17,14 @@ CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method
          413: "too_large", 415: "unsupported_media_type", 422: "invalid_input"}
 
 
+def problems_body(status: int, problems: list[Problem], code: str | None = None) -> dict:
+    what = "; ".join(f"{p.field}: {p.message}" for p in problems)
+    return ErrorBody(error=code or CODES.get(status, "error"), message=what, problems=problems).model_dump()
+
+
 def problems_response(status: int, problems: list[Problem], code: str | None = None,
                       headers: dict[str, str] | None = None) -> JSONResponse:
-    what = "; ".join(f"{p.field}: {p.message}" for p in problems)
-    body = ErrorBody(error=code or CODES.get(status, "error"), message=what, problems=problems)
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return JSONResponse(problems_body(status, problems, code), status_code=status, headers=headers)
 
 
 def error_answer(e: Exception) -> tuple[int, dict] | None:
@@ -34,8 +37,7 @@ def error_answer(e: Exception) -> tuple[int, dict] | None:
         problems = [Problem(field=f or "body", message=m) for f, m in e.problems]
     else:
         return None
-    return 422, ErrorBody(error=CODES[422], message="; ".join(f"{p.field}: {p.message}" for p in problems),
-                          problems=problems).model_dump()
+    return 422, problems_body(422, problems)
 
 
 def install_errors(api: FastAPI, unknown_model: bool = False) -> None:

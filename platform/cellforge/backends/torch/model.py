@@ -155,10 +155,10 @@ class Net(nn.Module):
                 # kernel runs a step at a time on a CPU: 24 s vs 3 s an epoch (LSTM h=128, lengths
                 # 10-400, benchmarks/train_throughput.py --only bucketing)
                 seq, _ = self.rnn(h)
-                last = (lengths.to(seq.device) - 1).clamp(min=0)
-                top = [seq[torch.arange(seq.shape[0], device=seq.device), last]]
-                mask = torch.arange(steps, device=seq.device)[None, :] < lengths.to(seq.device)[:, None]
-                return seq * mask[..., None], top[0]
+                n = lengths.to(seq.device)
+                summary = seq[torch.arange(seq.shape[0], device=seq.device), (n - 1).clamp(min=0)]
+                mask = torch.arange(steps, device=seq.device)[None, :] < n[:, None]
+                return seq * mask[..., None], summary
             else:
                 packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
                 seq, state = self.rnn(packed)
