@@ -155,7 +155,9 @@ class TrainingSpec(_Strict):
     teacher_forcing: float = Field(1.0, ge=0, le=1)
     # batches of sequences of similar length (each batch is cut to its longest, so less padding is run):
     # the epoch's shuffled examples taken 50 batches at a time, sorted by length, cut into batches whose
-    # order is shuffled again. Helps variable-length data (audio, text); a no-op on fixed-length data
+    # order is shuffled again. Helps variable-length data (audio, text); a no-op on fixed-length data.
+    # Not for a bidirectional torch model (its batches run packed): an epoch took 2.3x longer bucketed
+    # (LSTM h=128, lengths 10-400, torch alone; unidirectional ones run unpacked and gain 1.9x)
     bucket_by_length: bool = False
 
     @model_validator(mode="after")
