@@ -4,6 +4,7 @@ cut to its longest, so less padding runs), with every example once and the same 
 import numpy as np
 import pytest
 
+from cellforge.errors import SpecError
 from cellforge.spec import ModelSpec
 from cellforge.train.loop import batches, bucketed
 
@@ -38,3 +39,6 @@ def test_bucketed_batches_hold_every_example_once_with_little_padding():
 def test_the_spec_field_is_off_by_default_and_typed():
     assert ModelSpec().training.bucket_by_length is False
     assert ModelSpec(training={"bucket_by_length": True}).training.bucket_by_length is True
+    with pytest.raises(SpecError) as e:
+        ModelSpec(training={"bucket_by_length": "sometimes"})
+    assert [f for f, _ in e.value.problems] == ["training.bucket_by_length"], e.value.problems
