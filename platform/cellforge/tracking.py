@@ -48,6 +48,9 @@ PARAM_MAX = 6000  # MLflow's limit on a param value's length (mlflow.utils.valid
 # is down) and waits 120 s per request: a dead server must cost seconds, not an epoch's worth of minutes
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# MLflow draws a tqdm bar for each artifact download ("Downloading artifacts: 0%|..." was a notebook
+# cell's output when it deployed models:/NAME@ALIAS): users see cellforge's lines, not MLflow's
+QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def resolve(setting: str | None, storage: Path | None = None) -> str | None:
@@ -138,7 +141,7 @@ class Run:
         return bool(self.uri and self.run_id and not self.broken)
 
     def client(self):
-        for k, v in HTTP_ENV.items():
+        for k, v in {**HTTP_ENV, **QUIET_ENV}.items():  # a user's own settings win
             os.environ.setdefault(k, v)
         from mlflow.tracking import MlflowClient
 

@@ -50,6 +50,18 @@ def test_register_alias_fetch_and_move_the_alias(store):
     assert bundle.digest(registry.fetch("models:/digits/1")["path"]) == bundle.digest(b1)
 
 
+def test_a_download_draws_no_progress_bar(store, tmp_path, capfd):
+    """MLflow's tqdm bar ("Downloading artifacts: 0%|...") was a notebook cell's output when it deployed
+    models:/NAME@ALIAS; a user sees cellforge's lines, not MLflow's."""
+    root, (b1, _), _ = store
+    registry.register(b1, "digits-quiet")
+    capfd.readouterr()
+    got = registry.fetch("models:/digits-quiet/1", cache=tmp_path / "fresh")  # an empty cache: a download
+    assert bundle.digest(got["path"]) == bundle.digest(b1)
+    out, err = capfd.readouterr()
+    assert "Downloading artifacts" not in out + err and "it/s" not in out + err
+
+
 def test_unknown_references_are_named(store):
     with pytest.raises(cf.SpecError, match="models:/nope@production: no such registered model version"):
         registry.fetch("models:/nope@production")
