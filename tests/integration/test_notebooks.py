@@ -57,7 +57,7 @@ def test_committed_notebooks_are_clean_and_parameterised():
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert names == ["01_quickstart.ipynb", "02_sweep.ipynb", "03_deploy_and_call.ipynb", "04_custom_cell.ipynb",
                      "05_submit_to_cluster.ipynb", "06_seq2seq.ipynb", "07_anomaly.ipynb", "08_speech.ipynb",
-                     "09_interpret.ipynb"]
+                     "09_interpret.ipynb", "10_tracking.ipynb"]
     for name in names:
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(nb)
