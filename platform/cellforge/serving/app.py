@@ -562,8 +562,8 @@ def model_errors(cfg: DeployConfig, sessions: bool) -> dict[str, list[int]]:
     body = [*auth, 413, 422]
     store = [503] if cfg.session_store != "memory" else []
     out = {"GET /": auth, "POST /predict": body, "POST /explain": body, "GET /metrics": [*auth, *store]}
-    if sessions:
-        out |= {"POST /sessions": [*auth, *store], "POST /sessions/{session_id}/step": [*body, 404, 409, *store],
+    if sessions:  # a step of a session on a canary that fails it: 503 (serving.traffic), whichever the store
+        out |= {"POST /sessions": [*auth, *store], "POST /sessions/{session_id}/step": [*body, 404, 409, 503],
                 "DELETE /sessions/{session_id}": [*auth, 404, *store]}
     return out
 
