@@ -647,9 +647,15 @@ def index_api(index: Index) -> FastAPI:
     return api
 
 
-def build_app(args: dict[str, Any], role: str = "live", retired: dict[str, Any] | None = None) -> serve.Application:
-    """A model application from deploy-config fields (what a Serve YAML passes as ``args``); ``role`` and
-    ``retired``: see ``ModelServer`` (``serving.deploy`` sets them for a canary and a promote)."""
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """A model application from deploy-config fields (what a Serve YAML passes as ``args``: Serve calls
+    an application builder with that one argument)."""
+    return model_app(args)
+
+
+def model_app(args: dict[str, Any], role: str = "live", retired: dict[str, Any] | None = None) -> serve.Application:
+    """``build_app`` with a ``role`` and the ``retired`` version (see ``ModelServer``), as ``serving.deploy``
+    builds a canary's app and a promote's."""
     cfg = DeployConfig.parse({**args, "bundle": str(resolve_bundle(args.get("bundle", "")))})
     return ModelServer.options(**cfg.serve_options()).bind(cfg.model_dump(), role, retired)
 
@@ -659,4 +665,4 @@ def build_index(args: dict[str, Any] | None = None) -> serve.Application:
     return Index.bind()
 
 
-__all__ = ["INDEX_APP", "ModelServer", "Index", "build_app", "build_index"]
+__all__ = ["INDEX_APP", "ModelServer", "Index", "build_app", "build_index", "model_app"]

@@ -129,7 +129,7 @@ def _deploy_canary(cfg: DeployConfig, canary: CanaryConfig, task: str, streams: 
     import ray
     from ray import serve
 
-    from cellforge.serving.app import build_app
+    from cellforge.serving.app import model_app
     from cellforge.serving.sessions import get_store
 
     store, version = get_store(), version_of(cfg)
@@ -150,7 +150,7 @@ def _deploy_canary(cfg: DeployConfig, canary: CanaryConfig, task: str, streams: 
         raise SpecError(problems, what="deploy config")
     app = canary_app(cfg.name)
     try:
-        serve.run(build_app(cfg.model_dump(), role="canary"), name=app, route_prefix=None)
+        serve.run(model_app(cfg.model_dump(), role="canary"), name=app, route_prefix=None)
     except Exception:
         _ray.delete_app_nowait(app)  # a canary that cannot start leaves the live version as it was
         raise
@@ -170,7 +170,7 @@ def promote(name: str, address: str | None = None) -> Endpoint:
     import ray
     from ray import serve
 
-    from cellforge.serving.app import build_app
+    from cellforge.serving.app import model_app
     from cellforge.serving.sessions import get_store
 
     ensure_ray(address)
@@ -185,7 +185,7 @@ def promote(name: str, address: str | None = None) -> Endpoint:
                         what="promote")
     new = {**live, **{k: c["config"][k] for k in ("bundle", "version", "source")}}
     retired = {"bundle": live["bundle"], "version": version_of(DeployConfig.parse(live)), "source": live.get("source")}
-    serve.run(build_app(new, retired=retired), name=name, route_prefix=f"/v1/models/{name}")
+    serve.run(model_app(new, retired=retired), name=name, route_prefix=f"/v1/models/{name}")
     ray.get([store.set_config.remote(name, new), store.end_canary.remote(name, c["version"])])
     _ray.delete_app_nowait(c["app"])  # the live replicas serve its version now
     log.info("%s: version %s promoted (it was the canary); sessions started on %s finish on it", name,
@@ -251,8 +251,14 @@ def _interrupt(signum, frame):
 
 def undeploy(name: str) -> None:
     """Remove one model's application and its canary's (the index and other models keep serving)."""
+    import ray
     from ray import serve
 
+    from cellforge.serving.sessions import get_store
+
+    store = get_store()
+    if (c := ray.get(store.canary.remote(name))) is not None:  # a model deployed again starts without it
+        ray.get(store.end_canary.remote(name, c["version"]))
     if canary_app(name) in serve.status().applications:
         _ray.delete_app_nowait(canary_app(name))
     serve.delete(name)
