@@ -204,7 +204,8 @@ class ModelServer:
             if why and self.canary_handle is handle:
                 self.canary_handle = None  # this replica stops at once; the others within a flush
                 log.warning("%s: rolling the canary %s back: %s", self.name, version, why)
-                await call(self.store, "roll_back", self.name, version, why)
+                with contextlib.suppress(Exception):  # a store away: its own verdict rolls it back later
+                    await call(self.store, "roll_back", self.name, version, why)
             return None
         self.record(version, "canary", method, t, ok=True)
         return answer
@@ -233,10 +234,7 @@ class ModelServer:
     async def follow_canary(self) -> None:
         """Learn the model's canary from the store (every flush); the first live replica to see one that
         was rolled back deletes its app, once every replica has stopped sending it traffic."""
-        try:
-            entry = await self.store.canary.remote(self.name)
-        except Exception:  # noqa: BLE001 - the store is away: keep routing as before
-            return
+        entry = await self.store.canary.remote(self.name)  # the store away: routing stays as it was
         before, self.canary = self.canary, entry
         if entry is None or entry["state"] != "active" or entry["version"] == self.engine.version:
             self.canary_handle = None  # none, rolled back, or promoted: this replica runs that version
@@ -259,7 +257,10 @@ class ModelServer:
             await asyncio.sleep(FLUSH_EVERY_S)
             ticks += 1
             if self.role == "live":
-                await self.follow_canary()
+                try:
+                    await self.follow_canary()
+                except Exception:  # noqa: BLE001 - never end the flusher (the store may be restarting)
+                    pass
             answered = {v: s.to_dict() for v, s in self.versions.items()}
             total = (sum(self.sizes.values()) + sum(self.cache_counts.values())
                      + sum(s["requests"] for s in answered.values()))
