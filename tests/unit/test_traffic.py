@@ -75,6 +75,8 @@ def _entry(version="v2", **cfg):
 def test_store_rolls_a_canary_back_on_the_errors_of_all_replicas_together():
     store = Store()
     store.set_canary("m", _entry(max_error_rate=0.5, min_requests=10))
+    store.canary("m", "r1"), store.canary("m", "r1"), store.canary("m", "r2")
+    assert store.canary("m")["seen"] == ["r1", "r2"]  # the live replicas that have read it (deploy waits on them)
     bad = VersionStats(requests=6, errors=6).to_dict()
     store.report("m", "r1", {"batch_sizes": {}, "versions": {"v2": bad}})
     assert store.canary("m")["state"] == "active"  # 6 requests: fewer than min_requests on their own

@@ -234,7 +234,7 @@ class ModelServer:
     async def follow_canary(self) -> None:
         """Learn the model's canary from the store (every flush); the first live replica to see one that
         was rolled back deletes its app, once every replica has stopped sending it traffic."""
-        entry = await self.store.canary.remote(self.name)  # the store away: routing stays as it was
+        entry = await self.store.canary.remote(self.name, self.replica)  # the store away: routing stays as it was
         before, self.canary = self.canary, entry
         if entry is None or entry["state"] != "active" or entry["version"] == self.engine.version:
             self.canary_handle = None  # none, rolled back, or promoted: this replica runs that version

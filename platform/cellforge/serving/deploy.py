@@ -156,6 +156,11 @@ def _deploy_canary(cfg: DeployConfig, canary: CanaryConfig, task: str, streams: 
         raise
     ray.get(store.set_canary.remote(cfg.name, {"version": version, "app": app, "config": cfg.model_dump(),
                                                "sessions": streams and live["sessions"], **canary.model_dump()}))
+    # return once every live replica has read the record (each does every 0.25 s): the canary takes traffic
+    running = serve.status().applications[cfg.name].deployments["Model"].replica_states.get("RUNNING", 1)
+    end = time.monotonic() + 10
+    while len(ray.get(store.canary.remote(cfg.name))["seen"]) < running and time.monotonic() < end:
+        time.sleep(0.05)
     log.info("%s: canary version %s takes %g%% of new predictions and sessions (live: %s)%s", cfg.name, version,
              canary.canary, live["version"], f"; rolled back by itself above a {canary.max_error_rate:.1%} error "
              f"rate over {canary.min_requests} requests" if canary.max_error_rate is not None else "")

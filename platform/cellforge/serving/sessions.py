@@ -132,12 +132,18 @@ class Store:
     def set_canary(self, app: str, entry: dict[str, Any]) -> None:
         """A canary's record: ``version``, ``app`` (its Serve app), ``config`` (its deploy config), the
         ``CanaryConfig`` fields, ``state`` (active, rolled_back) and ``reason``. Its counts start afresh."""
-        self.canaries[app] = {**entry, "state": "active", "reason": None, "removed": False, "since": time.time()}
+        self.canaries[app] = {**entry, "state": "active", "reason": None, "removed": False, "since": time.time(),
+                              "seen": []}
         for c in self.stats.get(app, {}).values():
             c.get("versions", {}).pop(entry["version"], None)
 
-    def canary(self, app: str) -> dict[str, Any] | None:
-        return self.canaries.get(app)
+    def canary(self, app: str, replica: str | None = None) -> dict[str, Any] | None:
+        """The canary's record; a live ``replica`` that asks is listed in its ``seen`` (deploy waits for
+        every live replica to have read it, so a canary takes traffic once deploy returns)."""
+        c = self.canaries.get(app)
+        if c is not None and replica is not None and replica not in c["seen"]:
+            c["seen"].append(replica)
+        return c
 
     def roll_back(self, app: str, version: str, reason: str) -> bool:
         """Stop sending traffic to the canary ``version`` (the live replicas learn it within a flush);
