@@ -51,6 +51,15 @@ def serve_http_address() -> tuple[str, int]:
     return http.host, http.port
 
 
+def delete_app_nowait(name: str) -> None:
+    """Delete a Serve application without waiting for its replicas to go (checked against Ray 2.60.0):
+    ``serve.delete`` waits, and a replica always takes its full graceful-shutdown timeout (30 s here),
+    idle or not; its requests in flight still finish. ``_blocking`` is the only switch."""
+    from ray import serve
+
+    serve.delete(name, _blocking=False)
+
+
 def serve_running() -> bool:
     """Whether a Serve controller runs on the connected Ray (checked against Ray 2.60.0): another
     kernel's, job's or ``cellforge serve``'s."""

@@ -14,6 +14,9 @@
     cellforge sign runs/quickstart/bundle --key team.pem      # serve with verify_key: team.pem.pub
     cellforge register runs/quickstart/bundle --name digits --alias production
     cellforge deploy models:/digits@production --name digits  # a registry reference
+    cellforge deploy runs/v2/bundle --name digits --canary 10 --max-error-rate 0.05   # a canary
+    cellforge canary digits                   # live vs canary: requests, errors, latency
+    cellforge promote digits                  # or: cellforge rollback digits
     cellforge runs list                       # tracked runs (MLflow); cellforge runs compare RUN RUN
     cellforge ray status                      # the local Ray every kernel, job and command shares
     cellforge ray stop
@@ -321,6 +324,84 @@ def _keygen(args) -> int:
     return 0
 
 
+# traffic control: cellforge promote|rollback|canary NAME ----------------------------------------------
+def add_traffic_commands(sub) -> None:
+    """``cellforge promote NAME``, ``cellforge rollback NAME`` and ``cellforge canary NAME`` (the canary
+    beside the live version); a canary is deployed with ``cellforge deploy BUNDLE --name NAME --canary PCT``."""
+    for name, fn, doc in (("promote", _promote, "make a model's canary its live version"),
+                          ("rollback", _rollback, "send a model's canary no more traffic and remove it")):
+        p = sub.add_parser(name, help=doc, description=doc)
+        p.add_argument("name", metavar="NAME", help="the model's name")
+        p.add_argument("--address", help=ADDRESS_HELP)
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("canary", help="a model's live and canary versions side by side: requests, errors, latency")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--url", default=os.environ.get("CELLFORGE_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--api-key", default=os.environ.get("CELLFORGE_API_KEY"))
+    p.set_defaults(fn=_canary)
+
+
+def _promote(args) -> int:
+    from cellforge.serving.deploy import promote
+
+    ep = promote(args.name, address=args.address)
+    print(f"{ep.name}: version {ep.version} is live at {ep.url}")
+    return 0
+
+
+def _rollback(args) -> int:
+    from cellforge.serving.deploy import rollback
+
+    c = rollback(args.name, address=args.address)
+    print(f"{args.name}: canary {c['version'] or '(no record)'} rolled back ({c['reason'] or 'its app removed'}); "
+          f"the live version answers everything")
+    return 0
+
+
+def _canary(args) -> int:
+    import httpx
+
+    from cellforge.client import Client, RequestError
+
+    try:
+        with Client(args.url, api_key=args.api_key) as client:
+            m = client.metrics(args.name)
+    except RequestError as e:
+        print(f"cellforge: {e}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as e:
+        print(f"cellforge: cannot reach {args.url} ({e}); see --url", file=sys.stderr)
+        return 1
+    print(canary_report(m))
+    return 0
+
+
+def canary_report(m: dict[str, Any]) -> str:
+    """A model's ``GET .../metrics`` as the ``cellforge canary`` table.
+
+        >>> print(canary_report({"model": "digits", "version": "aaa", "canary": None, "versions": {
+        ...     "aaa": {"requests": 90, "errors": 0, "error_rate": 0.0, "p50_ms": 2.33, "p99_ms": 7.1}}}))
+        digits: no canary (live version aaa)
+        version       role     requests  errors  error rate  p50 ms  p99 ms
+        aaa           live           90       0       0.00%    2.33     7.1
+    """
+    c, live = m.get("canary"), m["version"]
+    if c is None:
+        head = f"{m['model']}: no canary (live version {live})"
+    else:
+        auto = (f"; rolled back by itself above {c['max_error_rate']:.1%} errors over {c['min_requests']} requests"
+                if c["max_error_rate"] is not None else "")
+        head = (f"{m['model']}: canary {c['version']} takes {c['canary']:g}% of new predictions and sessions "
+                f"(live {live}): {c['state']}" + (f" ({c['reason']})" if c["reason"] else "") + auto)
+    rows = [head, f"{'version':<13} {'role':<8} {'requests':>8} {'errors':>7} {'error rate':>11} {'p50 ms':>7} {'p99 ms':>7}"]
+    for v, s in m.get("versions", {}).items():
+        role = "live" if v == live else "canary" if c and v == c["version"] else "retired"
+        rate = "-" if s["error_rate"] is None else f"{s['error_rate']:.2%}"
+        rows.append(f"{v:<13} {role:<8} {s['requests']:>8} {s['errors']:>7} {rate:>11} "
+                    f"{s['p50_ms'] if s['p50_ms'] is not None else '-':>7} {s['p99_ms'] if s['p99_ms'] is not None else '-':>7}")
+    return "\n".join(rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cellforge", description="Recurrent models on Ray: train, sweep, serve.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -335,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_step_command(sub, step)
     register_submit(sub)  # submit, jobs: Ray jobs on a cluster
     add_record_commands(sub)  # runs list|compare, keygen
+    add_traffic_commands(sub)  # promote, rollback, canary
     ray_cmd = sub.add_parser("ray", help="this machine's local cellforge Ray (every kernel, job and command shares it)")
     ray_sub = ray_cmd.add_subparsers(dest="ray_command", required=True)
     ray_sub.add_parser("status", help="its address, age and users").set_defaults(fn=_ray_status)

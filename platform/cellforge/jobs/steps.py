@@ -345,6 +345,11 @@ class DeployStep(DeployConfig, Step):
     # which would end with the job
     block: bool | None = None
     tracking: str | None = None  # the registry's MLflow URI, for a models:/ reference
+    # a canary of the model `name` serves: this percent of its new predictions and sessions (serving.traffic);
+    # rolled back by itself above max_error_rate (with min_requests sent to it), else `cellforge rollback`
+    canary: float | None = Field(None, gt=0, lt=100)
+    max_error_rate: float | None = Field(None, ge=0, lt=1)
+    min_requests: int | None = Field(None, gt=0)
 
     def run(self, base: Path, address: str | None) -> dict[str, Any]:
         fields = self.model_dump(exclude={"id", "host", "port", "block", "bundle", "name"}, exclude_unset=True)

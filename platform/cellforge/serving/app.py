@@ -11,6 +11,7 @@ Its OpenAPI page (``/docs``) documents the whole API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter, OrderedDict
@@ -24,8 +25,9 @@ from pydantic import ValidationError
 from ray import serve
 
 from cellforge import _ray
+from cellforge.log import log
 from cellforge.serving import contract
-from cellforge.serving.config import INDEX_APP, DeployConfig, resolve_bundle
+from cellforge.serving.config import INDEX_APP, DeployConfig, canary_app, resolve_bundle
 from cellforge.serving.engine import EXPLAIN_MAX_PASSES, Engine
 from cellforge.serving.http import BodyLimit, bearer_check, error_answer, install_errors, unknown
 from cellforge.serving.metrics import EndpointMetrics, route_of
@@ -47,6 +49,7 @@ from cellforge.serving.schema import (
     validation_problems,
 )
 from cellforge.serving.sessions import call, get_store, open_sessions
+from cellforge.serving.traffic import TIMEOUT_S, CanaryConfig, VersionStats, takes_canary, verdict
 
 FLUSH_EVERY_S = 0.25  # how often a replica sends its batch statistics to the store
 REGISTER_EVERY = 8  # flushes between a replica's registrations of its model (every 2 s)
@@ -64,19 +67,36 @@ def on_loopback_if_local() -> None:
 @serve.ingress()
 class ModelServer:
     """One replica of a model endpoint; every session's state lives in the session store (with
-    ``affinity``, the replica also keeps the sessions it stepped: a write-through cache)."""
+    ``affinity``, the replica also keeps the sessions it stepped: a write-through cache).
 
-    async def __init__(self, config: dict[str, Any]):
+    ``role``: ``live`` (the app at ``/v1/models/<name>``, which sends a share of new predictions and
+    sessions to the model's canary, if it has one: ``serving.traffic``) or ``canary`` (the app
+    ``<name>@canary``, called only by the live replicas). ``retired``: the bundle (and version) this
+    deployment replaced by a promote; its sessions finish on it here."""
+
+    async def __init__(self, config: dict[str, Any], role: str = "live", retired: dict[str, Any] | None = None):
         on_loopback_if_local()
         self.cfg = DeployConfig.parse(config)
-        self.name = self.cfg.name
+        self.name, self.role = self.cfg.name, role
+        self.app_name = self.name if role == "live" else canary_app(self.name)
         self.engine = Engine(self.cfg)
+        self.retired: dict[str, Engine] = {}  # version -> engine, for the sessions started on it
+        if retired:
+            old = Engine(DeployConfig.parse({**config, **retired}))
+            if old.version != self.engine.version:
+                self.retired[old.version] = old
         self.store = get_store()
         self.metrics = EndpointMetrics(self.name)
         self.sessions = open_sessions(self.cfg.session_store, self.store)
         self.cache: OrderedDict[str, dict[str, Any]] | None = OrderedDict() if self.cfg.affinity else None
         self.cache_counts: Counter = Counter()  # hit, miss, stale (the replica changed meanwhile)
-        await self.store.register.remote(self.name, self.engine.info(self.name))
+        self.canary: dict[str, Any] | None = None  # the model's canary record (the store's), when it has one
+        self.canary_handle = None  # a DeploymentHandle to the canary app while it takes traffic
+        self.canary_cfg: CanaryConfig | None = None
+        self.routed: Counter = Counter()  # new predictions and sessions seen (takes_canary counts them)
+        self.versions: dict[str, VersionStats] = {}  # what each version answered, as this replica saw it
+        if role == "live":
+            await self.store.register.remote(self.name, self.engine.info(self.name))
         for batched in (self._batched, self._windows_batched):
             batched.set_max_batch_size(self.cfg.batching.max_batch_size)
             batched.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
@@ -101,6 +121,15 @@ class ModelServer:
     async def predict(self, req: PredictRequest) -> dict[str, Any]:
         options = self.options(req)
         x, lengths = self.engine.prepare(req.inputs, options)  # bad input is refused here, before any batch
+        if self.takes_canary("predict"):  # the canary answers, or on failure the live version below
+            answer = await self.on_canary("predict", req)
+            if answer is not None:
+                return answer
+        with self.answering(self.engine.version, "predict"):
+            return await self._predict(req, options, x, lengths)
+
+    async def _predict(self, req: PredictRequest, options: dict[str, Any], x: np.ndarray,
+                       lengths: np.ndarray) -> dict[str, Any]:
         item = (x, lengths)
         if self.engine.seq2seq:
             item = (x, lengths, self.engine.translator.decoding(options), req.return_attention)
@@ -149,19 +178,101 @@ class ModelServer:
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
+    # traffic control (serving.traffic) ---------------------------------------------------------
+    def takes_canary(self, kind: str) -> bool:
+        """Whether this new prediction or session goes to the canary (``canary`` percent of each kind)."""
+        if self.canary_handle is None:
+            return False
+        n, self.routed[kind] = self.routed[kind], self.routed[kind] + 1
+        return takes_canary(n, self.canary["canary"])
+
+    async def on_canary(self, method: str, *args: Any) -> dict[str, Any] | None:
+        """The canary's answer to ``method(*args)``; None when it failed (a 5xx, a crash, a refusal of what
+        the live version accepted, no answer within TIMEOUT_S): counted against it, and the caller
+        answers with the live version. A session's 404 or 409 is the session's, not a failure."""
+        version, handle, t = self.canary["version"], self.canary_handle, time.perf_counter()
+        try:
+            answer = await asyncio.wait_for(getattr(handle, method).remote(*args), TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - whatever the canary did, the live version answers
+            cause = getattr(e, "cause", None) or e  # a RayTaskError carries the replica's exception
+            refused = error_answer(cause) if isinstance(cause, Exception) else None
+            if refused is not None and refused[0] in (404, 409) and method == "step":
+                self.record(version, "canary", method, t, ok=True)
+                raise cause from None
+            self.record(version, "canary", method, t, ok=False)
+            why = verdict(self.versions[version], self.canary_cfg)
+            if why and self.canary_handle is handle:
+                self.canary_handle = None  # this replica stops at once; the others within a flush
+                log.warning("%s: rolling the canary %s back: %s", self.name, version, why)
+                with contextlib.suppress(Exception):  # a store away: its own verdict rolls it back later
+                    await call(self.store, "roll_back", self.name, version, why)
+            return None
+        self.record(version, "canary", method, t, ok=True)
+        return answer
+
+    @contextlib.contextmanager
+    def answering(self, version: str, route: str):
+        """Count a prediction or step this replica answers by ``version``: a refusal (4xx) is the
+        client's, not the version's."""
+        t = time.perf_counter()
+        try:
+            yield
+        except Exception as e:
+            refused = error_answer(e)
+            if refused is None or refused[0] >= 500:
+                self.record(version, "live" if version == self.engine.version else "retired", route, t, ok=False)
+            raise
+        self.record(version, "live" if version == self.engine.version else "retired", route, t, ok=True)
+
+    def record(self, version: str, role: str, route: str, started: float, ok: bool) -> None:
+        if self.role != "live":  # a canary's answers are counted by the live replicas that sent them
+            return
+        seconds = time.perf_counter() - started
+        self.versions.setdefault(version, VersionStats()).add(seconds, ok)
+        self.metrics.version_answered(version, role, route, ok, seconds)
+
+    async def follow_canary(self) -> None:
+        """Learn the model's canary from the store (every flush); the first live replica to see one that
+        was rolled back deletes its app, once every replica has stopped sending it traffic."""
+        entry = await self.store.canary.remote(self.name, self.replica)  # the store away: routing stays as it was
+        before, self.canary = self.canary, entry
+        if entry is None or entry["state"] != "active" or entry["version"] == self.engine.version:
+            self.canary_handle = None  # none, rolled back, or promoted: this replica runs that version
+        elif before is None or before.get("since") != entry["since"]:  # a new canary: counted afresh
+            self.versions.pop(entry["version"], None)
+            self.canary_cfg = CanaryConfig.parse({k: entry[k] for k in ("canary", "max_error_rate", "min_requests")})
+            self.canary_handle = serve.get_deployment_handle("Model", app_name=entry["app"])
+        if entry is not None and entry["state"] == "rolled_back" and not entry["removed"]:
+            if await call(self.store, "claim_removal", self.name, entry["version"]):
+                asyncio.get_running_loop().create_task(self.remove_canary(entry["app"], entry["reason"]))
+
+    async def remove_canary(self, app: str, reason: str | None) -> None:
+        await asyncio.sleep(3 * FLUSH_EVERY_S)  # every live replica has read the record by then
+        log.warning("%s: canary rolled back (%s); deleting its application %s", self.name, reason, app)
+        await asyncio.to_thread(_ray.delete_app_nowait, app)
+
     async def _flush(self) -> None:
         ticks = 0
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
             ticks += 1
-            total = sum(self.sizes.values()) + sum(self.cache_counts.values())
+            if self.role == "live":
+                try:
+                    await self.follow_canary()
+                except Exception:  # noqa: BLE001 - never end the flusher (the store may be restarting)
+                    pass
+            answered = {v: s.to_dict() for v, s in self.versions.items()}
+            total = (sum(self.sizes.values()) + sum(self.cache_counts.values())
+                     + sum(s["requests"] for s in answered.values()))
             # every REGISTER_EVERY ticks, counts or not, with the model's description: a store actor
-            # restarted empty learns the model list again
+            # restarted empty learns the model list again (a canary's replicas describe nothing)
             if total != self._sent or ticks % REGISTER_EVERY == 0:
                 self._sent = total
-                self.store.report.remote(self.name, self.replica, {"batch_sizes": dict(self.sizes),
-                                                                   "cache": dict(self.cache_counts)},
-                                         self.engine.info(self.name) if ticks % REGISTER_EVERY == 0 else None)
+                describe = ticks % REGISTER_EVERY == 0 and self.role == "live"
+                counters = {"batch_sizes": dict(self.sizes), "cache": dict(self.cache_counts), "versions": answered}
+                self.store.report.remote(self.app_name, self.replica, counters,
+                                         self.engine.info(self.name) if describe else None,
+                                         self.cfg.model_dump() if describe else None)
             if ticks % REGISTER_EVERY == 0 and self.engine.streams:
                 try:  # the gauge of live sessions; a store that is away is the step routes' to report
                     self.metrics.live_sessions(await self.sessions.count(self.name))
@@ -179,11 +290,13 @@ class ModelServer:
     async def create_session(self) -> dict[str, Any]:
         if not self.engine.streams:
             raise ApiError(400, "unsupported", "model", self.engine.no_sessions)
-        sid = await self.metrics.timed("create", self.sessions.create(self.name, self.engine.version,
-                                                                      self.cfg.session_ttl_s))
+        # a session's version is kept with its state: its steps go to that version (serving.traffic)
+        version = self.engine.version
+        if self.canary is not None and self.canary.get("sessions") and self.takes_canary("session"):
+            version = self.canary["version"]
+        sid = await self.metrics.timed("create", self.sessions.create(self.name, version, self.cfg.session_ttl_s))
         self._count_session(None)
-        return {"session_id": sid, "model": self.name, "version": self.engine.version,
-                "ttl_s": self.cfg.session_ttl_s}
+        return {"session_id": sid, "model": self.name, "version": version, "ttl_s": self.cfg.session_ttl_s}
 
     async def _load(self, sid: str) -> dict[str, Any]:
         s = await self.metrics.timed("get", self.sessions.get(sid, self.name))
@@ -213,13 +326,12 @@ class ModelServer:
         elif req.offset is not None and req.offset != s["steps"]:  # the cache may be behind the store
             s, fresh = await self._load(sid), True
         if s["version"] != self.engine.version:
-            raise ApiError(409, "conflict", "session_id", f"the session was started on version {s['version']} "
-                                                          f"and {self.name} now serves {self.engine.version}; "
-                                                          "start a new session")
+            return await self.step_elsewhere(sid, req, s)
         if req.offset is not None and req.offset != s["steps"]:
             raise ApiError(409, "conflict", "offset", f"the session has consumed {s['steps']} steps, "
                                                       f"got offset {req.offset}")
-        answer, state = await self._advance(x, s["state"])
+        with self.answering(self.engine.version, "step"):
+            answer, state = await self._advance(x, s["state"])
         steps = s["steps"] + x.shape[1]
         status = await self.metrics.timed("advance", self.sessions.advance(sid, s["steps"], state, steps, self.name))
         if status == "conflict" and not fresh:
@@ -241,6 +353,47 @@ class ModelServer:
                 self.cache.popitem(last=False)
         return {"session_id": sid, "model": self.name, "version": self.engine.version, "steps": steps,
                 **answer}
+
+    async def step_elsewhere(self, sid: str, req: StepRequest, s: dict[str, Any]) -> dict[str, Any]:
+        """A step of a session started on another version than this replica's: the version a promote
+        replaced (kept here), or the canary; a session that has not stepped yet moves to the live version
+        when its canary fails or was rolled back. Any other version's sessions have ended."""
+        v, c = s["version"], self.canary
+        if v in self.retired and not (c is not None and c["version"] == v and c["state"] == "active"):
+            return await self.step_retired(sid, req, s, self.retired[v])
+        if c is not None and c["version"] == v:
+            if self.canary_handle is not None:
+                answer = await self.on_canary("step", sid, req)
+                if answer is not None:
+                    return answer
+            if await self.metrics.timed("repin", self.sessions.repin(sid, self.name, v, self.engine.version)):
+                return await self.step(sid, req)  # now the live version's, from its first step
+            if c["state"] == "active":
+                raise ApiError(503, "unavailable", "session_id", f"the canary version {v} this session started on "
+                                                                 "failed this step; the session is unchanged: retry "
+                                                                 "it, or start a new session",
+                               headers={"Retry-After": "1"})
+            raise ApiError(409, "conflict", "session_id", f"the session was started on the canary version {v}, which "
+                                                          f"was rolled back ({c['reason']}); start a new session")
+        raise ApiError(409, "conflict", "session_id", f"the session was started on version {v} and {self.name} "
+                                                      f"now serves {self.engine.version}; start a new session")
+
+    async def step_retired(self, sid: str, req: StepRequest, s: dict[str, Any], engine: Engine) -> dict[str, Any]:
+        """A step of a session started on the version a promote replaced, with that version's engine
+        (one forward pass of its own: these sessions are few and ending)."""
+        x = engine.step_inputs(req.inputs)
+        if req.offset is not None and req.offset != s["steps"]:
+            raise ApiError(409, "conflict", "offset", f"the session has consumed {s['steps']} steps, "
+                                                      f"got offset {req.offset}")
+        with self.answering(engine.version, "step"):
+            answer, state = engine.step(x, s["state"])
+        steps = s["steps"] + x.shape[1]
+        status = await self.metrics.timed("advance", self.sessions.advance(sid, s["steps"], state, steps, self.name))
+        if status != "ok":
+            raise ApiError(409, "conflict", "session_id", "another step on this session ran at the same time; retry "
+                                                          "with 'offset'" if status == "conflict"
+                           else f"session {sid!r} ended while stepping")
+        return {"session_id": sid, "model": self.name, "version": engine.version, "steps": steps, **answer}
 
     async def _advance(self, x: np.ndarray, state: Any) -> tuple[dict[str, Any], Any]:
         """One session step's answer and the state to keep. An anomaly stream's windows join those of
@@ -388,7 +541,7 @@ def model_api(server: ModelServer) -> FastAPI:
         stats = await call(server.store, "batch_stats", cfg.name)
         return {"model": cfg.name, "version": server.engine.version, **stats,
                 "sessions": await server.sessions.count(cfg.name), "session_store": server.sessions.kind,
-                "affinity": cfg.affinity}
+                "affinity": cfg.affinity, **await call(server.store, "traffic", cfg.name)}
 
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is None:
@@ -410,8 +563,8 @@ def model_errors(cfg: DeployConfig, sessions: bool) -> dict[str, list[int]]:
     body = [*auth, 413, 422]
     store = [503] if cfg.session_store != "memory" else []
     out = {"GET /": auth, "POST /predict": body, "POST /explain": body, "GET /metrics": [*auth, *store]}
-    if sessions:
-        out |= {"POST /sessions": [*auth, *store], "POST /sessions/{session_id}/step": [*body, 404, 409, *store],
+    if sessions:  # a step of a session on a canary that fails it: 503 (serving.traffic), whichever the store
+        out |= {"POST /sessions": [*auth, *store], "POST /sessions/{session_id}/step": [*body, 404, 409, 503],
                 "DELETE /sessions/{session_id}": [*auth, 404, *store]}
     return out
 
@@ -496,9 +649,16 @@ def index_api(index: Index) -> FastAPI:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """A model application from deploy-config fields (what a Serve YAML passes as ``args``)."""
+    """A model application from deploy-config fields (what a Serve YAML passes as ``args``: Serve calls
+    an application builder with that one argument)."""
+    return model_app(args)
+
+
+def model_app(args: dict[str, Any], role: str = "live", retired: dict[str, Any] | None = None) -> serve.Application:
+    """``build_app`` with a ``role`` and the ``retired`` version (see ``ModelServer``), as ``serving.deploy``
+    builds a canary's app and a promote's."""
     cfg = DeployConfig.parse({**args, "bundle": str(resolve_bundle(args.get("bundle", "")))})
-    return ModelServer.options(**cfg.serve_options()).bind(cfg.model_dump())
+    return ModelServer.options(**cfg.serve_options()).bind(cfg.model_dump(), role, retired)
 
 
 def build_index(args: dict[str, Any] | None = None) -> serve.Application:
@@ -506,4 +666,4 @@ def build_index(args: dict[str, Any] | None = None) -> serve.Application:
     return Index.bind()
 
 
-__all__ = ["INDEX_APP", "ModelServer", "Index", "build_app", "build_index"]
+__all__ = ["INDEX_APP", "ModelServer", "Index", "build_app", "build_index", "model_app"]

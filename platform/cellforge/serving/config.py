@@ -129,6 +129,11 @@ class DeployConfig(_Strict):
         return opts
 
 
+def canary_app(name: str) -> str:
+    """The Serve application of a model's canary ('@' is not in a model name: no model's app can clash)."""
+    return f"{name}@canary"
+
+
 def resolve_bundle(bundle: str | Path) -> Path:
     """A bundle path as given, else relative to ``$CELLFORGE_HOME`` (where relative Serve-YAML paths
     are meant to start: the directory ``serve run`` was started in, which Ray workers may not share)."""

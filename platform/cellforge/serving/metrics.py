@@ -12,7 +12,12 @@ Every series carries ``model`` (the app's name); Ray adds the node, the worker a
 - ``ray_cellforge_session_store_latency_ms{op}`` (a histogram): each session-store call (get, advance,
   create, delete), whichever the store (memory or Redis);
 - ``ray_cellforge_live_sessions``: the model's live sessions (each replica reports the store's count
-  every 2 s: take the max over replicas, not the sum).
+  every 2 s: take the max over replicas, not the sum);
+- ``ray_cellforge_version_requests_total{version, role, route, outcome}`` and
+  ``ray_cellforge_version_latency_ms{version, role, route}``: predictions and session steps by the version
+  that answered (``role`` live, canary or retired; ``outcome`` ok or error; a canary's error was answered
+  by the live version), counted by the live replicas (``serving.traffic``): compare a canary with the live
+  version by ``version``.
 
 Serve's own series (``ray_serve_*``: replica queue lengths, autoscaling) come with them.
 """
@@ -63,6 +68,10 @@ class EndpointMetrics:
         self.batch = Histogram("cellforge_batch_size", "requests per forward pass", BATCH, ("model", "kind"))
         self.store = Histogram("cellforge_session_store_latency_ms", "session store calls", STORE_MS, ("model", "op"))
         self.sessions = Gauge("cellforge_live_sessions", "live sessions of the model (the store's count)", ("model",))
+        self.versions = Counter("cellforge_version_requests", "predictions and session steps by the version "
+                                "sent them", ("model", "version", "role", "route", "outcome"))
+        self.version_latency = Histogram("cellforge_version_latency_ms", "a version's time to answer (as the live "
+                                         "replica saw it)", LATENCY_MS, ("model", "version", "role", "route"))
 
     def answered(self, route: str, status: int, seconds: float) -> None:
         self.requests.inc(1, {**self.tags, "route": route, "status": str(status)})
@@ -80,6 +89,11 @@ class EndpointMetrics:
             return await call
         finally:
             self.store.observe((time.perf_counter() - t) * 1000, {**self.tags, "op": op})
+
+    def version_answered(self, version: str, role: str, route: str, ok: bool, seconds: float) -> None:
+        tags = {**self.tags, "version": version, "role": role, "route": route}
+        self.versions.inc(1, {**tags, "outcome": "ok" if ok else "error"})
+        self.version_latency.observe(seconds * 1000, tags)
 
     def live_sessions(self, n: int) -> None:
         self.sessions.set(n, self.tags)

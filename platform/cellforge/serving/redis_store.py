@@ -58,6 +58,12 @@ redis.call('HSET', KEYS[1], 'steps', ARGV[3], 'state', ARGV[4], 'last', ARGV[5])
 touch(v[2])
 return 'ok'
 """
+REPIN = """
+local v = redis.call('HMGET', KEYS[1], 'model', 'version', 'steps')
+if v[1] ~= ARGV[1] or v[2] ~= ARGV[2] or tonumber(v[3]) ~= 0 then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[3])
+return 1
+"""
 DELETE = """
 if redis.call('HGET', KEYS[1], 'model') ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
@@ -114,7 +120,8 @@ class RedisSessions:
         self.r = aioredis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), RETRIES),
                                          retry_on_error=[ConnectionError, TimeoutError], socket_timeout=5,
                                          health_check_interval=0)
-        self._get, self._advance, self._delete = (self.r.register_script(s) for s in (GET, ADVANCE, DELETE))
+        self._get, self._advance, self._repin, self._delete = (self.r.register_script(s)
+                                                               for s in (GET, ADVANCE, REPIN, DELETE))
 
     async def _call(self, coro):
         from redis.exceptions import ConnectionError, TimeoutError
@@ -147,6 +154,10 @@ class RedisSessions:
         out = await self._call(self._advance(keys=[f"cf:s:{sid}", f"cf:live:{model}"],
                                              args=[sid, expected_steps, steps, encode(state), token]))
         return out.decode() if isinstance(out, bytes) else out
+
+    async def repin(self, sid: str, model: str, old: str, new: str) -> bool:
+        """Move a session that has not stepped from version ``old`` to ``new`` (atomic, in Redis)."""
+        return bool(await self._call(self._repin(keys=[f"cf:s:{sid}"], args=[model, old, new])))
 
     async def delete(self, sid: str, model: str) -> bool:
         gone = bool(await self._call(self._delete(keys=[f"cf:s:{sid}"], args=[model])))

@@ -23,17 +23,22 @@ from typing import Any
 
 import ray
 
+from cellforge.serving.traffic import CanaryConfig, VersionStats, public, verdict
+
 STORE_NAME, NAMESPACE = "cellforge-state", "cellforge"
 SWEEP_EVERY_S = 1.0  # how often expired sessions are looked for (each call checks the clock)
 ACTOR_RETRIES = 12  # calls while Ray restarts the actor: backoff 0.05 s doubling to 1 s, ~8 s in all
 
 
 class Store:
-    """Sessions (id -> model, version, state, steps, expiry), registered models and batch stats."""
+    """Sessions (id -> model, version, state, steps, expiry), registered models, batch stats, and each
+    model's canary (``serving.traffic``) with the live deploy config a promote starts from."""
 
     def __init__(self):
         self.sessions: dict[str, dict[str, Any]] = {}
         self.models: dict[str, dict[str, Any]] = {}
+        self.canaries: dict[str, dict[str, Any]] = {}  # model -> its canary's record (see set_canary)
+        self.configs: dict[str, dict[str, Any]] = {}  # model -> its live deploy config
         self.stats: dict[str, dict[str, dict[str, Any]]] = {}  # app -> replica -> cumulative counters
         self._swept = time.monotonic()
 
@@ -71,6 +76,15 @@ class Store:
         s.update(state=state, steps=steps, expires=time.monotonic() + s["ttl"])
         return "ok"
 
+    def repin(self, sid: str, model: str, old: str, new: str) -> bool:
+        """Move a session that has not stepped yet from version ``old`` to ``new`` (a canary that failed
+        its first step, or was rolled back before it); False if it has stepped or is not on ``old``."""
+        s = self.sessions.get(sid)
+        if s is None or s["model"] != model or s["version"] != old or s["steps"]:
+            return False
+        s["version"] = new
+        return True
+
     def delete(self, sid: str, model: str) -> bool:
         s = self.sessions.get(sid)
         if s is None or s["model"] != model:
@@ -89,12 +103,80 @@ class Store:
     def registered(self) -> dict[str, dict[str, Any]]:
         return dict(self.models)
 
-    def report(self, app: str, replica: str, counters: dict[str, Any], info: dict[str, Any] | None = None) -> None:
-        """A replica's cumulative counters, and its model's description: the registry heals from these
-        reports after the actor restarted empty."""
+    def report(self, app: str, replica: str, counters: dict[str, Any], info: dict[str, Any] | None = None,
+               config: dict[str, Any] | None = None) -> None:
+        """A replica's cumulative counters, and its model's description and deploy config: the registry
+        heals from these reports after the actor restarted empty. A live replica's counters hold what
+        each version answered (``versions``): over all replicas they may roll the canary back."""
         self.stats.setdefault(app, {})[replica] = counters
         if info is not None:
             self.models[app] = info
+        if config is not None:
+            self.configs[app] = config
+        c = self.canaries.get(app)
+        if c is not None and c["state"] == "active" and "versions" in counters:
+            why = verdict(self.version_stats(app).get(c["version"], VersionStats()), CanaryConfig.parse(
+                {k: c[k] for k in ("canary", "max_error_rate", "min_requests")}))
+            if why:
+                self.roll_back(app, c["version"], why)
+
+    def version_stats(self, app: str) -> dict[str, VersionStats]:
+        """What each version answered, over every live replica of ``app``."""
+        parts: dict[str, list] = {}
+        for c in self.stats.get(app, {}).values():
+            for version, s in c.get("versions", {}).items():
+                parts.setdefault(version, []).append(s)
+        return {v: VersionStats.merged(p) for v, p in parts.items()}
+
+    # canaries ----------------------------------------------------------------------
+    def set_canary(self, app: str, entry: dict[str, Any]) -> None:
+        """A canary's record: ``version``, ``app`` (its Serve app), ``config`` (its deploy config), the
+        ``CanaryConfig`` fields, ``state`` (active, rolled_back) and ``reason``. Its counts start afresh."""
+        self.canaries[app] = {**entry, "state": "active", "reason": None, "removed": False, "since": time.time(),
+                              "seen": []}
+        for c in self.stats.get(app, {}).values():
+            c.get("versions", {}).pop(entry["version"], None)
+
+    def canary(self, app: str, replica: str | None = None) -> dict[str, Any] | None:
+        """The canary's record; a live ``replica`` that asks is listed in its ``seen`` (deploy waits for
+        every live replica to have read it, so a canary takes traffic once deploy returns)."""
+        c = self.canaries.get(app)
+        if c is not None and replica is not None and replica not in c["seen"]:
+            c["seen"].append(replica)
+        return c
+
+    def roll_back(self, app: str, version: str, reason: str) -> bool:
+        """Stop sending traffic to the canary ``version`` (the live replicas learn it within a flush);
+        False if it was not active."""
+        c = self.canaries.get(app)
+        if c is None or c["version"] != version or c["state"] != "active":
+            return False
+        c.update(state="rolled_back", reason=reason)
+        return True
+
+    def claim_removal(self, app: str, version: str) -> bool:
+        """True once for a canary no longer active: whoever gets it deletes the canary's Serve app."""
+        c = self.canaries.get(app)
+        if c is None or c["version"] != version or c["state"] == "active" or c["removed"]:
+            return False
+        c["removed"] = True
+        return True
+
+    def end_canary(self, app: str, version: str) -> None:
+        """Forget a canary that was promoted (it is the live version now)."""
+        if (c := self.canaries.get(app)) is not None and c["version"] == version:
+            del self.canaries[app]
+
+    def traffic(self, app: str) -> dict[str, Any]:
+        """The canary's record (without its config) and each version's requests, errors and latency."""
+        c = self.canaries.get(app)
+        return {"canary": public(c), "versions": {v: s.summary() for v, s in sorted(self.version_stats(app).items())}}
+
+    def set_config(self, app: str, config: dict[str, Any]) -> None:
+        self.configs[app] = config
+
+    def config(self, app: str) -> dict[str, Any] | None:
+        return self.configs.get(app)
 
     def batch_stats(self, app: str) -> dict[str, Any]:
         """Batch sizes (requests per forward pass) summed over every replica that served ``app``."""
@@ -137,7 +219,8 @@ async def call(actor, method: str, *args: Any) -> Any:
 
 class ActorSessions:
     """The sessions of the store actor, behind the async interface every session store has:
-    ``create``, ``get``, ``advance`` (compare-and-set on the step count), ``delete``, ``count``."""
+    ``create``, ``get``, ``advance`` (compare-and-set on the step count), ``repin`` (a session that has
+    not stepped moves to another version), ``delete``, ``count``."""
 
     kind = "memory"
 
@@ -152,6 +235,9 @@ class ActorSessions:
 
     async def advance(self, sid: str, expected_steps: int, state: Any, steps: int, model: str = "") -> str:
         return await call(self.actor, "advance", sid, expected_steps, state, steps)
+
+    async def repin(self, sid: str, model: str, old: str, new: str) -> bool:
+        return await call(self.actor, "repin", sid, model, old, new)
 
     async def delete(self, sid: str, model: str) -> bool:
         return await call(self.actor, "delete", sid, model)
