@@ -35,6 +35,7 @@ def test_injected_anomalies_of_every_kind_are_found(anomaly_runs, method, framew
     np.testing.assert_allclose(other, found.scores, rtol=1e-3, atol=1e-3, equal_nan=True)
 
 
+@pytest.mark.slow  # make test-all: a quality run on a real UCR series (make test finds injected anomalies above)
 def test_the_real_labelled_anomaly_meets_the_ucr_rule(anomaly_runs):
     result = anomaly_runs("forecast", "torch", "internal_bleeding")
     test = internal_bleeding("test")

@@ -28,6 +28,7 @@ def replica_actors(app: str) -> set[str]:
             if r["state"] == "RUNNING"}
 
 
+@pytest.mark.slow  # make test-all: a replica killed mid-stream (~50 s); make test streams many at once below, each equal to score
 def test_a_stream_scored_step_by_step_equals_score_also_across_a_killed_replica(serve_module, anomaly_runs):
     import ray
 

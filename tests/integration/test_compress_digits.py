@@ -13,6 +13,7 @@ def digits(digits_runs):
     return digits_runs("torch", 2).bundle
 
 
+@pytest.mark.slow  # make test-all: int8 through ONNX Runtime on the test split (~45 s); make test compresses with the command below
 def test_int8_is_within_a_point_and_3x_smaller(digits, tmp_path):
     from cellforge.export.compress import compress
 

@@ -32,6 +32,7 @@ def test_official_splits_reach_only_their_own_roles(ray_session, tmp_path):
     assert evaluate(r.bundle, (x[val], y[val]), split="all")["all_accuracy"] == pytest.approx(best) and best > 0.5
 
 
+@pytest.mark.slow  # make test-all: a sweep (the fit above checks the same splits reach their roles)
 def test_a_sweep_keeps_the_official_splits(ray_session, tmp_path):
     """``cf.sweep(..., validation=, test=)``: every trial's preprocessing is fitted on the training images
     only and ranks by the given validation set (the best trial's last val_accuracy is cf.evaluate's on it)."""

@@ -74,6 +74,7 @@ def schemathesis_run(url: str, tmp_path: Path, examples: int, *extra: str, confi
     return int(counts.group(1)), out
 
 
+@pytest.mark.slow  # make test-all: 1,000+ generated requests (~80 s); make test checks every model's document below
 def test_schemathesis_finds_no_5xx_and_no_contract_failure_on_any_route(served, tmp_path):
     base, bundle = served
     counts = {

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from cellforge import local_ray
 
@@ -52,6 +53,7 @@ def test_the_test_session_uses_its_own_local_ray(ray_session):
     assert local_ray.home() != Path.home() / ".cellforge"  # conftest's temporary one, not a user's
 
 
+@pytest.mark.slow  # make test-all: starts, shares and stops a second local Ray (~70 s)
 def test_processes_share_one_local_ray_that_outlives_them_until_stopped_or_idle(tmp_path, monkeypatch):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(CELLFORGE_HOME=str(tmp_path / "home"), CELLFORGE_RAY_IDLE_S="3600")

@@ -6,6 +6,7 @@ import uuid
 
 import nbformat
 import papermill
+import pytest
 import test_notebooks
 from _ray_cluster import free_port
 
@@ -20,6 +21,7 @@ def test_seq2seq_notebook_is_committed_clean_and_parameterised():
     assert set(papermill.inspect_notebook(str(NOTEBOOK))) >= {"numbers", "epochs", "attention_types", "port"}
 
 
+@pytest.mark.slow  # make test-all: a notebook run end to end; make test runs 01 through the Jupyter server and checks every notebook is committed clean
 def test_seq2seq_notebook(kernel_env, tmp_path):
     name = f"nb-s2s-{uuid.uuid4().hex[:6]}"
     nb = test_notebooks.execute("06_seq2seq.ipynb", tmp_path, numbers=300, epochs=2, hidden=16, workers=1,

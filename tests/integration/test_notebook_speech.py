@@ -9,6 +9,7 @@ import uuid
 
 import nbformat
 import papermill
+import pytest
 import test_notebooks
 from _ray_cluster import free_port
 
@@ -27,6 +28,7 @@ def test_speech_notebook_is_committed_clean_and_parameterised():
     assert set(papermill.inspect_notebook(str(NOTEBOOK))) >= {"voices", "per_voice", "epochs", "name", "port"}
 
 
+@pytest.mark.slow  # make test-all: a notebook run end to end; make test runs 01 through the Jupyter server and checks every notebook is committed clean
 def test_speech_notebook(kernel_env, tmp_path):
     name = f"nb-speech-{uuid.uuid4().hex[:6]}"
     nb = test_notebooks.execute("08_speech.ipynb", tmp_path, name=name, port=free_port())

@@ -71,6 +71,7 @@ def leaderboard_text(nb) -> str:
     return cell.outputs[0]["data"]["text/plain"]
 
 
+@pytest.mark.slow  # make test-all: a notebook run end to end; make test runs 01 through the Jupyter server and checks every notebook is committed clean
 def test_sweep_notebook_and_its_rerun_resumes(kernel_env, tmp_path):
     """Run All twice with the same name: the second run resumes the finished sweep and shows the same
     leaderboard without training again (no new Train run)."""
@@ -86,6 +87,7 @@ def test_sweep_notebook_and_its_rerun_resumes(kernel_env, tmp_path):
     assert sorted(p.name for p in (kernel_env / params["name"] / "train").iterdir()) == train_runs
 
 
+@pytest.mark.slow  # make test-all: a notebook run end to end; make test runs 01 through the Jupyter server and checks every notebook is committed clean
 def test_deploy_and_call_notebook(kernel_env, tmp_path):
     nb = execute("03_deploy_and_call.ipynb", tmp_path, epochs=2, hidden=16, name=f"nb{uuid.uuid4().hex[:6]}",
                  port=free_port())
@@ -95,12 +97,14 @@ def test_deploy_and_call_notebook(kernel_env, tmp_path):
     assert "onnx int8" in out and "ONNX graph: float32" in out  # the runtimes section at the end
 
 
+@pytest.mark.slow  # make test-all: a notebook run end to end; make test runs 01 through the Jupyter server and checks every notebook is committed clean
 def test_custom_cell_notebook_in_both_frameworks(kernel_env, tmp_path):
     nb = execute("04_custom_cell.ipynb", tmp_path, epochs=2, hidden=16, workers=1)
     out = texts(nb)
     assert "max |diff| vs numpy" in out and images(nb) == 1
 
 
+@pytest.mark.slow  # make test-all: a notebook run end to end; make test runs 01 through the Jupyter server and checks every notebook is committed clean
 def test_anomaly_notebook(kernel_env, tmp_path):
     """Train on normal weeks, detect injected anomalies, then stream weeks through the endpoint one
     request each: the notebook itself asserts that the live scores equal model.score's."""
@@ -111,6 +115,7 @@ def test_anomaly_notebook(kernel_env, tmp_path):
     assert "f1" in out and "auroc" in out and "largest difference from model.score" in out
 
 
+@pytest.mark.slow  # make test-all: a notebook run end to end; make test runs 01 through the Jupyter server and checks every notebook is committed clean
 def test_interpret_notebook(kernel_env, tmp_path):
     nb = execute("09_interpret.ipynb", tmp_path, epochs=2, hidden=16, numbers=300, adding_n=600, adding_length=8,
                  name=f"nb-interpret-{uuid.uuid4().hex[:6]}")

@@ -123,6 +123,7 @@ def test_sixty_seconds_of_load_with_the_three_faults(redis_server, digits):
     check(tally, events, share=True)
 
 
+@pytest.mark.slow  # make test-all: the in-memory store's documented loss; make test runs the Redis store through the three faults above
 def test_the_in_memory_store_loses_its_sessions_with_its_actor_as_documented(digits):
     """The default store keeps sessions in one actor: when it dies they are gone (404), new ones work,
     and the model list comes back from the replicas' next reports."""

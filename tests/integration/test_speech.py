@@ -10,6 +10,10 @@ import cellforge as cf
 from cellforge.data import audio
 from cellforge.data.preprocess import prepare, split_groups
 
+# make test-all: two quality runs on synthesised corpora (~4 min with the synthesis); the audio front end
+# (librosa), CTC decoding and loss are checked against their references in tests/unit
+pytestmark = pytest.mark.slow
+
 # 20 ms hop, 32 log-mels, each clip normalised on its own (voices differ in loudness and timbre)
 FEATURES = {"type": "audio", "audio": {"frame_length": 640, "hop_length": 320, "n_mels": 32, "per_utterance": True}}
 WORDS = {"task": "classify", "cell": "gru", "hidden_size": 64, "bidirectional": True, "input": FEATURES,

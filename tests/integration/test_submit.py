@@ -80,6 +80,7 @@ def test_without_the_token_the_cluster_refuses(cluster, tmp_path):
     assert out.returncode == 2 and "Authentication failed" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # make test-all: a notebook as a Ray job (make test submits a job file)
 def test_a_notebook_runs_as_a_job_and_the_executed_notebook_is_kept(cluster, tmp_path):
     out_dir = tmp_path / "executed"
     out = cellforge("submit", "notebooks/01_quickstart.ipynb", "--address", cluster.address, "-p", "epochs=1",
@@ -99,6 +100,7 @@ def test_a_notebook_runs_as_a_job_and_the_executed_notebook_is_kept(cluster, tmp
 
 
 
+@pytest.mark.slow  # make test-all: a notebook run end to end; make test runs 01 through the Jupyter server and checks every notebook is committed clean
 def test_notebook_05_submits_a_job_file_and_follows_it(cluster, tmp_path, monkeypatch):
     import papermill
 

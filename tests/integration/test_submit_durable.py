@@ -18,7 +18,9 @@ import cellforge as cf
 from cellforge.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.tracking  # the default MLflow store is on: the tracking data must land durably too
+# the default MLflow store is on: the tracking data must land durably too; make test-all: a second,
+# two-node Ray cluster started and stopped (~90 s)
+pytestmark = [pytest.mark.tracking, pytest.mark.slow]
 
 JOB = """\
 name: durable

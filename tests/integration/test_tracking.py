@@ -54,6 +54,7 @@ def _assert_artifact_verifies(client, run_id, tmp_path):
     return manifest
 
 
+@pytest.mark.slow  # make test-all: a fit, its resume and a 4-trial sweep (~150 s); make test tracks a fit to a real server below
 def test_fit_resume_and_sweep_are_one_run_each(ray_session, runs, tmp_path):
     uri = f"sqlite:///{runs}/mlflow.db"
     digits = cf.datasets.load("digits")

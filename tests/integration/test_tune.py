@@ -104,6 +104,7 @@ def _finished(exp: Path) -> set[str]:
     return {s["trial_id"] for s in (json.loads(t[0]) for t in trials) if s["status"] == "TERMINATED"}
 
 
+@pytest.mark.slow  # make test-all: a sweep killed and resumed (make test runs test_failing_trial's sweep)
 def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_session, runs, tmp_path):
     exp = runs / "resumable"
     (tmp_path / "resume_args.py").write_text(f"ARGS = {RESUME_ARGS!r}\n")
