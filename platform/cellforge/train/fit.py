@@ -223,9 +223,10 @@ def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, nam
     import ray.train
 
     here = in_process(workers, use_gpu, max_failures)
+    last = latest(storage / name) if here else None
     config = worker_config(spec, prepared, use_gpu, verbose=verbose, init_weights=init_weights,
                            tracking_run=tracking_run, tensorboard=tensorboard,
-                           init_checkpoint=str(last) if here and (last := latest(storage / name)) else None)
+                           init_checkpoint=None if last is None else str(last))
     if here:  # Ray Train's local mode keeps no checkpoint: the loop writes them into the run's folder
         config["keep_checkpoints"] = str(storage / name)
     run_config = ray.train.RunConfig(
@@ -240,6 +241,8 @@ def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, nam
         result = trainer(spec, config, 0 if here else workers, use_gpu, run_config).fit()
     if result.error is not None:
         raise result.error
+    if result.checkpoint is None and last is not None:  # rerun of a finished run: nothing left to train
+        return final_weights(last)
     with result.checkpoint.as_directory() as d:
         return final_weights(Path(d))
 
