@@ -28,10 +28,13 @@ def loopback_only() -> None:
 def quiet_train_reports() -> None:
     """Silence Ray Train V2's "Reporting training result ..." line per ``report()`` (checked against Ray
     2.60.0): its logger is named by the file path of a private module, and cellforge's epoch line
-    already says it all."""
-    from ray.train.v2._internal.execution import context
+    already says it all. In local mode (a run in the driver's process) the line is "Reported metrics:
+    ...", from another private module, and making the ``ScalingConfig`` says "Running in local mode"."""
+    from ray.train.v2._internal.execution import context, train_fn_utils
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(train_fn_utils.__name__).setLevel(logging.WARNING)
+    logging.getLogger("ray.train.v2.api.config").setLevel(logging.WARNING)
 
 
 def controller_callback_class() -> type:

@@ -30,7 +30,7 @@ from cellforge.log import log
 from cellforge.runtime import ensure_ray, own_sigint
 from cellforge.spec import TASKS, ModelSpec
 from cellforge.train import seq2seq_eval
-from cellforge.train.checkpoint import final_weights
+from cellforge.train.checkpoint import final_weights, latest
 from cellforge.train.events import enabled as tensorboard_on
 from cellforge.train.events import logdir as events_dir
 from cellforge.train.loop import worker_loop
@@ -77,14 +77,33 @@ def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_ch
 
 
 def trainer(spec: ModelSpec, config: dict[str, Any], workers: int, use_gpu: bool, run_config):
-    """The backend's Ray Train trainer running ``worker_loop`` on ``workers`` workers (one CPU each)."""
+    """The backend's Ray Train trainer running ``worker_loop`` on ``workers`` workers (one CPU each);
+    with ``workers=0``, in this process (Ray Train's local mode: see ``in_process``)."""
     import ray.train
 
-    scaling = ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1})
+    if not workers:
+        _ray.quiet_train_reports()
+    scaling = ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                      resources_per_worker={"CPU": 1} if workers else None)
     t = get_backend(spec.framework).make_trainer(worker_loop, config, scaling, run_config)
-    if _local_node():
+    if workers and _local_node():
         _ray.lean_trainer(t)  # two helper processes fewer per run: see there
     return t
+
+
+def in_process(workers: int, use_gpu: bool, max_failures: int) -> bool:
+    """Whether a fit trains in this process (Ray Train's local mode) instead of in Ray Train's actors:
+    one CPU worker, no failures to recover from, on a local Ray — unless ``CELLFORGE_TRAIN_IN_PROCESS=0``.
+
+    A Ray Train run starts a process per actor (controller, placement-group cleaner, synchronization
+    actor, worker) and imports the framework in each; on 2 cores that was 20-60 s of a small fit
+    outside its epochs (``benchmarks/fit_overhead.py``). In this process the framework stays imported
+    and nothing starts, so a notebook's second fit begins at once; the loop, its checkpoints (kept in
+    the run's folder: ``train.checkpoint.keep``), resuming, tracking and the bundle are the same. More
+    workers, a GPU, ``max_failures`` or a remote cluster use Ray Train's actors as before."""
+    if os.environ.get("CELLFORGE_TRAIN_IN_PROCESS", "") in ("0", "false", "no"):
+        return False
+    return workers == 1 and not use_gpu and max_failures == 0 and _local_node()
 
 
 def _local_node() -> bool:
@@ -203,19 +222,27 @@ def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, nam
     (history, best epoch). Resumes from the last checkpoint of a run with the same name and storage."""
     import ray.train
 
+    here = in_process(workers, use_gpu, max_failures)
+    last = latest(storage / name) if here else None
     config = worker_config(spec, prepared, use_gpu, verbose=verbose, init_weights=init_weights,
-                           tracking_run=tracking_run, tensorboard=tensorboard)
+                           tracking_run=tracking_run, tensorboard=tensorboard,
+                           init_checkpoint=None if last is None else str(last))
+    if here:  # Ray Train's local mode keeps no checkpoint: the loop writes them into the run's folder
+        config["keep_checkpoints"] = str(storage / name)
     run_config = ray.train.RunConfig(
         name=name, storage_path=str(storage), callbacks=callbacks,
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         logging_config=ray.train.LoggingConfig(log_level="WARNING"))  # our epoch line says it all
     if verbose:  # a status while Train starts its workers (the first epoch line follows)
-        log.info("starting %d Ray Train worker%s", workers, "s" * (workers != 1))
+        log.info("training in this process (1 worker)" if here else
+                 f"starting {workers} Ray Train worker{'s' * (workers != 1)}")
     with own_sigint():
-        result = trainer(spec, config, workers, use_gpu, run_config).fit()
+        result = trainer(spec, config, 0 if here else workers, use_gpu, run_config).fit()
     if result.error is not None:
         raise result.error
+    if result.checkpoint is None and last is not None:  # rerun of a finished run: nothing left to train
+        return final_weights(last)
     with result.checkpoint.as_directory() as d:
         return final_weights(Path(d))
 

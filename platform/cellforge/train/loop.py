@@ -189,8 +189,12 @@ def worker_loop(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             saved = None
             if info.rank == 0:
-                checkpoint.save(fitter, Path(tmp), weights, best_weights, state)
-                saved = ray.train.Checkpoint.from_directory(tmp)
+                if config.get("keep_checkpoints"):  # in the driver's process: nobody else persists them
+                    saved = ray.train.Checkpoint.from_directory(checkpoint.keep(
+                        Path(config["keep_checkpoints"]), fitter, weights, best_weights, state))
+                else:
+                    checkpoint.save(fitter, Path(tmp), weights, best_weights, state)
+                    saved = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report({k: v for k, v in row.items()} | {"stopped_early": stop}, checkpoint=saved)
         # after the report: an epoch is logged once its checkpoint is kept, so a resumed run never logs
         # an epoch twice (the driver fills in one that a kill left out: tracking.Run.finish)

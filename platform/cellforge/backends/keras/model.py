@@ -10,6 +10,7 @@ keras RNN cell for cells of your own, and converters to and from the canonical w
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -33,6 +34,19 @@ if keras.backend.backend() != "tensorflow":
 # full float32 matmuls on GPUs too (TF would use TF32 on Ampere and later): the 1e-5 parity with
 # the numpy reference and torch needs them
 tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
+class _NotRetracing(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls to <function ...> triggered tf.function retracing".
+    Each network compiles its inference function once and keeps it (``forward_fn``); the warning counts
+    functions of different networks together, so a process that trains and evaluates several models
+    (a notebook, a fit in the driver's process) saw it after every few fits, with nothing to fix."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_NotRetracing())
 
 
 def _linear(x, w, b=None):
