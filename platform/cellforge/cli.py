@@ -229,10 +229,6 @@ def _predict(args) -> int:
 
 
 def _predict_remote(args) -> int:
-    import httpx
-
-    from cellforge.client import Client, RequestError
-
     if args.input is None:
         print("cellforge: predict needs --input (a JSON file, or - for stdin)", file=sys.stderr)
         return 2
@@ -243,14 +239,25 @@ def _predict_remote(args) -> int:
         print(f"cellforge: --input is not valid JSON: {e}", file=sys.stderr)
         return 2
     inputs = data["inputs"] if isinstance(data, dict) and "inputs" in data else data
+    return _ask(args, lambda client: print(json.dumps(client.predict(args.bundle, inputs))),
+                "is the model deployed? see --url")
+
+
+def _ask(args, use, hint: str) -> int:
+    """``use(client)`` against the server at ``--url``: 0, or 1 with the server's refusal or why it
+    could not be reached on stderr."""
+    import httpx
+
+    from cellforge.client import Client, RequestError
+
     try:
         with Client(args.url, api_key=args.api_key) as client:
-            print(json.dumps(client.predict(args.bundle, inputs)))
+            use(client)
     except RequestError as e:
         print(f"cellforge: {e}", file=sys.stderr)
         return 1
     except httpx.TransportError as e:
-        print(f"cellforge: cannot reach {args.url} ({e}); is the model deployed? see --url", file=sys.stderr)
+        print(f"cellforge: cannot reach {args.url} ({e}); {hint}", file=sys.stderr)
         return 1
     return 0
 
@@ -359,21 +366,7 @@ def _rollback(args) -> int:
 
 
 def _canary(args) -> int:
-    import httpx
-
-    from cellforge.client import Client, RequestError
-
-    try:
-        with Client(args.url, api_key=args.api_key) as client:
-            m = client.metrics(args.name)
-    except RequestError as e:
-        print(f"cellforge: {e}", file=sys.stderr)
-        return 1
-    except httpx.TransportError as e:
-        print(f"cellforge: cannot reach {args.url} ({e}); see --url", file=sys.stderr)
-        return 1
-    print(canary_report(m))
-    return 0
+    return _ask(args, lambda client: print(canary_report(client.metrics(args.name))), "see --url")
 
 
 def canary_report(m: dict[str, Any]) -> str:
