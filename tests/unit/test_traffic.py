@@ -160,3 +160,13 @@ def test_canary_report_shows_both_versions_and_why_it_was_rolled_back():
     assert "canary v2 takes 10% of new predictions and sessions (live v1): rolled_back (error rate 100.0%" in head
     assert [r.split()[:2] for r in rows] == [["v1", "live"], ["v2", "canary"], ["v0", "retired"]]
     assert rows[1].split()[4] == "100.00%"
+
+
+def test_a_draining_replica_of_the_old_version_does_not_describe_the_model_again():
+    store = Store()
+    store.register("m", {"version": "v1"}, started=100.0)
+    store.report("m", "new", {}, {"version": "v2"}, {"bundle": "b2"}, started=200.0)  # the redeploy's replica
+    store.report("m", "old", {}, {"version": "v1"}, {"bundle": "b1"}, started=100.0)  # still draining
+    assert store.registered()["m"] == {"version": "v2"} and store.config("m") == {"bundle": "b2"}
+    store.register("m", {"version": "v3"}, started=300.0)
+    assert store.registered()["m"] == {"version": "v3"}

@@ -95,8 +95,9 @@ class ModelServer:
         self.canary_cfg: CanaryConfig | None = None
         self.routed: Counter = Counter()  # new predictions and sessions seen (takes_canary counts them)
         self.versions: dict[str, VersionStats] = {}  # what each version answered, as this replica saw it
+        self.started = time.time()  # a later replica's description of the model wins (Store.register)
         if role == "live":
-            await self.store.register.remote(self.name, self.engine.info(self.name))
+            await self.store.register.remote(self.name, self.engine.info(self.name), self.started)
         for batched in (self._batched, self._windows_batched):
             batched.set_max_batch_size(self.cfg.batching.max_batch_size)
             batched.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
@@ -272,7 +273,7 @@ class ModelServer:
                 counters = {"batch_sizes": dict(self.sizes), "cache": dict(self.cache_counts), "versions": answered}
                 self.store.report.remote(self.app_name, self.replica, counters,
                                          self.engine.info(self.name) if describe else None,
-                                         self.cfg.model_dump() if describe else None)
+                                         self.cfg.model_dump() if describe else None, self.started)
             if ticks % REGISTER_EVERY == 0 and self.engine.streams:
                 try:  # the gauge of live sessions; a store that is away is the step routes' to report
                     self.metrics.live_sessions(await self.sessions.count(self.name))

@@ -39,6 +39,7 @@ class Store:
         self.models: dict[str, dict[str, Any]] = {}
         self.canaries: dict[str, dict[str, Any]] = {}  # model -> its canary's record (see set_canary)
         self.configs: dict[str, dict[str, Any]] = {}  # model -> its live deploy config
+        self.described: dict[str, float] = {}  # model -> when the replica whose description is kept started
         self.stats: dict[str, dict[str, dict[str, Any]]] = {}  # app -> replica -> cumulative counters
         self._swept = time.monotonic()
 
@@ -97,22 +98,31 @@ class Store:
         return sum(s["model"] == model for s in self.sessions.values())
 
     # registry and statistics -------------------------------------------------------
-    def register(self, name: str, info: dict[str, Any]) -> None:
-        self.models[name] = info
+    def register(self, name: str, info: dict[str, Any], started: float = 0.0) -> None:
+        self._describe(name, info, None, started)
+
+    def _describe(self, app: str, info: dict[str, Any], config: dict[str, Any] | None, started: float) -> None:
+        """Keep a live replica's description of its model (and its deploy config) unless a replica that
+        started later gave one: in a rolling update the old replicas, draining their last requests, still
+        report theirs, and ``GET /v1/models`` named the old version again seconds after a redeploy."""
+        if started < self.described.get(app, float("-inf")):
+            return
+        self.described[app] = started
+        self.models[app] = info
+        if config is not None:
+            self.configs[app] = config
 
     def registered(self) -> dict[str, dict[str, Any]]:
         return dict(self.models)
 
     def report(self, app: str, replica: str, counters: dict[str, Any], info: dict[str, Any] | None = None,
-               config: dict[str, Any] | None = None) -> None:
+               config: dict[str, Any] | None = None, started: float = 0.0) -> None:
         """A replica's cumulative counters, and its model's description and deploy config: the registry
         heals from these reports after the actor restarted empty. A live replica's counters hold what
         each version answered (``versions``): over all replicas they may roll the canary back."""
         self.stats.setdefault(app, {})[replica] = counters
         if info is not None:
-            self.models[app] = info
-        if config is not None:
-            self.configs[app] = config
+            self._describe(app, info, config, started)
         c = self.canaries.get(app)
         if c is not None and c["state"] == "active" and "versions" in counters:
             why = verdict(self.version_stats(app).get(c["version"], VersionStats()), CanaryConfig.parse(
