@@ -19,6 +19,7 @@ session stays on the version that started it (its version is kept with its state
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +65,7 @@ class VersionStats:
         self.requests += 1
         self.errors += not ok
         ms = seconds * 1000
-        self.buckets[next((i for i, b in enumerate(BUCKETS_MS) if ms <= b), len(BUCKETS_MS))] += 1
+        self.buckets[bisect.bisect_left(BUCKETS_MS, ms)] += 1  # the first bucket whose bound >= ms
 
     def to_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "errors": self.errors, "buckets": list(self.buckets)}
