@@ -102,11 +102,34 @@ def _empty(spec):
     return np.zeros((0, spec.output_size)), np.zeros((0, spec.output_size))
 
 
+def until(stop, items):
+    """``items`` until the event ``stop`` is set (checked before each): a stopped sweep trial that trains in
+    its trial's process ends within a batch, not at the end of its epoch.
+
+        >>> import threading
+        >>> stop = threading.Event()
+        >>> got = []
+        >>> for i in until(stop, range(5)):
+        ...     got.append(i)
+        ...     if i == 1:
+        ...         stop.set()
+        >>> got
+        [0, 1]
+    """
+    for item in items:
+        if stop is not None and stop.is_set():
+            return
+        yield item
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``: train, report metrics and a checkpoint each epoch.
 
     ``config`` is what ``cellforge.train.fit.worker_config`` builds; with ``verbose`` false (sweep
-    trials, ``fit(verbose=False)``) rank 0 logs no epoch lines.
+    trials, ``fit(verbose=False)``) rank 0 logs no epoch lines. A run in the caller's own process (Ray
+    Train's local mode) may also carry ``relay``, called with each epoch's metrics and checkpoint
+    folder (a sweep trial's: ``cellforge.tune.trial``), ``stop``, an event that ends the run before
+    its next batch, and ``checkpoints_kept`` (default 2).
     """
     import ray
     import ray.train
@@ -145,13 +168,16 @@ def worker_loop(config: dict[str, Any]) -> None:
     train = splits["train"]
     n_local = len(train["y"]) // info.world  # equal shards: DDP needs the same number of steps per rank
     local_bs = max(1, t.batch_size // info.world)
+    stop_run, relay = config.get("stop"), config.get("relay")
     for epoch in range(state["epoch"] + 1, t.epochs):
         start = time.perf_counter()
         order = np.random.default_rng(t.seed + epoch).permutation(len(train["y"]))
         idx = order[info.rank:: info.world][:n_local]
         if t.bucket_by_length:  # per rank, so every rank still runs the same number of batches
             idx = bucketed(idx, train["lengths"], local_bs, np.random.default_rng([t.seed, epoch, info.rank]))
-        loss_sum, count = fitter.train_epoch(epoch, batches(train, idx, local_bs, spec.task))
+        loss_sum, count = fitter.train_epoch(epoch, until(stop_run, batches(train, idx, local_bs, spec.task)))
+        if stop_run is not None and stop_run.is_set():
+            break
         loss_sum, count = fitter.allreduce(np.array([loss_sum, count], np.float64))
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / max(count, 1), "lr": fitter.lr.value}
         if not np.isfinite(row["loss"]):
@@ -191,11 +217,14 @@ def worker_loop(config: dict[str, Any]) -> None:
             if info.rank == 0:
                 if config.get("keep_checkpoints"):  # in the driver's process: nobody else persists them
                     saved = ray.train.Checkpoint.from_directory(checkpoint.keep(
-                        Path(config["keep_checkpoints"]), fitter, weights, best_weights, state))
+                        Path(config["keep_checkpoints"]), fitter, weights, best_weights, state,
+                        config.get("checkpoints_kept", 2)))
                 else:
                     checkpoint.save(fitter, Path(tmp), weights, best_weights, state)
                     saved = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report({k: v for k, v in row.items()} | {"stopped_early": stop}, checkpoint=saved)
+            if relay is not None:
+                relay(row | {"stopped_early": stop}, saved.path if saved else None)
         # after the report: an epoch is logged once its checkpoint is kept, so a resumed run never logs
         # an epoch twice (the driver fills in one that a kill left out: tracking.Run.finish)
         track.log_epoch(row, epoch + 1)

@@ -32,7 +32,7 @@ from cellforge.runtime import ensure_ray, own_sigint
 from cellforge.spec import ModelSpec
 from cellforge.train.events import enabled as tensorboard_on
 from cellforge.train.events import logdir as events_dir
-from cellforge.train.fit import check_name, check_trainable, runs_dir
+from cellforge.train.fit import check_name, check_trainable, in_process, runs_dir
 from cellforge.tune.space import Dim, affects_data, as_space, check_space
 
 if TYPE_CHECKING:  # importing it pulls in Ray Tune; job-file validation stays light without it
@@ -111,10 +111,16 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
     if not ray.is_initialized():
         progress.say("connecting to Ray (the first use on this machine starts the local one)")
     ensure_ray(address)
-    workers_cpu = workers_per_trial  # one CPU per Train worker (see cellforge.train.fit.trainer)
+    # a trial of one CPU worker trains in its own actor (cellforge.tune.trial): one CPU, no Train actors
+    here = in_process(workers_per_trial, use_gpu, 0)
+    workers_cpu = 0 if here else workers_per_trial  # one CPU per Train worker (see cellforge.train.fit.trainer)
     if max_concurrent is None:
         res = ray.cluster_resources()
         max_concurrent = max(1, int(res.get("CPU", 1)) // (1 + workers_cpu))  # a trial's own slot + its workers
+        if here:  # trials training in their own processes: one per core of this machine (the local Ray has
+            # more logical CPUs than cores, cellforge.runtime.MIN_LOGICAL_CPUS); 8 trials on 2 cores each
+            # imported the framework at once and took 27-35 s to their first epoch, against 0.4 s reused
+            max_concurrent = max(1, min(max_concurrent, os.cpu_count() or 1))
         if use_gpu and res.get("GPU"):
             max_concurrent = max(1, min(max_concurrent, int(res["GPU"]) // workers_per_trial))
     # a loaded machine can take more than Train's default 60 s to start a trial's workers
@@ -139,7 +145,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
               **_tracking.system_facts(spec.framework, workers_per_trial, use_gpu)})
     ctx = {"spec": spec.model_dump(), "prepared": None if per_trial_data else prepared,
            "data": raw if per_trial_data else None, "workers": workers_per_trial, "use_gpu": use_gpu,
-           "train_storage": str(exp / "train"), "cells": custom_cells(),
+           "train_storage": str(exp / "train"), "cells": custom_cells(), "in_process": here,
            "tracking": track.ref() and {**track.ref(), "sweep": name, "tags": _data_tags(data, prepared)},
            "tensorboard": str(events_dir(exp)) if tensorboard_on(tensorboard) else None}
     progress.say("sending the data to Ray")
@@ -167,6 +173,7 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
         tuner = tune.Tuner(trainable, param_space=_param_space(dims, search), run_config=run_config,
                            tune_config=tune.TuneConfig(
                                metric=metric, mode=mode, num_samples=n_trials // _grid_size(dims, search),
+                               reuse_actors=here,  # the next trial starts in a warm actor (Trial.reset_config)
                                # the random/grid generator takes the limit itself (see _search)
                                max_concurrent_trials=max_concurrent if search == "optuna" else None,
                                scheduler=_scheduler(scheduler, dims, max_epochs, grace_period, reduction_factor),
@@ -174,7 +181,8 @@ def sweep(spec: ModelSpec | dict, data: Any, space: dict[str, Any], *, trials: i
         if verbose:
             log.info("sweep %s: %d trials x %d worker(s), %s on %s (%s), %d at a time; results in %s", name,
                      n_trials, workers_per_trial, scheduler, metric, mode, max_concurrent, exp)
-        progress.say(f"starting trials ({max_concurrent} at a time), each with its Train workers")
+        progress.say(f"starting trials ({max_concurrent} at a time)" +
+                     (", each training in its own process" if here else ", each with its Train workers"))
     try:
         with live(name, progress), own_sigint():
             grid_ = tuner.fit()

@@ -1,8 +1,12 @@
 """One sweep trial: a Ray Tune trainable that runs one Ray Train run and relays its epochs.
 
-Tune calls ``step()`` once per epoch. The Train run (controller + data-parallel workers) runs
-in a thread of the trial actor; two Train callbacks pass each epoch's metrics and checkpoint
-path, and the controller's handle, back through a Ray queue. A class trainable (not a
+Tune calls ``step()`` once per epoch. A trial of one CPU worker on a local Ray trains in the trial
+actor's own process (Ray Train's local mode, as ``cellforge.train.fit.in_process`` does for a fit):
+the loop runs in a thread, hands each epoch to ``step()`` through a plain queue and stops within a
+batch when Tune stops the trial; the actor is reused by the sweep's next trial (``reset_config``),
+so the framework is imported once per concurrent trial, not once per trial. Otherwise the Train run
+(controller + data-parallel workers) runs in a thread of the trial actor; two Train callbacks pass
+each epoch's metrics and checkpoint path, and the controller's handle, back through a Ray queue. A class trainable (not a
 function) because Tune calls its ``cleanup()`` before the actor exits: a trial that ASHA or
 PBT stops aborts its Train run there, which shuts its workers down and removes their
 placement group without relying on Train's dashboard-based cleaner (that cleaner cannot find
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import shutil
 import tempfile
 import threading
@@ -69,36 +74,49 @@ class Trial(tune.Trainable):
             logging.getLogger(name).setLevel(logging.WARNING)
         self.ctx = ctx
         load_cells(ctx["cells"])
+        self._new(config)
+
+    def _new(self, config: dict[str, Any]) -> None:
         self.params = dict(config)
         self.init_checkpoint: str | None = None
         self.last: dict[str, Any] = {}
         self.thread: threading.Thread | None = None
         self.track = tracking.Run.off()
+        self.stop_run = threading.Event()  # in process: ends the loop before its next batch
+        self.controller = None
 
     def _start(self) -> None:
-        from ray.util.queue import Queue
-
         ctx = self.ctx
+        here = ctx.get("in_process", False)
         spec = ModelSpec.parse(ctx["spec"]).updated(**self.params)
         prepared = ctx["prepared"]
         if prepared is None:  # a dimension changes preprocessing: prepare this trial's own data
             spec, prepared = prepare(spec, *ctx["data"])  # (data, validation, test)
         self.spec, self.epochs = spec, spec.training.epochs
         self.track = self._tracking(spec)
-        self.queue = Queue(actor_options={"num_cpus": 0})  # unbounded: the controller never blocks on it
         # the sweep's progress shows epochs, not each trial's workers
         events = ctx.get("tensorboard")  # one directory per trial, beside the others: TensorBoard compares them
         config = worker_config(spec, prepared, ctx["use_gpu"], init_checkpoint=self.init_checkpoint, verbose=False,
                                tracking_run=self.track.ref(),
                                tensorboard=None if events is None else Path(events) / self.trial_id)
+        name = f"{self.trial_id}-{time.time_ns()}"  # a fresh run per start; it resumes from init_checkpoint
+        if here:  # the loop runs in this process: it hands over its epochs and keeps its own checkpoints
+            self.queue = queue.Queue()
+            config.update(data=prepared.splits, stop=self.stop_run, checkpoints_kept=TRAIN_CHECKPOINTS_KEPT,
+                          keep_checkpoints=str(Path(ctx["train_storage"]) / name),
+                          relay=lambda m, path: self.queue.put({"metrics": dict(m), "checkpoint": path}))
+            callbacks = None
+        else:
+            from ray.util.queue import Queue
+
+            self.queue = Queue(actor_options={"num_cpus": 0})  # unbounded: the controller never blocks on it
+            callbacks = [_Relay(self.queue), _ControllerHandle(self.queue)]
         run_config = ray.train.RunConfig(
-            name=f"{self.trial_id}-{time.time_ns()}",  # a fresh run per start; it resumes from init_checkpoint
-            storage_path=ctx["train_storage"], callbacks=[_Relay(self.queue), _ControllerHandle(self.queue)],
+            name=name, storage_path=ctx["train_storage"], callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=TRAIN_CHECKPOINTS_KEPT),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"))
-        run = trainer(spec, config, ctx["workers"], ctx["use_gpu"], run_config)
+        run = trainer(spec, config, 0 if here else ctx["workers"], ctx["use_gpu"], run_config)
         self.error: BaseException | None = None
-        self.controller = None
 
         def target():
             try:
@@ -123,14 +141,12 @@ class Trial(tune.Trainable):
                               find={"cellforge.parent": parent["run_id"], "cellforge.trial_id": self.trial_id})
 
     def step(self) -> dict[str, Any]:
-        from ray.util.queue import Empty
-
         if self.thread is None:
             self._start()
         while True:
             try:
                 item = self.queue.get(timeout=0.5)
-            except Empty:
+            except queue.Empty:  # ray.util.queue's Empty too
                 if not self.thread.is_alive() and self.queue.empty():
                     raise (_unwrap(self.error) if self.error else RuntimeError(
                         "the Train run ended without reporting its last epoch")) from None
@@ -167,12 +183,20 @@ class Trial(tune.Trainable):
         self.init_checkpoint = str(copy)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        return False  # a new config means a new Train run: let Tune start a fresh actor
+        """The sweep's next trial in this actor (``sweep`` reuses actors for trials in process; a sweep
+        resumed with other settings may reuse them for Train runs on workers too)."""
+        self.cleanup()
+        self._new(new_config)
+        return True
 
     def cleanup(self) -> None:
-        """Abort a Train run that is still going (Tune stopped this trial); wait for one that is ending."""
+        """Stop a run that is still going (Tune stopped this trial); wait for one that is ending."""
         self.track.finish([])
         if self.thread is None or not self.thread.is_alive():
+            return
+        if self.ctx.get("in_process", False):
+            self.stop_run.set()
+            self.thread.join(timeout=60)
             return
         if self.controller is None:  # the run may still be starting: wait a little for its handle
             deadline = time.monotonic() + 30
