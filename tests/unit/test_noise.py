@@ -238,3 +238,23 @@ def test_the_raylets_worker_count_warning_is_not_printed(monkeypatch):
         ignore_prefix=False)
     worker.print_to_stdstream({"pid": "raylet", "is_err": False, "lines": ["a real problem"]}, ignore_prefix=False)
     assert printed == [["a real problem"]]
+
+
+def test_native_stderr_keeps_real_errors_and_drops_tensorflows_start_up_lines(capfd):
+    from cellforge.log import TF_STARTUP, native_stderr_without
+
+    with native_stderr_without(TF_STARTUP):
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                    b"I0000 00:00:1796071081.863753   32575 cudart_stub.cc:31] Could not find cuda drivers\n"
+                    b"E0000 00:00:1796071028.511748   31816 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
+                    b"E0000 00:00:1796071028.511748   31816 op_kernel.cc:1] a real kernel error\n"
+                    b"Traceback (most recent call last):\n")
+    err = capfd.readouterr().err
+    assert err == ("E0000 00:00:1796071028.511748   31816 op_kernel.cc:1] a real kernel error\n"
+                   "Traceback (most recent call last):\n"), err
+
+
+def test_importing_the_keras_backend_prints_nothing():
+    out = subprocess.run([sys.executable, "-c", "import cellforge.backends.keras"], capture_output=True, text=True,
+                         timeout=300, env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert out.returncode == 0 and out.stdout == "" and out.stderr == "", out.stderr

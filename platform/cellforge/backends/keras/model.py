@@ -18,10 +18,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ chatter, "failed 
 
 from types import SimpleNamespace  # noqa: E402
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import ops  # noqa: E402
+
+from cellforge.log import TF_STARTUP, native_stderr_without  # noqa: E402
+
+with native_stderr_without(TF_STARTUP):  # TF's start-up lines on stderr (see there); a real error still shows
+    import keras
+    import tensorflow as tf
+    from keras import ops
+
+    tf.config.list_physical_devices()  # the GPU search, and its "failed call to cuInit" on CPUs, happen now
 
 from cellforge.backends.network import check_shapes, directions, encoder_shapes, param_shapes  # noqa: E402
 from cellforge.cells import get_cell  # noqa: E402
