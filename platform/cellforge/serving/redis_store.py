@@ -127,6 +127,23 @@ def bucket_tags(n: int) -> tuple[str, ...]:
     return tuple(tags)
 
 
+def _torn_connection(e: BaseException) -> bool:
+    """A redis-py 8.1 cluster client's own race, not an answer: when it re-reads the slot map (a node lost)
+    while other calls are connecting, it closes their connections under them and they fail inside redis-py
+    with AttributeError ('NoneType' object has no attribute 'writelines'); seen in 2 runs of 3 with 150
+    steps in flight through a failover. The call is retried like a ConnectionError."""
+    import os
+
+    import redis
+
+    if not isinstance(e, (AttributeError, TypeError)) or e.__traceback__ is None:
+        return False
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename.startswith(os.path.dirname(redis.__file__))
+
+
 def is_cluster(url: str) -> bool:
     return url.startswith(("redis+cluster://", "rediss+cluster://"))
 
@@ -214,6 +231,7 @@ class RedisSessions:
             self.r = RedisCluster(**cluster_options(url), **opts, retry=Retry(NoBackoff(), 2),
                                   max_connections=CONNECTIONS)
             self._slots: asyncio.Semaphore | None = asyncio.Semaphore(CONNECTIONS)
+            self._ready, self._ready_lock = False, asyncio.Lock()
         else:
             self.r = aioredis.Redis.from_url(url, **opts, retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), RETRIES),
                                              retry_on_error=[ConnectionError, TimeoutError])
@@ -230,27 +248,41 @@ class RedisSessions:
         """``make()``'s answer. A cluster's call is retried (backoff to 0.25 s, RETRIES times: ~15 s) while a
         node is unreachable or the cluster is down (a primary lost, until its replica is promoted: ~2 node
         timeouts); every call is safe to repeat (a step's token makes its retry idempotent)."""
-        from redis.exceptions import AskError, ClusterDownError, ConnectionError, TimeoutError, TryAgainError
+        from redis.exceptions import (AskError, ClusterDownError, ConnectionError, RedisClusterException,
+                                      SlotNotCoveredError, TimeoutError, TryAgainError)
 
-        transient = (ConnectionError, TimeoutError, ClusterDownError, TryAgainError)
+        transient = (ConnectionError, TimeoutError, ClusterDownError, TryAgainError, SlotNotCoveredError)
         for attempt in range(RETRIES + 1 if self.cluster else 1):  # one Redis: redis-py's own retries
             try:
                 if self._slots is None:
                     return await make()
                 async with self._slots:
+                    await self._connect()
                     return await make()
-            except transient as e:
+            except Exception as e:
+                if isinstance(e, AskError) and not self.cluster:  # MOVED <slot> <node>: a plain client at a cluster
+                    raise ApiError(503, "unavailable", "session_store", f"the session store answered MOVED {e}: "
+                                   "it is a Redis Cluster, give session_store: redis+cluster://host:port",
+                                   headers={"Retry-After": "1"}) from None
+                # before the first slot map, a cluster none of whose seeds answers is away, not broken
+                away = isinstance(e, RedisClusterException) and self.cluster and not self._ready
+                if not isinstance(e, transient) and not away and not (self.cluster and _torn_connection(e)):
+                    raise
                 if attempt < RETRIES and self.cluster:
                     await asyncio.sleep(min(0.25, 0.01 * 2**attempt))
                     continue
                 raise ApiError(503, "unavailable", "session_store", f"the session store is unavailable ({e}); "
                                "retry", headers={"Retry-After": "1"}) from None
-            except AskError as e:  # MOVED or ASK <slot> <node>: a plain client was sent to a cluster's node
-                if self.cluster:
-                    raise
-                raise ApiError(503, "unavailable", "session_store", f"the session store answered MOVED {e}: it "
-                               "is a Redis Cluster, give session_store: redis+cluster://host:port",
-                               headers={"Retry-After": "1"}) from None
+
+    async def _connect(self) -> None:
+        """Read the cluster's slot map once, before the first call: redis-py 8.1's first calls, when many
+        start together on a new client, break each other's connections (AttributeError on a closed
+        writer, 2 runs in 3 at 64 concurrent creates; none once connected first)."""
+        if not self._ready:
+            async with self._ready_lock:
+                if not self._ready:
+                    await self.r.initialize()
+                    self._ready = True
 
     async def create(self, model: str, version: str, ttl_s: float) -> str:
         sid = uuid.uuid4().hex
