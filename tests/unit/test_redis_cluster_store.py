@@ -113,6 +113,26 @@ def test_sessions_spread_over_every_node_and_the_live_count_is_exact(cluster):
     assert alive == n // 2 and gone == [None] * 20 and after == n // 2 - 10
 
 
+def test_a_gauge_count_is_shared_by_replicas_for_its_period(cluster):
+    """Each replica's gauge asks every 2 s: one full count (1024 calls) per period serves them all."""
+    async def go():
+        a, b = RedisSessions(cluster.url), RedisSessions(cluster.url)  # two replicas' clients
+        first = await a.create("gauge", "v", 60)
+        assert await a.count("gauge", max_age_s=0.5) == 1
+        second = await b.create("gauge", "v", 60)
+        shared = await b.count("gauge", max_age_s=0.5)  # a's count, made within 0.5 s
+        fresh = await b.count("gauge")  # exact, now (GET /metrics)
+        await asyncio.sleep(0.6)
+        later = await b.count("gauge", max_age_s=0.5)
+        for sid in (first, second):
+            await a.delete(sid, "gauge")
+        await a.close()
+        await b.close()
+        return shared, fresh, later
+
+    assert run(go()) == (1, 2, 2)
+
+
 def test_ttl_is_key_expiry_on_the_session_node(cluster):
     async def go():
         st = RedisSessions(cluster.url)

@@ -252,7 +252,8 @@ class ActorSessions:
     async def delete(self, sid: str, model: str) -> bool:
         return await call(self.actor, "delete", sid, model)
 
-    async def count(self, model: str) -> int:
+    async def count(self, model: str, max_age_s: float = 0.0) -> int:
+        """Exact, whatever ``max_age_s`` (the number a count up to that old may be, RedisSessions.count)."""
         return await call(self.actor, "count", model)
 
     async def close(self) -> None:
