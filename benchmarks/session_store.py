@@ -1,7 +1,8 @@
 """The Redis session store's units, one Redis against a Redis Cluster of three primaries (both started
 here on 127.0.0.1, append-only file fsynced every second), no Ray: a step's store calls (get + advance,
 one Lua script each), steps per Redis core-second, and the cost of counting a model's live sessions (one
-bucket in one Redis, 1024 buckets summed over the cluster) as client latency and server CPU.
+bucket in one Redis, 1024 buckets summed over the cluster) as client latency and server CPU, and the
+memory a stepped session takes (its hash and its live-set entry: used_memory over all nodes).
 
     .venv/bin/python benchmarks/session_store.py                  # 2,000 live sessions, 4,000 steps
     .venv/bin/python benchmarks/session_store.py --sessions 20000 --steps 20000 --concurrency 64
@@ -28,6 +29,10 @@ from _redis_server import RedisServer  # noqa: E402
 from cellforge.serving.redis_store import RedisSessions  # noqa: E402
 
 
+def server_memory(clients) -> int:
+    return sum(int(c.info("memory")["used_memory"]) for c in clients)
+
+
 def server_cpu(clients) -> float:
     """CPU seconds the redis-servers have used (user + system, all of them)."""
     return sum(float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in (c.info("cpu") for c in clients))
@@ -43,6 +48,7 @@ async def measure(url: str, clients, sessions: int, steps: int, concurrency: int
         async with sem:
             return await st.create("bench", "v", 600)
 
+    mem0 = server_memory(clients)
     sids = await asyncio.gather(*(create() for _ in range(sessions)))
     lat: list[float] = []
 
@@ -56,6 +62,8 @@ async def measure(url: str, clients, sessions: int, steps: int, concurrency: int
     cpu0, t0 = server_cpu(clients), time.perf_counter()
     await asyncio.gather(*(step(sids[i % sessions]) for i in range(steps)))
     wall, cpu = time.perf_counter() - t0, server_cpu(clients) - cpu0
+    # every session has stepped (steps >= sessions): its hash holds a state, its id is in a live set
+    per_session = (server_memory(clients) - mem0) / sessions
     counts, cpu0 = [], server_cpu(clients)
     for _ in range(20):
         t0 = time.perf_counter()
@@ -65,7 +73,7 @@ async def measure(url: str, clients, sessions: int, steps: int, concurrency: int
     await st.close()
     return {"step p50 ms": 1e3 * statistics.median(lat), "steps/s": steps / wall,
             "steps per Redis core-second": steps / cpu, "count p50 ms": 1e3 * statistics.median(counts),
-            "count Redis CPU ms": 1e3 * count_cpu}
+            "count Redis CPU ms": 1e3 * count_cpu, "bytes per session": per_session}
 
 
 def main() -> None:
@@ -87,9 +95,8 @@ def main() -> None:
         single.stop()
     keys = list(next(iter(rows.values())))
     print(f"{a.sessions} live sessions, {a.steps} steps (get + advance) at concurrency {a.concurrency}")
-    print(f"{'':30}" + "".join(f"{k:>28}" for k in keys))
-    for name, row in rows.items():
-        print(f"{name:30}" + "".join(f"{row[k]:28.2f}" for k in keys))
+    for k in keys:
+        print(f"{k:30}" + "".join(f"{row[k]:>16.2f}  [{name}]" for name, row in rows.items()))
     one, cl = rows.values()
     print(f"cluster / one Redis: step p50 {cl['step p50 ms'] / one['step p50 ms']:.2f}x, steps per Redis "
           f"core-second {cl['steps per Redis core-second'] / one['steps per Redis core-second']:.2f}x, count p50 "
