@@ -1,7 +1,7 @@
 """The Redis session store's units, one Redis against a Redis Cluster of three primaries (both started
 here on 127.0.0.1, append-only file fsynced every second), no Ray: a step's store calls (get + advance,
 one Lua script each), steps per Redis core-second, and the cost of counting a model's live sessions (one
-bucket in one Redis, 1024 buckets summed over the cluster) as client latency and server CPU, and the
+bucket in one Redis, 4096 buckets summed over the cluster) as client latency and server CPU, and the
 memory a stepped session takes (its hash and its live-set entry: used_memory over all nodes).
 
     .venv/bin/python benchmarks/session_store.py                  # 2,000 live sessions, 4,000 steps

@@ -49,10 +49,12 @@ from cellforge.serving.schema import ApiError
 RETRIES = 60  # connection retries, backoff capped at 0.25 s: a redis-server restart (~1 s) is ridden out
 SLOTS = 16384  # Redis Cluster's hash slots
 # Live-session buckets in a cluster: a session's hash and its bucket's live set share a hash tag, so every
-# script touches one slot; the buckets' tags sit on evenly spaced slots (every 16th), so sessions spread
-# over every primary in proportion to the slots it serves (at 250 primaries, 4 or 5 buckets each). A count
-# reads every bucket: 1024 calls in one pipeline per node (~60 ms measured, see count()).
-BUCKETS = 1024
+# script touches one slot; the buckets' tags sit on evenly spaced slots (every 4th), so sessions spread over
+# every primary in proportion to the slots it serves. A primary carries whole buckets: of N primaries the
+# busiest takes ceil(4096 / N) / 4096 of the steps (1,024 buckets would need 512 primaries where 4,096 need
+# ~370, README's capacity plan). A count reads every bucket: 4,096 script calls in one pipeline per node,
+# 101 ms and 23 ms of Redis CPU on 3 primaries (1,024: 25 ms and 6.7 ms; benchmarks/session_store.py).
+BUCKETS = 4096
 CONNECTIONS = 256  # a cluster client's connections per node (and its calls in flight, all nodes together)
 TIME = """
 local t = redis.call('TIME')
@@ -110,7 +112,7 @@ return redis.call('ZCARD', KEYS[1])
 @functools.cache
 def bucket_tags(n: int) -> tuple[str, ...]:
     """n hash tags (decimal strings) whose slots are evenly spaced: tag b's slot is b * SLOTS // n.
-    The first match in 0, 1, 2, ... for each slot: the same in every process (~30 ms for 1024 tags).
+    The first match in 0, 1, 2, ... for each slot: the same in every process (~45 ms for 4096 tags).
 
     >>> from redis.crc import key_slot
     >>> [key_slot(b"{%s}" % t.encode()) for t in bucket_tags(4)]
@@ -248,10 +250,9 @@ class RedisSessions:
         """``make()``'s answer. A cluster's call is retried (backoff to 0.25 s, RETRIES times: ~15 s) while a
         node is unreachable or the cluster is down (a primary lost, until its replica is promoted: ~2 node
         timeouts); every call is safe to repeat (a step's token makes its retry idempotent)."""
-        from redis.exceptions import (AskError, ClusterDownError, ConnectionError, RedisClusterException,
-                                      SlotNotCoveredError, TimeoutError, TryAgainError)
+        import redis.exceptions as rx
 
-        transient = (ConnectionError, TimeoutError, ClusterDownError, TryAgainError, SlotNotCoveredError)
+        transient = (rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, rx.TryAgainError, rx.SlotNotCoveredError)
         for attempt in range(RETRIES + 1 if self.cluster else 1):  # one Redis: redis-py's own retries
             try:
                 if self._slots is None:
@@ -260,12 +261,12 @@ class RedisSessions:
                     await self._connect()
                     return await make()
             except Exception as e:
-                if isinstance(e, AskError) and not self.cluster:  # MOVED <slot> <node>: a plain client at a cluster
+                if isinstance(e, rx.AskError) and not self.cluster:  # MOVED <slot> <node>: a plain client at a cluster
                     raise ApiError(503, "unavailable", "session_store", f"the session store answered MOVED {e}: "
                                    "it is a Redis Cluster, give session_store: redis+cluster://host:port",
                                    headers={"Retry-After": "1"}) from None
                 # before the first slot map, a cluster none of whose seeds answers is away, not broken
-                away = isinstance(e, RedisClusterException) and self.cluster and not self._ready
+                away = isinstance(e, rx.RedisClusterException) and self.cluster and not self._ready
                 if not isinstance(e, transient) and not away and not (self.cluster and _torn_connection(e)):
                     raise
                 if attempt < RETRIES and self.cluster:
@@ -316,7 +317,7 @@ class RedisSessions:
     async def count(self, model: str, max_age_s: float = 0.0) -> int:
         """Live sessions of ``model``: the sum over its buckets, each pruned of expired ids by the server's
         clock (the one its keys expire by), so the count is exact. In a cluster the buckets' calls go out as
-        one pipeline per node, in parallel, and cost the cluster ~6 ms of CPU (benchmarks/session_store.py):
+        one pipeline per node, in parallel, and cost the cluster ~23 ms of CPU (benchmarks/session_store.py):
         ``max_age_s`` > 0 (each replica's gauge, every 2 s) takes a count another replica made within that
         long (kept in ``cf:count:<model>``), so the cluster counts each model about once per period, however
         many replicas ask."""
