@@ -10,7 +10,8 @@ next step. Idle sessions expire after their deployment's ``session_ttl_s``.
 If the store actor itself dies, Ray restarts it empty: sessions then answer 404 and clients
 start new ones (the state is in memory only, by design: it is cheap to rebuild from the stream).
 A deployment that needs sessions to outlive any process sets ``session_store: redis://host:port/db``
-(``cellforge.serving.redis_store``); replicas reach either store through ``open_sessions``.
+or, for a Redis Cluster, ``redis+cluster://host:port[,host:port...]`` (``cellforge.serving.redis_store``);
+replicas reach any store through ``open_sessions``.
 """
 
 from __future__ import annotations
@@ -261,7 +262,8 @@ class ActorSessions:
 
 
 def open_sessions(url: str, actor=None):
-    """The session store a deploy config names: ``memory`` (the store actor) or ``redis://...``."""
+    """The session store a deploy config names: ``memory`` (the store actor), ``redis://...`` or
+    ``redis+cluster://...``."""
     if url == "memory":
         return ActorSessions(actor)
     from cellforge.serving.redis_store import RedisSessions
