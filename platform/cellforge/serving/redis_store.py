@@ -16,9 +16,14 @@ Cluster slot while sessions spread over every slot's node::
 
     cf:s:{<tag>}:<session id>      the session's hash
     cf:live:<model>:{<tag>}        the model's live sessions in that bucket (id -> expiry, ms)
+    cf:count:<model>               a cluster's last full count, shared by the replicas' gauges (``count``)
+
+    >>> RedisSessions("redis+cluster://10.0.0.1:7000").keys("5f1c0a", "digits")  # connects on first use
+    ['cf:s:{19046}:5f1c0a', 'cf:live:digits:{19046}']
 
 Counting a model's live sessions sums its buckets (``count``). ``rediss://`` and ``rediss+cluster://``
-use TLS; a cluster has only db 0.
+use TLS; a cluster has only db 0. (Sessions stored under the earlier layout, ``cf:s:<id>`` and
+``cf:live:<model>``, are not read: there were no deployed users to carry over.)
 
 States are JSON with base64 arrays (``encode``/``decode``), never pickle: whoever can write to the
 Redis must not be able to run code in a replica.
