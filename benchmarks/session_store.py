@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -93,6 +94,7 @@ def main() -> None:
                                                                        a.sessions, a.steps, a.concurrency))}
     finally:
         single.stop()
+        shutil.rmtree(root, ignore_errors=True)
     keys = list(next(iter(rows.values())))
     print(f"{a.sessions} live sessions, {a.steps} steps (get + advance) at concurrency {a.concurrency}")
     for k in keys:
