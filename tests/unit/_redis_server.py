@@ -21,12 +21,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, fsync: str = "always"):
+    def __init__(self, directory: Path, fsync: str = "always", args: tuple[str, ...] = ()):
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(binary).exists():
             pytest.fail("redis-server is not installed: run `make sysdeps` (Debian's redis-server package)")
         self.binary, self.dir, self.fsync, self.port = binary, Path(directory), fsync, free_port()
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.args = list(args)  # more redis-server options (a cluster node's, _redis_cluster.py)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -37,7 +38,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
              "--appendonly", "yes", "--appendfsync", self.fsync, "--save", "", "--daemonize", "no",
-             "--logfile", str(self.dir / "redis.log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--logfile", str(self.dir / "redis.log"), *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         end = time.monotonic() + 20
         while time.monotonic() < end:
             try:

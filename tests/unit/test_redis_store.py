@@ -54,15 +54,15 @@ def test_ttl_is_redis_key_expiry_renewed_by_each_step(redis_server):
     async def go():
         st = RedisSessions(redis_server.url)
         sid = await st.create("m", "v", 0.4)
-        r = redis.Redis.from_url(redis_server.url)
-        assert 0 < r.pttl(f"cf:s:{sid}") <= 400  # the key itself expires: no sweeper in any process
+        r, key = redis.Redis.from_url(redis_server.url), st.keys(sid, "m")[0]
+        assert 0 < r.pttl(key) <= 400  # the key itself expires: no sweeper in any process
         for _ in range(3):  # stepped within its TTL, it lives past it
             await asyncio.sleep(0.25)
             got = await st.get(sid, "m")
             assert got is not None
             assert await st.advance(sid, got["steps"], [], got["steps"] + 1, "m") == "ok"
         await asyncio.sleep(0.6)  # idle past its TTL: gone, and no longer counted
-        assert await st.get(sid, "m") is None and not r.exists(f"cf:s:{sid}") and await st.count("m") == 0
+        assert await st.get(sid, "m") is None and not r.exists(key) and await st.count("m") == 0
         await st.close()
 
     run(go())
@@ -87,7 +87,7 @@ def test_a_retried_compare_and_set_is_idempotent(redis_server):
     async def go():
         st = RedisSessions(redis_server.url)
         sid = await st.create("m", "v", 60)
-        keys, args = [f"cf:s:{sid}", "cf:live:m"], [sid, 0, 2, encode([]), "token-1"]
+        keys, args = st.keys(sid, "m"), [sid, 0, 2, encode([]), "token-1"]
         assert await st._advance(keys=keys, args=args) == b"ok"
         assert await st._advance(keys=keys, args=args) == b"ok"  # the same step again: applied once
         assert await st._advance(keys=keys, args=[sid, 0, 2, encode([]), "token-2"]) == b"conflict"

@@ -276,7 +276,9 @@ class ModelServer:
                                          self.cfg.model_dump() if describe else None, self.started)
             if ticks % REGISTER_EVERY == 0 and self.engine.streams:
                 try:  # the gauge of live sessions; a store that is away is the step routes' to report
-                    self.metrics.live_sessions(await self.sessions.count(self.name))
+                    # a count up to one period old, as another replica made it (a cluster's count is 4096 calls)
+                    period = REGISTER_EVERY * FLUSH_EVERY_S
+                    self.metrics.live_sessions(await self.sessions.count(self.name, max_age_s=period))
                 except Exception:  # noqa: BLE001 - never end the flusher
                     pass
 

@@ -22,6 +22,9 @@ from cellforge.errors import Problems, Strict
 INDEX_APP = "cellforge"  # the Serve application that answers /healthz, /v1/models and unknown names
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 STORE = re.compile(r"memory|rediss?://[^/\s]+(/\d{1,2})?")
+# a Redis Cluster: [user:password@] then host:port seeds, comma-separated ([v6]:port too); only db 0 exists
+_HOST = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):\d{1,5}"
+CLUSTER_STORE = re.compile(rf"rediss?\+cluster://([^/@\s]+@)?{_HOST}(,{_HOST})*(/0)?")
 AFFINITY_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 
 
@@ -74,7 +77,8 @@ class DeployConfig(_Strict):
     max_inputs: int = Field(1024, gt=0)  # sequences per request
     max_body_bytes: int = Field(1 << 20, gt=0)  # larger request bodies -> 413
     session_ttl_s: float = Field(600, gt=0)  # idle sessions expire after this long
-    # where sessions live: "memory" (one Ray actor; lost with it) or redis://host:port/db (Redis or Valkey)
+    # where sessions live: "memory" (one Ray actor; lost with it), redis://host:port/db (Redis or Valkey) or
+    # redis+cluster://host:port[,host:port...] (a Redis Cluster; serving.redis_store)
     session_store: str = "memory"
     # route a session's steps (header x-session-id) to one replica by consistent hashing; that replica
     # keeps the session's state as a write-through cache and reads the store only when it changed
@@ -95,8 +99,10 @@ class DeployConfig(_Strict):
     @field_validator("session_store")
     @classmethod
     def _store(cls, v: str) -> str:
-        if not STORE.fullmatch(v):
-            raise ValueError(f"use 'memory' or redis://host:port/db (rediss:// for TLS), got {v!r}")
+        if not STORE.fullmatch(v) and not CLUSTER_STORE.fullmatch(v):
+            raise ValueError(f"use 'memory', redis://host:port/db (one Redis) or redis+cluster://host:port"
+                             f"[,host:port...] (a Redis Cluster: host:port of any of its nodes, only db 0), "
+                             f"rediss:// or rediss+cluster:// for TLS; got {v!r}")
         return v
 
     @model_validator(mode="after")

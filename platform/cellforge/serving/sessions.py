@@ -10,7 +10,8 @@ next step. Idle sessions expire after their deployment's ``session_ttl_s``.
 If the store actor itself dies, Ray restarts it empty: sessions then answer 404 and clients
 start new ones (the state is in memory only, by design: it is cheap to rebuild from the stream).
 A deployment that needs sessions to outlive any process sets ``session_store: redis://host:port/db``
-(``cellforge.serving.redis_store``); replicas reach either store through ``open_sessions``.
+or, for a Redis Cluster, ``redis+cluster://host:port[,host:port...]`` (``cellforge.serving.redis_store``);
+replicas reach any store through ``open_sessions``.
 """
 
 from __future__ import annotations
@@ -252,7 +253,8 @@ class ActorSessions:
     async def delete(self, sid: str, model: str) -> bool:
         return await call(self.actor, "delete", sid, model)
 
-    async def count(self, model: str) -> int:
+    async def count(self, model: str, max_age_s: float = 0.0) -> int:
+        """Exact, whatever ``max_age_s`` (the number a count up to that old may be, RedisSessions.count)."""
         return await call(self.actor, "count", model)
 
     async def close(self) -> None:
@@ -260,7 +262,8 @@ class ActorSessions:
 
 
 def open_sessions(url: str, actor=None):
-    """The session store a deploy config names: ``memory`` (the store actor) or ``redis://...``."""
+    """The session store a deploy config names: ``memory`` (the store actor), ``redis://...`` or
+    ``redis+cluster://...``."""
     if url == "memory":
         return ActorSessions(actor)
     from cellforge.serving.redis_store import RedisSessions
