@@ -319,7 +319,7 @@ class ModelServer:
     async def step(self, sid: str, req: StepRequest) -> dict[str, Any]:
         if not self.engine.streams:
             raise ApiError(400, "unsupported", "model", self.engine.no_sessions)
-        x = self.engine.step_inputs(req.inputs)
+        x = self.engine.step_inputs(req.inputs, req.end if "end" in req.model_fields_set else None)
         s = self.cache.get(sid) if self.cache is not None else None
         fresh = s is None
         if fresh:
@@ -332,7 +332,7 @@ class ModelServer:
             raise ApiError(409, "conflict", "offset", f"the session has consumed {s['steps']} steps, "
                                                       f"got offset {req.offset}")
         with self.answering(self.engine.version, "step"):
-            answer, state = await self._advance(x, s["state"])
+            answer, state = await self._advance(x, s["state"], req.end)
         steps = s["steps"] + x.shape[1]
         status = await self.metrics.timed("advance", self.sessions.advance(sid, s["steps"], state, steps, self.name))
         if status == "conflict" and not fresh:
@@ -382,12 +382,12 @@ class ModelServer:
     async def step_retired(self, sid: str, req: StepRequest, s: dict[str, Any], engine: Engine) -> dict[str, Any]:
         """A step of a session started on the version a promote replaced, with that version's engine
         (one forward pass of its own: these sessions are few and ending)."""
-        x = engine.step_inputs(req.inputs)
+        x = engine.step_inputs(req.inputs, req.end if "end" in req.model_fields_set else None)
         if req.offset is not None and req.offset != s["steps"]:
             raise ApiError(409, "conflict", "offset", f"the session has consumed {s['steps']} steps, "
                                                       f"got offset {req.offset}")
         with self.answering(engine.version, "step"):
-            answer, state = engine.step(x, s["state"])
+            answer, state = engine.step(x, s["state"], req.end)
         steps = s["steps"] + x.shape[1]
         status = await self.metrics.timed("advance", self.sessions.advance(sid, s["steps"], state, steps, self.name))
         if status != "ok":
@@ -396,12 +396,12 @@ class ModelServer:
                            else f"session {sid!r} ended while stepping")
         return {"session_id": sid, "model": self.name, "version": engine.version, "steps": steps, **answer}
 
-    async def _advance(self, x: np.ndarray, state: Any) -> tuple[dict[str, Any], Any]:
-        """One session step's answer and the state to keep. An anomaly stream's windows join those of
-        the other streams stepping now in one forward pass (with batching on and company in flight):
-        benchmarks/anomaly.py --streams, 1,000 streams."""
+    async def _advance(self, x: np.ndarray, state: Any, end: bool = False) -> tuple[dict[str, Any], Any]:
+        """One session step's answer and the state to keep (``end``: an audio model's clip ends). An anomaly
+        stream's windows join those of the other streams stepping now in one forward pass (with batching on
+        and company in flight): benchmarks/anomaly.py --streams, 1,000 streams."""
         if self.engine.spec.task != "anomaly":
-            return self.engine.step(x, state)
+            return self.engine.step(x, state, end)
         work = self.engine.stream_work(x, state)
         if not len(work.windows):  # still warming up: nothing to score
             return work.answer(None), work.carry
