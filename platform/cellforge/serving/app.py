@@ -525,6 +525,11 @@ def model_api(server: ModelServer) -> FastAPI:
 
     @api.post("/sessions/{session_id}/step", response_model=StepResponse, response_model_exclude_none=True)
     async def step(session_id: str, req: StepRequest):
+        """New steps of a session, answered from the recurrent state the server keeps. An audio model's
+        session takes a clip in chunks at its sample rate (steps and offset count samples) and answers
+        from the frames whose analysis windows are complete (transcribe: the transcript so far, CTC
+        greedy); the step with "end": true computes the clip's last frames and answers what predict
+        answers for the whole clip, after which the session takes no more steps (409)."""
         return await server.step(session_id, req)
 
     @api.websocket("/sessions/{session_id}/stream")
