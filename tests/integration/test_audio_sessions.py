@@ -69,6 +69,7 @@ def test_a_streamed_clip_answers_the_transcript_so_far_and_predicts_at_the_end(s
         with pytest.raises(RequestError) as e:  # the clip has ended
             s.step([0.0])
         assert e.value.status == 409
+        assert s.step([], end=True)["text"] == want  # an end asked again answers the same
     with client.session("audio-sessions") as s, pytest.raises(RequestError) as e:
         s.step({"samples": y[:100].tolist(), "sample_rate": 8000})
     assert e.value.status == 422 and [f for f, _ in e.value.problems] == ["inputs.sample_rate"]

@@ -125,6 +125,8 @@ def test_transcriber_session_answers_greedy_so_far_and_predict_at_the_end(engine
         with pytest.raises(ApiError) as e:  # the clip has ended
             engine.step(engine.step_inputs([0.0]), state)
         assert e.value.status == 409
+        again, same = engine.step(engine.step_inputs([], True), state, True)  # a retried end: the same answer
+        assert again == answers[-1] and same == state
     assert any(a["text"] for a in answers)  # random weights still emit labels: the test sees text
 
 
@@ -133,12 +135,14 @@ def test_classifier_session_ends_on_predicts_label(engines, digits):
     y, sr = sf.read(digits.x[0], dtype="float32")
     half = len(y) // 2
     wav = {"wav": audio.encode_wav(y[:half], sr)}
-    answers, _ = run_session(engine, [wav, {"samples": y[half:].tolist(), "sample_rate": sr}])
+    answers, state = run_session(engine, [wav, {"samples": y[half:].tolist(), "sample_rate": sr}])
     y16 = np.concatenate([audio.samples_of(wav, sr)[0], y[half:]])  # the WAV chunk's samples are 16-bit
     x, lengths = engine.pre.transform([y16])
     want = engine.respond(engine.model.outputs(x, lengths), lengths)
     assert sum(len(a["labels"]) for a in answers) == lengths[0] == answers[-1]["frames"]
     assert answers[-1]["labels"][-1] == want["labels"][0]
+    assert engine.step(engine.step_inputs([], True), state, True)[0] == {"frames": lengths[0], "end": True, "labels": [],
+                                                                       "probabilities": [], "classes": want["classes"]}
     np.testing.assert_allclose(answers[-1]["probabilities"][-1], want["probabilities"][0], atol=1e-5)
 
 

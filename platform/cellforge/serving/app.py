@@ -529,7 +529,8 @@ def model_api(server: ModelServer) -> FastAPI:
         session takes a clip in chunks at its sample rate (steps and offset count samples) and answers
         from the frames whose analysis windows are complete (transcribe: the transcript so far, CTC
         greedy); the step with "end": true computes the clip's last frames and answers what predict
-        answers for the whole clip, after which the session takes no more steps (409)."""
+        answers for the whole clip, after which the session takes no more audio (409; an empty step with
+        "end": true answers the final transcript again)."""
         return await server.step(session_id, req)
 
     @api.websocket("/sessions/{session_id}/stream")

@@ -9,7 +9,8 @@ clip. The state kept between steps is exactly what the rest of the clip's frames
   frame's window not yet complete, the samples received, the frames computed;
 - ``net``: the network's recurrent state after the frames fed (None before the first);
 - ``last``, ``ids``: transcribe's CTC greedy decoder, the last frame's best class and the labels so far;
-- ``end``: whether the clip has ended (a session then takes no more steps).
+- ``end``: whether the clip has ended (a session then takes no more audio; an empty step with ``end``
+  answers the final transcript again, so a client may retry an end whose answer it lost).
 
 Ints, lists and numpy arrays only: the store actor carries it as it is, Redis as JSON with base64 arrays
 (``redis_store.encode``). The final answer is what ``predict`` answers for the whole clip (transcribe:
@@ -83,24 +84,28 @@ def step(engine, samples: np.ndarray, state: dict[str, Any] | None, end: bool) -
     params, pre = engine.state["audio"], engine.state
     state = start(params) if state is None else state
     if state["end"]:
-        raise ApiError(409, "conflict", "session_id", "the session's clip has ended (a step with \"end\": true); "
-                                                      "start a new session for the next clip")
-    received = state["features"]["received"] + len(samples)
-    if received > params["max_seconds"] * params["sample_rate"]:
-        raise _refuse("inputs", f"{received / params['sample_rate']:.1f} s of audio in this session would be longer "
-                                f"than the maximum {params['max_seconds']:g} s (input.audio.max_seconds)")
-    if end and received == 0:
-        raise _refuse("inputs", "empty audio: the session received no samples before \"end\"")
-    feats, fstate = audio_stream.push(state["features"], samples, params, end)
-    cap = pre.get("max_length") or fstate["frames"]  # predict keeps a clip's first max_length frames
-    before, frames = min(state["features"]["frames"], cap), min(fstate["frames"], cap)
+        if not end or len(samples):
+            raise ApiError(409, "conflict", "session_id", "the session's clip has ended (a step with \"end\": true); "
+                                                          "start a new session for the next clip")
+        # a retried end (its answer lost): nothing new, the same final answer again
+        feats, new = np.zeros((0, audio_stream.width(params)), np.float32), dict(state)
+    else:
+        received = state["features"]["received"] + len(samples)
+        if received > params["max_seconds"] * params["sample_rate"]:
+            raise _refuse("inputs", f"{received / params['sample_rate']:.1f} s of audio in this session would be "
+                                    f"longer than the maximum {params['max_seconds']:g} s (input.audio.max_seconds)")
+        if end and received == 0:
+            raise _refuse("inputs", "empty audio: the session received no samples before \"end\"")
+        feats, fstate = audio_stream.push(state["features"], samples, params, end)
+        new = {**state, "features": fstate, "end": bool(end)}
+    cap = pre.get("max_length") or new["features"]["frames"]  # predict keeps a clip's first max_length frames
+    before, frames = min(state["features"]["frames"], cap), min(new["features"]["frames"], cap)
     feats = feats[: max(0, frames - before)]
-    new = {**state, "features": fstate, "end": bool(end)}
     out = np.zeros((1, 0, engine.model.weights["head.bias"].shape[0]), np.float32)
     if len(feats):
         x = scale(feats, pre["scaler"]).astype(np.float32)[None]
         out, new["net"] = engine.step_net(x, state["net"])
-    head = {"frames": frames, "end": bool(end)}
+    head = {"frames": frames, "end": new["end"]}
     if engine.spec.task == "transcribe":
         more, new["last"] = ctc.greedy_more(ctc.log_softmax(np.asarray(out[0], np.float64)), state["last"])
         new["ids"] = state["ids"] + more

@@ -163,7 +163,8 @@ class StepRequest(_Strict):
     end: bool = Field(False, strict=True, description="audio models: the clip ends with this chunk: its last "
                                                       "frames are computed (they need the clip's end) and the "
                                                       "answer is predict's for the whole clip; the session "
-                                                      "then takes no more steps (409).")
+                                                      "then takes no more audio (409; an empty step with end "
+                                                      "answers the final transcript again).")
 
     _ints = field_validator("offset", mode="before")(_integral)
 
