@@ -2,9 +2,10 @@
 whatever the chunking (empty chunks, chunks shorter than a hop, clips shorter than a window); an engine's
 audio session answers at every step the greedy decode of the frames so far and at the end predict's
 transcript; its state survives Redis' JSON encoding and a real redis-server; torch's logits over the
-whole clip equal the numpy reference's streamed ones; every refusal names its field; the step route's
-OpenAPI schema accepts exactly what the engine accepts. Bundles of seeded random weights: the numbers,
-not the quality, are under test (tests/integration/test_audio_sessions.py serves a trained one)."""
+whole clip equal the numpy reference's streamed ones, and runtime onnx streams the same transcripts;
+every refusal names its field; the step route's OpenAPI schema accepts exactly what the engine accepts.
+Bundles of seeded random weights: the numbers, not the quality, are under test
+(tests/integration/test_audio_sessions.py serves a trained one)."""
 
 from __future__ import annotations
 
@@ -250,3 +251,13 @@ def test_step_schema_accepts_exactly_what_the_engine_accepts(engines, digits, tm
         except InputError:
             accepted = False
         assert inputs.is_valid(raw) == accepted, raw
+
+
+def test_onnx_runtime_streams_the_same_transcripts(engines, digits):
+    numpy_engine = engines["transcribe"]
+    onnx_engine = Engine(DeployConfig(bundle=numpy_engine.cfg.bundle, name="t", runtime="onnx"))
+    y, _ = sf.read(digits.x[0], dtype="float32")
+    pieces = [c.tolist() for c in chunks(y, np.random.default_rng(7), 5000)]
+    got, want = run_session(onnx_engine, pieces)[0], run_session(numpy_engine, pieces)[0]
+    x, lengths = onnx_engine.prepare([y])
+    assert got == want and got[-1]["text"] == onnx_engine.respond(onnx_engine.run([(x, lengths)])[0], lengths)["texts"][0]
