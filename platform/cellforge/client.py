@@ -9,6 +9,9 @@
 
     >>> with client.session("digits") as s, s.socket() as ws:                 # doctest: +SKIP
     ...     ws.step(images[0][:4].tolist()); ws.step(images[0][4:].tolist())   # one WebSocket
+    >>> with client.session("digit-strings") as s:          # an audio model: a clip's chunks  # doctest: +SKIP
+    ...     s.step(samples[:8000]); s.step(samples[8000:], end=True)["text"]
+    'three one four'
 
 Errors come back as ``RequestError`` carrying the server's JSON (``problems`` name the fields).
 Session steps send their ``offset``, so a step retried after a lost replica never applies twice.
@@ -147,10 +150,11 @@ class Session:
         self.client, self.name, self.id, self.version = client, name, session_id, version
         self.steps = 0  # steps the server has consumed, sent as the offset of the next step
 
-    def step(self, inputs: Any) -> dict[str, Any]:
+    def step(self, inputs: Any, end: bool = False) -> dict[str, Any]:
+        """New steps (an audio model: the clip's next chunk; ``end``: the clip ends with it)."""
         if hasattr(inputs, "tolist"):
             inputs = inputs.tolist()
-        body = {"inputs": inputs, "offset": self.steps}
+        body = {"inputs": inputs, "offset": self.steps, **({"end": True} if end else {})}
         # x-session-id: with affinity, Serve routes the session's steps to one replica (its cache)
         out = self.client._call("POST", f"/v1/models/{self.name}/sessions/{self.id}/step", body,
                                 headers={"x-session-id": self.id})
@@ -191,13 +195,13 @@ class SessionSocket:
         self._ws = connect(f"{url}/v1/models/{session.name}/sessions/{session.id}/stream",
                            additional_headers=headers, open_timeout=self.timeout)
 
-    def step(self, inputs: Any) -> dict[str, Any]:
+    def step(self, inputs: Any, end: bool = False) -> dict[str, Any]:
         if hasattr(inputs, "tolist"):
             inputs = inputs.tolist()
         from websockets.exceptions import ConnectionClosed
 
         try:
-            self._ws.send(json.dumps({"inputs": inputs, "offset": self.session.steps}))
+            self._ws.send(json.dumps({"inputs": inputs, "offset": self.session.steps, **({"end": True} if end else {})}))
         except ConnectionClosed:
             pass  # the server refused the session and closed: its answer is still to be read
         out = json.loads(self._ws.recv(timeout=self.timeout))

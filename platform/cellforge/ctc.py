@@ -49,8 +49,22 @@ def text(state: dict[str, Any], ids) -> str:
 
 def greedy_ids(log_p: np.ndarray) -> list[int]:
     """Best path: the most likely class per step, repeats merged, blanks dropped."""
-    best = np.asarray(log_p).argmax(-1)
-    return [int(c) for j, c in enumerate(best) if c != BLANK and (j == 0 or c != best[j - 1])]
+    return greedy_more(log_p)[0]
+
+
+def greedy_more(log_p: np.ndarray, last: int = BLANK) -> tuple[list[int], int]:
+    """``greedy_ids`` of steps that follow steps whose best class was ``last`` (a stream's: a blank before
+    the first step merges nothing): the labels they add, and their own last best class.
+
+        >>> log_p = np.log(np.eye(3)[[2, 2, 0, 1, 1, 0, 1]] * 0.97 + 0.01)
+        >>> a, last = greedy_more(log_p[:4])
+        >>> b, last = greedy_more(log_p[4:], last)
+        >>> a + b == greedy_ids(log_p), a, b
+        (True, [2, 1], [1])
+    """
+    best = [int(c) for c in np.asarray(log_p).argmax(-1)]
+    ids = [c for c, before in zip(best, [last, *best]) if c != BLANK and c != before]
+    return ids, best[-1] if best else last
 
 
 def greedy(state: dict[str, Any], log_p: np.ndarray) -> str:

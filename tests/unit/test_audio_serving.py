@@ -45,7 +45,7 @@ def test_classifier_engine_takes_wav_and_samples(tmp_path, words):
     np.testing.assert_allclose(got["probabilities"][:3], want[:3], atol=1e-5)
     np.testing.assert_allclose(got["probabilities"][3], want[3], atol=2e-2)  # resampled twice: close, not equal
     assert got["labels"][:3] == model.predict(words.x[:3]).tolist()
-    assert engine.info("classify")["input"]["audio"]["n_mels"] == 16 and engine.no_sessions
+    assert engine.info("classify")["input"]["audio"]["n_mels"] == 16 and engine.streams  # per_utterance off
     for bad, field in ((words.x[0], "inputs.0"), (["x"], "inputs.0"), ({"wav": "@@"}, "inputs.0.wav"),
                        ({"samples": [0.0] * 10, "sample_rate": 0}, "inputs.0.sample_rate"),
                        ({"samples": [[]] * 3}, "inputs.0")):

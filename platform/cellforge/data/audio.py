@@ -25,6 +25,10 @@ import numpy as np
 from cellforge.errors import SpecError
 
 LOG_FLOOR = 1e-6  # log(mel power + floor): silence is finite
+# frames are centred: the clip is padded by frame_length // 2 zeros each side (librosa's default since 0.10,
+# 'reflect' before it: named here so a bundle's features do not change with librosa's default, and so
+# cellforge.data.audio_stream pads a stream exactly as this pads the whole clip)
+PAD_MODE = "constant"
 
 
 def _bad(where: str, message: str) -> SpecError:
@@ -39,18 +43,7 @@ def load(clip: Any, params: dict[str, Any], where: str = "inputs.0") -> np.ndarr
     format soundfile reads). Unreadable, empty, 0-channel, too long, or another sample rate with
     ``resample`` off -> a SpecError naming ``where``."""
     sr_model = params["sample_rate"]
-    if isinstance(clip, (str, Path)):
-        audio, sr = _read(clip, where)
-    elif isinstance(clip, dict):
-        audio, sr = _from_dict(clip, sr_model, where)
-    else:
-        audio, sr = _array(clip, where), sr_model
-    if audio.ndim == 2:  # (samples, channels), soundfile's layout
-        if audio.shape[1] == 0:
-            raise _bad(where, "audio with 0 channels")
-        audio = audio.mean(1)
-    if audio.ndim != 1:
-        raise _bad(where, f"expected mono samples (a 1-D array) or (samples, channels), got shape {audio.shape}")
+    audio, sr = samples_of(clip, sr_model, where)
     if audio.size == 0:
         raise _bad(where, "empty audio: no samples")
     if not np.isfinite(audio).all():
@@ -68,24 +61,51 @@ def load(clip: Any, params: dict[str, Any], where: str = "inputs.0") -> np.ndarr
     return np.asarray(audio, np.float32)
 
 
+def samples_of(clip: Any, sr_model: int, where: str = "inputs.0") -> tuple[np.ndarray, int]:
+    """One clip (as ``load`` takes it) -> its mono samples (possibly none) and their sample rate, unchecked
+    otherwise (``load`` refuses empty, non-finite and too long audio; a session's chunk may be empty)."""
+    if isinstance(clip, (str, Path)):
+        audio, sr = _read(clip, where)
+    elif isinstance(clip, dict):
+        audio, sr = _from_dict(clip, sr_model, where)
+    else:
+        audio, sr = _array(clip, where), sr_model
+    if audio.ndim == 2:  # (samples, channels), soundfile's layout
+        if audio.shape[1] == 0:
+            raise _bad(where, "audio with 0 channels")
+        audio = audio.mean(1)
+    if audio.ndim != 1:
+        raise _bad(where, f"expected mono samples (a 1-D array) or (samples, channels), got shape {audio.shape}")
+    return audio, sr
+
+
 def features(audio: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     """Mono samples -> (frames, features) float32: log-mel power or MFCC, optionally normalised per
     utterance (each feature's mean and variance over the clip)."""
-    import librosa
-
-    sr, n_fft, hop = params["sample_rate"], params["frame_length"], params["hop_length"]
+    n_fft = params["frame_length"]
     y = np.asarray(audio, np.float32)
     if y.size < n_fft:  # librosa warns and centres on a too-short frame: pad to one whole frame
         y = np.pad(y, (0, n_fft - y.size))
-    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=n_fft, hop_length=hop, n_mels=params["n_mels"])
-    f = np.log(mel + LOG_FLOOR)
-    if params["features"] == "mfcc":
-        f = librosa.feature.mfcc(S=f, n_mfcc=params["n_mfcc"])
-    f = f.T.astype(np.float64)
+    f = frames(y, params, center=True).astype(np.float64)
     if params["per_utterance"]:
         sd = f.std(0)
         f = (f - f.mean(0)) / np.where(sd > 0, sd, 1.0)
     return f.astype(np.float32)
+
+
+def frames(y: np.ndarray, params: dict[str, Any], center: bool) -> np.ndarray:
+    """Samples -> (frames, features) float32, log-mel or MFCC, each frame from its own window alone.
+    ``center``: frame t's window is centred on sample t * hop (the clip padded by ``PAD_MODE``); off, it
+    starts there (what a stream computes from samples it holds: ``cellforge.data.audio_stream``)."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=y, sr=params["sample_rate"], n_fft=params["frame_length"],
+                                         hop_length=params["hop_length"], n_mels=params["n_mels"], center=center,
+                                         pad_mode=PAD_MODE)
+    f = np.log(mel + LOG_FLOOR)
+    if params["features"] == "mfcc":  # a DCT over each frame's log-mels
+        f = librosa.feature.mfcc(S=f, n_mfcc=params["n_mfcc"])
+    return f.T
 
 
 def featurize(clips: Any, params: dict[str, Any]) -> list[np.ndarray]:

@@ -321,7 +321,7 @@ class ModelServer:
     async def step(self, sid: str, req: StepRequest) -> dict[str, Any]:
         if not self.engine.streams:
             raise ApiError(400, "unsupported", "model", self.engine.no_sessions)
-        x = self.engine.step_inputs(req.inputs)
+        x = self.engine.step_inputs(req.inputs, req.end if "end" in req.model_fields_set else None)
         s = self.cache.get(sid) if self.cache is not None else None
         fresh = s is None
         if fresh:
@@ -334,7 +334,7 @@ class ModelServer:
             raise ApiError(409, "conflict", "offset", f"the session has consumed {s['steps']} steps, "
                                                       f"got offset {req.offset}")
         with self.answering(self.engine.version, "step"):
-            answer, state = await self._advance(x, s["state"])
+            answer, state = await self._advance(x, s["state"], req.end)
         steps = s["steps"] + x.shape[1]
         status = await self.metrics.timed("advance", self.sessions.advance(sid, s["steps"], state, steps, self.name))
         if status == "conflict" and not fresh:
@@ -384,12 +384,12 @@ class ModelServer:
     async def step_retired(self, sid: str, req: StepRequest, s: dict[str, Any], engine: Engine) -> dict[str, Any]:
         """A step of a session started on the version a promote replaced, with that version's engine
         (one forward pass of its own: these sessions are few and ending)."""
-        x = engine.step_inputs(req.inputs)
+        x = engine.step_inputs(req.inputs, req.end if "end" in req.model_fields_set else None)
         if req.offset is not None and req.offset != s["steps"]:
             raise ApiError(409, "conflict", "offset", f"the session has consumed {s['steps']} steps, "
                                                       f"got offset {req.offset}")
         with self.answering(engine.version, "step"):
-            answer, state = engine.step(x, s["state"])
+            answer, state = engine.step(x, s["state"], req.end)
         steps = s["steps"] + x.shape[1]
         status = await self.metrics.timed("advance", self.sessions.advance(sid, s["steps"], state, steps, self.name))
         if status != "ok":
@@ -398,12 +398,12 @@ class ModelServer:
                            else f"session {sid!r} ended while stepping")
         return {"session_id": sid, "model": self.name, "version": engine.version, "steps": steps, **answer}
 
-    async def _advance(self, x: np.ndarray, state: Any) -> tuple[dict[str, Any], Any]:
-        """One session step's answer and the state to keep. An anomaly stream's windows join those of
-        the other streams stepping now in one forward pass (with batching on and company in flight):
-        benchmarks/anomaly.py --streams, 1,000 streams."""
+    async def _advance(self, x: np.ndarray, state: Any, end: bool = False) -> tuple[dict[str, Any], Any]:
+        """One session step's answer and the state to keep (``end``: an audio model's clip ends). An anomaly
+        stream's windows join those of the other streams stepping now in one forward pass (with batching on
+        and company in flight): benchmarks/anomaly.py --streams, 1,000 streams."""
         if self.engine.spec.task != "anomaly":
-            return self.engine.step(x, state)
+            return self.engine.step(x, state, end)
         work = self.engine.stream_work(x, state)
         if not len(work.windows):  # still warming up: nothing to score
             return work.answer(None), work.carry
@@ -527,6 +527,12 @@ def model_api(server: ModelServer) -> FastAPI:
 
     @api.post("/sessions/{session_id}/step", response_model=StepResponse, response_model_exclude_none=True)
     async def step(session_id: str, req: StepRequest):
+        """New steps of a session, answered from the recurrent state the server keeps. An audio model's
+        session takes a clip in chunks at its sample rate (steps and offset count samples) and answers
+        from the frames whose analysis windows are complete (transcribe: the transcript so far, CTC
+        greedy); the step with "end": true computes the clip's last frames and answers what predict
+        answers for the whole clip, after which the session takes no more audio (409; an empty step with
+        "end": true answers the final transcript again)."""
         return await server.step(session_id, req)
 
     @api.websocket("/sessions/{session_id}/stream")

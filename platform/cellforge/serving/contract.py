@@ -59,16 +59,17 @@ def input_schemas(engine, cfg) -> dict[str, dict[str, Any]]:
         length = engine.translator.max_length if engine.seq2seq else cfg.max_length
         one, stepped = text(st.get("tokenizer"), 0, length), text(st.get("tokenizer"), 1, length)
         desc = f"Texts, at most {length} tokens each."
-    elif st["input_type"] == "audio":  # clips (cellforge.data.audio.from_request); no sessions
-        samples = {"type": "array", "items": {"type": "number"}, "minItems": 1}
-        one = {"oneOf": [samples,
-                         {"type": "object", "required": ["samples"], "additionalProperties": False,
-                          "properties": {"samples": samples, "sample_rate": {"type": "integer", "minimum": 1}}},
-                         {"type": "object", "required": ["wav"], "additionalProperties": False,
-                          "properties": {"wav": {"type": "string", "contentEncoding": "base64"}}}]}
-        stepped = one
-        desc = (f"Audio clips: mono samples at {st['audio']['sample_rate']} Hz, {{'samples', 'sample_rate'}} "
+    elif st["input_type"] == "audio":  # clips (cellforge.data.audio.from_request)
+        sr = st["audio"]["sample_rate"]
+        one = clip({"type": "integer", "minimum": 1}, {"type": "number"}, 1)
+        # a session's chunk (serving.audio_session.chunk): at the model's rate only, possibly empty
+        stepped = clip({"type": "integer", "enum": [sr]}, number(), 0)
+        desc = (f"Audio clips: mono samples at {sr} Hz, {{'samples', 'sample_rate'}} "
                 "(resampled), or {'wav': base64 WAV/FLAC/OGG}.")
+        chunk = (f"The clip's next chunk (it may be empty): mono samples at {sr} Hz (|sample| <= {MAX_ABS:g}), "
+                 f"{{'samples', 'sample_rate': {sr}}} or {{'wav': base64 WAV/FLAC/OGG at {sr} Hz}}; a session "
+                 "takes no other sample rate (a chunk resampled alone is not the clip resampled). Its steps (and "
+                 "offset) count samples; \"end\": true ends the clip and answers predict's answer for it whole.")
     else:
         one = steps(st["num_features"], cfg.max_length)
         stepped = one
@@ -76,9 +77,21 @@ def input_schemas(engine, cfg) -> dict[str, dict[str, Any]]:
                 f"with |value| <= {MAX_ABS:g}" + (" (or one bare number)" if st["num_features"] == 1 else ""))
     batch = {"type": "array", "items": one, "minItems": 1, "maxItems": cfg.max_inputs,
              "description": f"{desc} At most {cfg.max_inputs} per request."}
-    return {"PredictRequest": batch, "ExplainRequest": batch,
-            "StepRequest": {**stepped, "description": "New time steps: " + ("text whose tokens are the steps."
-                                                                             if engine.text else desc + ".")}}
+    if engine.audio:
+        step_desc = chunk
+    else:
+        step_desc = "New time steps: " + ("text whose tokens are the steps." if engine.text else desc + ".")
+    return {"PredictRequest": batch, "ExplainRequest": batch, "StepRequest": {**stepped, "description": step_desc}}
+
+
+def clip(rate: dict[str, Any], sample: dict[str, Any], least: int) -> dict[str, Any]:
+    """An audio clip (or chunk) as a request carries it: samples, {samples, sample_rate} or {wav}."""
+    samples = {"type": "array", "items": sample, "minItems": least}
+    return {"oneOf": [samples,
+                      {"type": "object", "required": ["samples"], "additionalProperties": False,
+                       "properties": {"samples": samples, "sample_rate": rate}},
+                      {"type": "object", "required": ["wav"], "additionalProperties": False,
+                       "properties": {"wav": {"type": "string", "contentEncoding": "base64"}}}]}
 
 
 def exact(doc: dict[str, Any], engine, cfg, errors: dict[str, list[int]]) -> dict[str, Any]:
@@ -90,6 +103,8 @@ def exact(doc: dict[str, Any], engine, cfg, errors: dict[str, list[int]]) -> dic
     if not engine.seq2seq:  # predict's decoding fields: refused by every other task (422 naming them)
         for f in ("strategy", "beam_width", "return_attention", "stream"):
             schemas["PredictRequest"]["properties"].pop(f, None)
+    if not engine.audio:  # a step's "end" ends an audio clip; other models refuse it (422 naming it)
+        schemas["StepRequest"]["properties"].pop("end", None)
     if engine.spec.task != "tag":  # explain's "step" is only for tag models
         schemas["ExplainRequest"]["properties"].pop("step", None)
     width = engine.model.weights["head.bias"].shape[0] if not engine.seq2seq else None

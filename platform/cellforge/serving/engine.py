@@ -26,6 +26,7 @@ from cellforge.data import audio
 from cellforge.data.preprocess import scale
 from cellforge.errors import SpecError
 from cellforge.model import load
+from cellforge.serving import audio_session
 from cellforge.serving.config import DeployConfig, version_of
 from cellforge.serving.contract import MAX_ABS
 from cellforge.serving.schema import ApiError, InputError, Problem
@@ -79,6 +80,7 @@ class Engine:
         self.spec, self.pre = self.model.spec, self.model.preprocessor
         self.state = self.pre.state
         self.text = self.state["input_type"] == "text"
+        self.audio = self.state["input_type"] == "audio"
         self.version = version_of(cfg)
         # where the bundle came from (load() verified the manifest): GET /v1/models shows its run
         self.provenance = json.loads((Path(cfg.bundle) / "manifest.json").read_text()).get("provenance") or {}
@@ -196,12 +198,23 @@ class Engine:
             return "a seq2seq model reads whole inputs; stream its output with predict's \"stream\": true"
         if self.spec.bidirectional:
             return "a bidirectional model reads whole sequences; sessions need a unidirectional one"
-        if self.state["input_type"] == "audio":
-            return "an audio model reads whole clips; send each clip to predict"
+        if self.audio and self.state["audio"]["per_utterance"]:
+            return ("input.audio.per_utterance is on: each feature is normalised by the whole clip's mean and "
+                    "variance, unknown until the clip ends; send each clip to predict (sessions need a model "
+                    "trained with per_utterance off)")
         return None
 
-    def step_inputs(self, raw: list[Any] | str) -> np.ndarray:
-        """A session step's new steps -> a (1, t, F) array (token ids (1, t) for text)."""
+    def step_inputs(self, raw: list[Any] | dict[str, Any] | str, end: bool | None = None) -> np.ndarray:
+        """A session step's new steps -> a (1, t, F) array (token ids (1, t) for text; an audio model's
+        chunk: (1, samples)). ``end`` (given or not): for audio models only."""
+        if self.audio:
+            return audio_session.chunk(raw, self.state["audio"])[None]
+        if end is not None:
+            raise InputError([Problem(field="end", message="only for audio models (it ends a session's clip); "
+                                                           f"this model's input is {self.state['input_type']}")])
+        if isinstance(raw, dict):
+            raise InputError([Problem(field="inputs", message="expected " + ("text (a string)" if self.text else
+                                                                             "a list of steps") + ", got an object")])
         if self.text:
             if not isinstance(raw, str):
                 raise InputError([Problem(field="inputs", message="expected text (a string) for a text model")])
@@ -228,24 +241,31 @@ class Engine:
                                                               f"maximum {self.cfg.max_length}")])
         return arr
 
-    def step(self, x: np.ndarray, state: list | None) -> tuple[dict[str, Any], list]:
+    def step(self, x: np.ndarray, state: Any, end: bool = False) -> tuple[dict[str, Any], Any]:
         """Run new steps from ``state``; the answer for each step and the state to keep.
 
         Step t's answer is what ``predict`` gives for the sequence's first t steps. (A forecaster's
         ``predict`` reads only the last ``window`` steps, a session everything from its start: the
-        two agree while a session is at most ``window`` steps long.)
+        two agree while a session is at most ``window`` steps long.) An audio model's ``x`` is a chunk
+        of samples, its answer the clip's so far, and ``end`` ends the clip (``serving.audio_session``).
         """
         if not self.streams:
             raise ApiError(400, "unsupported", "model", self.no_sessions)
+        if self.audio:
+            return audio_session.step(self, x[0], state, end)
         if self.spec.task == "anomaly":  # the state kept is the stream's last window (see anomaly.scores)
             work = self.stream_work(x, state)
             return work.answer(self.windows_outputs([work.windows])[0] if len(work.windows) else None), work.carry
-        out, new_state = self._step(x, state)
+        out, new_state = self.step_net(x, state)
+        return self.step_answer(out), new_state
+
+    def step_answer(self, out: np.ndarray) -> dict[str, Any]:
+        """A session step's (1, t, outputs) network outputs -> one answer per new step."""
         steps = out.shape[1]
         if self.spec.task == "tag":
             d = self.respond(out, np.asarray([steps]))
-            return {k: (v[0] if k != "classes" else v) for k, v in d.items()}, new_state
-        return self.respond(out[0], np.full(steps, 1)), new_state
+            return {k: (v[0] if k != "classes" else v) for k, v in d.items()}
+        return self.respond(out[0], np.full(steps, 1))
 
     def stream_work(self, x: np.ndarray, carry: dict[str, Any] | None) -> StreamStep:
         """An anomaly stream's step as windows to score and how to answer from their outputs
@@ -259,7 +279,7 @@ class Engine:
         out = self.model.outputs(xs, np.full(len(xs), self.state["window"], np.int64))
         return np.split(out, np.cumsum([len(w) for w in windows])[:-1])
 
-    def _step(self, x: np.ndarray, state: list | None):
+    def step_net(self, x: np.ndarray, state: list | None):
         """The numpy reference's step, or with runtime onnx the single-step ONNX graph (same state layout)."""
         if self.cfg.runtime == "onnx":
             return self.model.backend.step(self.model.net, x, state)

@@ -153,11 +153,18 @@ class SessionDeleted(_Strict):
 
 
 class StepRequest(_Strict):
-    inputs: list[Any] | str = Field(description="New time steps: a list of steps (each a list of feature "
-                                                "values or one number), or text whose tokens are the steps.")
+    inputs: list[Any] | dict[str, Any] | str = Field(
+        description="New time steps: a list of steps (each a list of feature values or one number), text "
+                    "whose tokens are the steps, or for an audio model the clip's next chunk (samples, "
+                    "{'samples', 'sample_rate'} or {'wav': base64}; steps are samples).")
     offset: Annotated[Int, Field(ge=0)] | None = Field(None, description="Steps the session has consumed so far; when given, "
                                                       "a mismatch answers 409 instead of applying the "
                                                       "steps twice (safe retries).")
+    end: bool = Field(False, strict=True, description="audio models: the clip ends with this chunk: its last "
+                                                      "frames are computed (they need the clip's end) and the "
+                                                      "answer is predict's for the whole clip; the session "
+                                                      "then takes no more audio (409; an empty step with end "
+                                                      "answers the final transcript again).")
 
     _ints = field_validator("offset", mode="before")(_integral)
 
@@ -175,6 +182,11 @@ class StepResponse(_Strict):
     probabilities: list[Any] | None = None
     classes: list[Any] | None = None
     values: list[Any] | None = None
+    # audio models: the feature frames fed so far, the transcript so far (transcribe, CTC greedy), and
+    # whether the clip has ended (the answer is then predict's for the whole clip)
+    frames: int | None = None
+    text: str | None = None
+    end: bool | None = None
 
 
 class ModelInfo(_Strict):
