@@ -25,6 +25,7 @@ from cellforge.errors import Problems, Strict
 TASKS = ("classify", "regress", "forecast", "tag", "seq2seq", "anomaly", "transcribe")
 SEQ2SEQ_FIELDS = ("attention", "decoder", "target", "decode")  # None on every other task
 FRAMEWORKS = ("torch", "tensorflow")
+POOLED_TASKS = ("classify", "regress")  # the tasks whose head may read a pooled summary (ModelSpec.pooling)
 
 
 class _Strict(Strict):
@@ -260,6 +261,11 @@ class ModelSpec(_Strict):
     num_layers: int = Field(1, gt=0, le=16)
     bidirectional: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)  # between stacked layers
+    # classify/regress: what the head reads. last: the top layer's output at the sequence's last step
+    # (bidirectional: the forward direction's there and the backward one's at step 0); mean / max: the
+    # top layer's outputs averaged / maxed over the sequence's own steps (padding left out). Sessions
+    # (step by step) need 'last': a pooled answer reads all of a sequence's steps
+    pooling: Literal["last", "mean", "max"] = "last"
     num_classes: int | None = Field(None, gt=1)  # classify/tag; filled in from the data
     num_outputs: int | None = Field(None, gt=0)  # regress; filled in from the data
     horizon: int = Field(1, gt=0)  # forecast: steps ahead
@@ -317,6 +323,9 @@ class ModelSpec(_Strict):
                                                   "so the network reads forward only; got true"))
         elif self.anomaly is not None:
             problems.append(("anomaly", f"only for task 'anomaly', got task {self.task!r}"))
+        if self.pooling != "last" and self.task not in POOLED_TASKS:
+            problems.append(("pooling", f"only for tasks {list(POOLED_TASKS)} (one answer per sequence), got task "
+                                        f"{self.task!r}; use 'last'"))
         if self.input.type == "audio" and self.task in ("forecast", "anomaly"):
             problems.append(("input.type", f"{self.task} needs numeric input, got 'audio'"))
         if self.input.type != "audio" and self.input.audio is not None:
@@ -364,6 +373,8 @@ class ModelSpec(_Strict):
                 data["training"].pop("teacher_forcing")
         if self.task != "anomaly" and isinstance(data, dict) and data.get("anomaly") is None:
             data.pop("anomaly", None)
+        if isinstance(data, dict) and data.get("pooling") == "last":
+            data.pop("pooling")  # what specs were before pooling existed, readable by the cellforge that wrote them
         if isinstance(data, dict) and isinstance(data.get("input"), dict) and data["input"].get("audio") is None:
             data["input"].pop("audio", None)  # what non-audio specs were before audio existed
         return data
