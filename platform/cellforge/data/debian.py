@@ -4,6 +4,8 @@
 
 ``groups`` is the description without its parenthesised parts, so a package's '(data files)' or
 '(documentation)' companions land in the split of the package itself.
+``debian_splits`` cuts it into train / validation / test by group (the split ``cf.fit`` would make), to
+give ``cf.fit`` as official splits, so the baseline sees exactly the model's examples.
 ``tfidf_baseline`` is the reference a recurrent model is held against: TF-IDF + logistic regression
 (scikit-learn) on the same split.
 
@@ -32,6 +34,24 @@ def debian_descriptions() -> Sequences:
     texts = [r["description"] for r in rows]
     groups = [re.sub(r"\s*\([^)]*\)", "", t).strip().lower() for t in texts]
     return Sequences(texts, [r["section"] for r in rows], name="debian_descriptions", groups=groups)
+
+
+def debian_splits(val: float = 0.15, test: float = 0.15, seed: int = 0) -> dict[str, Sequences]:
+    """``debian_descriptions`` split by group at random (``cellforge.data.preprocess.split_groups``, as
+    ``cf.fit`` splits a grouped data set at these fractions): {'train', 'val', 'test'} -> Sequences.
+
+        >>> s = debian_splits()
+        >>> {k: len(v.x) for k, v in s.items()}
+        {'train': 2798, 'val': 588, 'test': 614}
+        >>> bool(set(s["train"].groups) & set(s["test"].groups))
+        False
+    """
+    from cellforge.data.preprocess import split_groups
+
+    d = debian_descriptions()
+    rows = split_groups(d.groups, val, test, seed)
+    return {k: Sequences([d.x[i] for i in r], [d.y[i] for i in r], name=f"debian_descriptions[{k}]",
+                         groups=[d.groups[i] for i in r]) for k, r in rows.items()}
 
 
 def tfidf_baseline(train_x: list[str], train_y, test_x: list[str], test_y) -> float:
