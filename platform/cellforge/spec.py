@@ -25,7 +25,6 @@ from cellforge.errors import Problems, Strict
 TASKS = ("classify", "regress", "forecast", "tag", "seq2seq", "anomaly", "transcribe")
 SEQ2SEQ_FIELDS = ("attention", "decoder", "target", "decode")  # None on every other task
 FRAMEWORKS = ("torch", "tensorflow")
-POOLED_TASKS = ("classify", "regress")  # the tasks whose head may read a pooled summary (ModelSpec.pooling)
 
 
 class _Strict(Strict):
@@ -263,11 +262,6 @@ class ModelSpec(_Strict):
     num_layers: int = Field(1, gt=0, le=16)
     bidirectional: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)  # between stacked layers
-    # classify/regress: what the head reads. last: the top layer's output at the sequence's last step
-    # (bidirectional: the forward direction's there and the backward one's at step 0); mean / max: the
-    # top layer's outputs averaged / maxed over the sequence's own steps (padding left out). Sessions
-    # (step by step) need 'last': a pooled answer reads all of a sequence's steps
-    pooling: Literal["last", "mean", "max"] = "last"
     # dropout on what the head reads (the summary, or each step's output for tag/transcribe), in training
     # only. With input.dropout 0.5 too it took a word-level GRU on debian_descriptions from 0.749 to 0.790
     # test accuracy (TF-IDF + logistic regression: 0.795; tests/integration/test_real_text.py)
@@ -329,9 +323,6 @@ class ModelSpec(_Strict):
                                                   "so the network reads forward only; got true"))
         elif self.anomaly is not None:
             problems.append(("anomaly", f"only for task 'anomaly', got task {self.task!r}"))
-        if self.pooling != "last" and self.task not in POOLED_TASKS:
-            problems.append(("pooling", f"only for tasks {list(POOLED_TASKS)} (one answer per sequence), got task "
-                                        f"{self.task!r}; use 'last'"))
         if self.head_dropout and (self.task == "seq2seq" or self.reconstructs):
             problems.append(("head_dropout", "this network has no head (its decoder answers); got "
                                              f"{self.head_dropout:g}"))
@@ -383,8 +374,6 @@ class ModelSpec(_Strict):
         if self.task != "anomaly" and isinstance(data, dict) and data.get("anomaly") is None:
             data.pop("anomaly", None)
         # unset options left out: what specs were before they existed, readable by the cellforge that wrote them
-        if isinstance(data, dict) and data.get("pooling") == "last":
-            data.pop("pooling")
         if isinstance(data, dict) and data.get("head_dropout") == 0.0:
             data.pop("head_dropout")
         if isinstance(data, dict) and isinstance(data.get("input"), dict) and data["input"].get("dropout") == 0.0:

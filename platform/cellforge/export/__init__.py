@@ -47,9 +47,6 @@ def export(bundle: str | Path, out: str | Path, format: str = "onnx", step: bool
     if step and spec.bidirectional:
         problems.append(("step", "a bidirectional model cannot be exported as a single-step graph: its backward "
                                  "direction reads the whole sequence; export it without --step"))
-    if step and spec.pooling != "last":
-        problems.append(("step", f"a model with pooling {spec.pooling!r} answers from all of a sequence's steps, "
-                                 "so it has no single-step graph; export it without --step"))
     if spec.task == "seq2seq":
         problems.append(("bundle", "a seq2seq model cannot be exported yet: its decoder's search runs in Python"))
     if problems:

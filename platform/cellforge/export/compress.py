@@ -125,7 +125,7 @@ def compress(source: str | Path, data: Any, out: str | Path, quantize: str | Non
     if quantize:
         float_graph = sequence_graph(spec, weights)
         extra[GRAPH] = quantize_int8(float_graph)
-        if not spec.bidirectional and spec.pooling == "last":  # the others have no step graph
+        if not spec.bidirectional:
             extra[STEP_GRAPH] = quantize_int8(step_graph(spec, weights))
         record["quantizer"] = "onnxruntime.quantization.quantize_dynamic (QInt8 weights)"
         record["size_bytes"] = {"float32": len(float_graph.SerializeToString()), "int8": len(extra[GRAPH])}

@@ -198,9 +198,6 @@ class Engine:
             return "a bidirectional model reads whole sequences; sessions need a unidirectional one"
         if self.state["input_type"] == "audio":
             return "an audio model reads whole clips; send each clip to predict"
-        if self.spec.pooling != "last":
-            return (f"a model with pooling {self.spec.pooling!r} answers from all of a sequence's steps; sessions "
-                    "need pooling 'last' (send whole sequences to predict)")
         return None
 
     def step_inputs(self, raw: list[Any] | str) -> np.ndarray:

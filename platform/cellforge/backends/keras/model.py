@@ -165,21 +165,8 @@ class Net(keras.Model):
                     o = rnns[1](tf.gather(h, rev, batch_dims=1), mask=mask, training=training)
                     outs.append(tf.gather(o, rev, batch_dims=1))
             h = tf.concat(outs, -1) if len(outs) > 1 else outs[0]
-        if spec.pooling != "last":
-            return h, pool(h, lengths, spec.pooling)
         last = h[:, -1, :hidden] if full else tf.gather(h[..., :hidden], tf.maximum(lengths - 1, 0), batch_dims=1)
         return h, (tf.concat([last, h[:, 0, hidden:]], -1) if spec.bidirectional else last)
-
-
-def pool(seq, lengths, how: str):
-    """(B, T, D) outputs -> (B, D): their mean or max over each sequence's first ``lengths`` steps (0 for an
-    empty sequence), as cellforge.backends.numpy.model.pool."""
-    mask = tf.sequence_mask(lengths, tf.shape(seq)[1])[..., None]
-    if how == "mean":
-        n = tf.cast(tf.maximum(lengths, 1), seq.dtype)[:, None]
-        return tf.reduce_sum(tf.where(mask, seq, tf.zeros_like(seq)), 1) / n
-    top = tf.reduce_max(tf.where(mask, seq, tf.fill(tf.shape(seq), tf.constant(-np.inf, seq.dtype))), 1)
-    return tf.where(lengths[:, None] > 0, top, tf.zeros_like(top))
 
 
 # canonical <-> Keras ----------------------------------------------------------------

@@ -128,29 +128,11 @@ def features(spec: ModelSpec, params, x, lengths):
                 o = o[rows, rev]
             outs.append(o)
         h = np.concatenate(outs, -1)
-    if spec.pooling != "last":
-        return h, pool(h, lengths, spec.pooling)
     last = h[np.arange(h.shape[0]), np.maximum(lengths - 1, 0), : spec.hidden_size]
     summary = [last]
     if spec.bidirectional:
         summary.append(h[:, 0, spec.hidden_size :])
     return h, np.concatenate(summary, -1)
-
-
-def pool(seq, lengths, how: str) -> np.ndarray:
-    """(B, T, D) outputs -> (B, D): their mean or max over each sequence's first ``lengths`` steps (0 for an
-    empty sequence): ``spec.pooling``, the reference for every runtime's.
-
-        >>> seq = np.array([[[1.0], [3.0], [9.0]], [[2.0], [0.0], [0.0]]])
-        >>> pool(seq, [2, 1], "mean").tolist(), pool(seq, [2, 0], "max").tolist()
-        ([[2.0], [2.0]], [[3.0], [0.0]])
-    """
-    lengths = np.asarray(lengths, np.int64)
-    mask = (np.arange(seq.shape[1])[None, :] < lengths[:, None])[..., None]
-    if how == "mean":
-        return (seq * mask).sum(1) / np.maximum(lengths, 1)[:, None].astype(seq.dtype)
-    top = np.where(mask, seq, -np.inf).max(1)
-    return np.where(lengths[:, None] > 0, top, 0.0).astype(seq.dtype)
 
 
 def forward(spec: ModelSpec, params: dict[str, np.ndarray], x, lengths) -> np.ndarray:
@@ -174,9 +156,6 @@ def step(spec: ModelSpec, params, x, state=None):
     """
     if spec.bidirectional:
         raise ValueError("bidirectional models cannot be streamed step by step: they read the whole sequence")
-    if spec.pooling != "last":
-        raise ValueError(f"a model with pooling {spec.pooling!r} answers from all of a sequence's steps, so it "
-                         "cannot be streamed step by step; sessions need pooling 'last'")
     cell = get_cell(spec.cell)
     h = params["embedding.weight"][np.asarray(x, np.int64)] if spec.input.type == "text" else np.asarray(x, np.float32)
     mask = np.ones(h.shape[:2], bool)

@@ -195,19 +195,6 @@ def _head(g: Builder, params, z: V) -> V:
     return Ops(g).linear(z, g.init("head.weight", params["head.weight"]), g.init("head.bias", params["head.bias"]))
 
 
-def _pool(g: Builder, h: V, lengths: V, mask: V, how: str) -> V:
-    """(B, T, D) outputs -> (B, D), their mean or max over each sequence's own steps (``spec.pooling``), as
-    cellforge.backends.numpy.model.pool (0 for an empty sequence)."""
-    m3 = g.node("Unsqueeze", [mask, _i64(g, 2)])  # (B, T, 1)
-    if how == "mean":
-        total = g.node("ReduceSum", [g.node("Where", [m3, h, g.const(np.float32(0))]), _i64(g, 1)], keepdims=0)
-        n = g.node("Cast", [g.node("Max", [lengths, g.const(np.int64(1))])], to=TensorProto.FLOAT)
-        return g.node("Div", [total, g.node("Unsqueeze", [n, _i64(g, 1)])])
-    top = g.node("ReduceMax", [g.node("Where", [m3, h, g.const(np.float32(-np.inf))]), _i64(g, 1)], keepdims=0)
-    some = g.node("Unsqueeze", [g.node("Greater", [lengths, g.const(np.int64(0))]), _i64(g, 1)])
-    return g.node("Where", [some, top, g.const(np.float32(0))])
-
-
 def _x_info(spec: ModelSpec, time: str = "time"):
     if spec.input.type == "text":
         return helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", time])
@@ -261,8 +248,6 @@ def sequence_graph(spec: ModelSpec, params: dict[str, np.ndarray]) -> onnx.Model
                 finals.append(state[0])
             h = outs[0] if len(outs) == 1 else ops.concat(outs)
         summary = finals[0] if len(finals) == 1 else ops.concat(finals)
-    if spec.pooling != "last":
-        summary = _pool(g, h, lengths, mask, spec.pooling)
     y = _head(g, params, h if spec.per_step else summary)
     g.nodes.append(helper.make_node("Identity", [y.name], ["outputs"]))
     out_shape = ["batch", "time", spec.output_size] if spec.per_step else ["batch", spec.output_size]
@@ -281,9 +266,6 @@ def step_graph(spec: ModelSpec, params: dict[str, np.ndarray]) -> onnx.ModelProt
     if spec.bidirectional:
         raise ValueError("a bidirectional model cannot be exported as a single-step graph: its backward direction "
                          "reads the whole sequence; export it without --step (whole sequences)")
-    if spec.pooling != "last":
-        raise ValueError(f"a model with pooling {spec.pooling!r} cannot be exported as a single-step graph: it "
-                         "answers from all of a sequence's steps; export it without --step (whole sequences)")
     g = Builder()
     cell = get_cell(spec.cell)
     names = state_names(spec)

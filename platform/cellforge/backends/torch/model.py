@@ -139,12 +139,7 @@ class Net(nn.Module):
         return self.head(self.head_drop(seq if self.spec.per_step else summary))
 
     def encode(self, x, lengths):
-        """The top layer's outputs (B, T, H*dirs), zero at padding, and the summary (B, H*dirs): the last
-        step's (``last_step``) or the outputs pooled over each sequence's steps (``spec.pooling``)."""
-        seq, summary = self.last_step(x, lengths)
-        return seq, summary if self.spec.pooling == "last" else pool(seq, lengths, self.spec.pooling)
-
-    def last_step(self, x, lengths):
+        """The top layer's outputs (B, T, H*dirs), zero at padding, and the summary (B, H*dirs)."""
         spec = self.spec
         h = self.in_drop(self.embedding(x) if spec.input.type == "text" else x)
         steps = h.shape[1]
@@ -172,17 +167,6 @@ class Net(nn.Module):
             h_n = state[0] if isinstance(state, tuple) else state
             top = list(h_n[-spec.num_directions:])
         return seq, torch.cat(top, -1)
-
-
-def pool(seq, lengths, how: str):
-    """(B, T, D) outputs -> (B, D): their mean or max over each sequence's first ``lengths`` steps (0 for an
-    empty sequence), as cellforge.backends.numpy.model.pool."""
-    n = lengths.to(seq.device)
-    mask = (torch.arange(seq.shape[1], device=seq.device)[None, :] < n[:, None])[..., None]
-    if how == "mean":
-        return (seq * mask).sum(1) / n.clamp(min=1)[:, None].to(seq.dtype)
-    top = torch.where(mask, seq, torch.full_like(seq, -torch.inf)).amax(1)
-    return torch.where(n[:, None] > 0, top, torch.zeros_like(top))
 
 
 # canonical <-> torch names -----------------------------------------------------
