@@ -60,6 +60,9 @@ def tfidf_baseline(train_x: list[str], train_y, test_x: list[str], test_y) -> fl
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    clf = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LogisticRegression(C=10, max_iter=2000))
+    # newton-cg: the same fit as the default lbfgs (the same predictions on 3 splits' test texts) in 0.9-1.3 s
+    # instead of 8-13 s on this machine's 2 busy cores
+    clf = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                        LogisticRegression(C=10, max_iter=2000, solver="newton-cg"))
     clf.fit(train_x, train_y)
     return float(np.mean(clf.predict(test_x) == np.asarray(test_y)))
