@@ -82,6 +82,8 @@ class InputSpec(_Strict):
     min_freq: int = Field(1, gt=0)
     embedding_dim: int = Field(64, gt=0)
     vocab_size: int | None = Field(None, gt=1)  # filled in from the data by fit()
+    # dropout on the network's input steps (text: the embedded tokens), in training only
+    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class Quantile(_Strict):
@@ -260,6 +262,10 @@ class ModelSpec(_Strict):
     num_layers: int = Field(1, gt=0, le=16)
     bidirectional: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)  # between stacked layers
+    # dropout on what the head reads (the summary, or each step's output for tag/transcribe), in training
+    # only. With input.dropout 0.5 too it took a word-level GRU on debian_descriptions from 0.749 to 0.790
+    # test accuracy (TF-IDF + logistic regression: 0.795; tests/integration/test_real_text.py)
+    head_dropout: float = Field(0.0, ge=0, lt=1)
     num_classes: int | None = Field(None, gt=1)  # classify/tag; filled in from the data
     num_outputs: int | None = Field(None, gt=0)  # regress; filled in from the data
     horizon: int = Field(1, gt=0)  # forecast: steps ahead
@@ -317,6 +323,9 @@ class ModelSpec(_Strict):
                                                   "so the network reads forward only; got true"))
         elif self.anomaly is not None:
             problems.append(("anomaly", f"only for task 'anomaly', got task {self.task!r}"))
+        if self.head_dropout and (self.task == "seq2seq" or self.reconstructs):
+            problems.append(("head_dropout", "this network has no head (its decoder answers); got "
+                                             f"{self.head_dropout:g}"))
         if self.input.type == "audio" and self.task in ("forecast", "anomaly"):
             problems.append(("input.type", f"{self.task} needs numeric input, got 'audio'"))
         if self.input.type != "audio" and self.input.audio is not None:
@@ -364,6 +373,11 @@ class ModelSpec(_Strict):
                 data["training"].pop("teacher_forcing")
         if self.task != "anomaly" and isinstance(data, dict) and data.get("anomaly") is None:
             data.pop("anomaly", None)
+        # unset options left out: what specs were before they existed, readable by the cellforge that wrote them
+        if isinstance(data, dict) and data.get("head_dropout") == 0.0:
+            data.pop("head_dropout")
+        if isinstance(data, dict) and isinstance(data.get("input"), dict) and data["input"].get("dropout") == 0.0:
+            data["input"].pop("dropout")
         if isinstance(data, dict) and isinstance(data.get("input"), dict) and data["input"].get("audio") is None:
             data["input"].pop("audio", None)  # what non-audio specs were before audio existed
         return data

@@ -129,6 +129,7 @@ class Net(keras.Model):
             self.rnns.append([make_rnn(spec.cell, in_size, spec.hidden_size) for _ in directions(spec)])
             in_size = spec.hidden_size * spec.num_directions
         self.drop = keras.layers.Dropout(spec.dropout)
+        self.in_drop, self.head_drop = keras.layers.Dropout(spec.input.dropout), keras.layers.Dropout(spec.head_dropout)
         self.head = None  # seq2seq: this net is the encoder; its decoder replaces the head (seq2seq.py)
         if spec.reconstructs:
             # anomaly's decoder (cellforge.anomaly.decoder): its input is the summary at every step, so
@@ -145,12 +146,14 @@ class Net(keras.Model):
         if self.spec.reconstructs:
             repeated = tf.repeat(summary[:, None, :], tf.shape(x)[1], axis=1)
             return tf.reverse(self.dec_out(self.dec_rnn(repeated, training=training)), [1])  # last step first
-        return self.head(seq if self.spec.per_step else summary)
+        return self.head(self.head_drop(seq if self.spec.per_step else summary, training=training))
 
     def encode(self, x, lengths, training=False, full=False):
         """The top layer's outputs (B, T, H*dirs), zero at padding, and the summary (B, H*dirs)."""
         spec, hidden = self.spec, self.spec.hidden_size
         h = self.embedding(x) if self.embedding is not None else x
+        if spec.input.dropout:
+            h = self.in_drop(h, training=training)
         steps = tf.shape(h)[1]
         lengths = tf.cast(lengths, tf.int32)
         mask = None if full else tf.sequence_mask(lengths, steps)

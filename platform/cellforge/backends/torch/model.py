@@ -108,6 +108,7 @@ class Net(nn.Module):
         cell = get_cell(spec.cell)
         if spec.input.type == "text":
             self.embedding = nn.Embedding(spec.input.vocab_size, spec.input.embedding_dim)
+        self.in_drop, self.head_drop = nn.Dropout(spec.input.dropout), nn.Dropout(spec.head_dropout)  # training only
         self.fused = cell.fused in FUSED
         if self.fused:
             self.rnn = FUSED[cell.fused](spec.rnn_input_size, spec.hidden_size, spec.num_layers, batch_first=True,
@@ -135,12 +136,12 @@ class Net(nn.Module):
         if self.spec.reconstructs:
             p = {n.replace("__", "."): v for n, v in self.dec.items()}
             return reconstruct(OPS, self.spec, p, summary, x.shape[1])
-        return self.head(seq if self.spec.per_step else summary)
+        return self.head(self.head_drop(seq if self.spec.per_step else summary))
 
     def encode(self, x, lengths):
         """The top layer's outputs (B, T, H*dirs), zero at padding, and the summary (B, H*dirs)."""
         spec = self.spec
-        h = self.embedding(x) if spec.input.type == "text" else x
+        h = self.in_drop(self.embedding(x) if spec.input.type == "text" else x)
         steps = h.shape[1]
         if not self.fused:
             seq, finals = self.rnn(h, lengths)
