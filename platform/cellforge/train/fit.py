@@ -61,13 +61,18 @@ class FitResult:
 
 def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_checkpoint: str | None = None,
                   verbose: bool = True, init_weights: dict[str, np.ndarray] | None = None,
-                  tracking_run: dict[str, Any] | None = None, tensorboard: Path | None = None) -> dict[str, Any]:
+                  tracking_run: dict[str, Any] | None = None, tensorboard: Path | None = None,
+                  keep_checkpoints: Path | None = None) -> dict[str, Any]:
     """What every Train worker of a run gets (``train_loop_config``): the spec, the prepared splits in
     Ray's object store, custom cells, where to start from, and how much to log (the driver's level of
-    the ``cellforge`` logger: a notebook that quiets it quiets its workers too)."""
+    the ``cellforge`` logger: a notebook that quiets it quiets its workers too). ``keep_checkpoints``: the
+    run trains in this process (``in_process``), so the splits stay here rather than going through the
+    object store, and the loop keeps its checkpoints in that folder (Ray Train's local mode keeps none)."""
     import ray
 
-    return {"spec": spec.model_dump(), "data": ray.put(prepared.splits), "use_gpu": use_gpu,
+    here = keep_checkpoints is not None
+    return {"spec": spec.model_dump(), "data": prepared.splits if here else ray.put(prepared.splits),
+            "keep_checkpoints": str(keep_checkpoints) if here else None, "use_gpu": use_gpu,
             "target_scaler": prepared.preprocessor.state.get("target_scaler"), "cells": custom_cells(),
             "target": prepared.preprocessor.state.get("target"),  # seq2seq's vocabulary: val texts
             "init_checkpoint": init_checkpoint, "verbose": verbose, "log_level": log.getEffectiveLevel(),
@@ -226,9 +231,8 @@ def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, nam
     last = latest(storage / name) if here else None
     config = worker_config(spec, prepared, use_gpu, verbose=verbose, init_weights=init_weights,
                            tracking_run=tracking_run, tensorboard=tensorboard,
-                           init_checkpoint=None if last is None else str(last))
-    if here:  # Ray Train's local mode keeps no checkpoint: the loop writes them into the run's folder
-        config["keep_checkpoints"] = str(storage / name)
+                           init_checkpoint=None if last is None else str(last),
+                           keep_checkpoints=storage / name if here else None)
     run_config = ray.train.RunConfig(
         name=name, storage_path=str(storage), callbacks=callbacks,
         failure_config=ray.train.FailureConfig(max_failures=max_failures),

@@ -96,14 +96,14 @@ class Trial(tune.Trainable):
         self.track = self._tracking(spec)
         # the sweep's progress shows epochs, not each trial's workers
         events = ctx.get("tensorboard")  # one directory per trial, beside the others: TensorBoard compares them
+        name = f"{self.trial_id}-{time.time_ns()}"  # a fresh run per start; it resumes from init_checkpoint
         config = worker_config(spec, prepared, ctx["use_gpu"], init_checkpoint=self.init_checkpoint, verbose=False,
                                tracking_run=self.track.ref(),
-                               tensorboard=None if events is None else Path(events) / self.trial_id)
-        name = f"{self.trial_id}-{time.time_ns()}"  # a fresh run per start; it resumes from init_checkpoint
-        if here:  # the loop runs in this process: it hands over its epochs and keeps its own checkpoints
+                               tensorboard=None if events is None else Path(events) / self.trial_id,
+                               keep_checkpoints=Path(ctx["train_storage"]) / name if here else None)
+        if here:  # the loop runs in this process: it hands over its epochs through a plain queue
             self.queue = queue.Queue()
-            config.update(data=prepared.splits, stop=self.stop_run, checkpoints_kept=TRAIN_CHECKPOINTS_KEPT,
-                          keep_checkpoints=str(Path(ctx["train_storage"]) / name),
+            config.update(stop=self.stop_run, checkpoints_kept=TRAIN_CHECKPOINTS_KEPT,
                           relay=lambda m, path: self.queue.put({"metrics": dict(m), "checkpoint": path}))
             callbacks = None
         else:
