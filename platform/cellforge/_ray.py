@@ -71,6 +71,25 @@ def serve_running() -> bool:
     return _get_global_client(raise_if_no_controller_running=False) is not None
 
 
+def serve_behind_haproxy() -> bool:
+    """Whether HAProxy is Serve's ingress (checked against Ray 2.60.0): this process has Ray's switch
+    (a Serve YAML built in the controller, a job on a node started with it), or the connected Serve's
+    proxy actors are HAProxy's. The environment that started Ray decides; a driver does not see it."""
+    import ray
+    from ray.serve._private import constants
+
+    if constants.RAY_SERVE_ENABLE_HA_PROXY:
+        return True
+    if not ray.is_initialized():
+        return False
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == constants.SERVE_NAMESPACE and actor["name"].startswith(constants.SERVE_PROXY_NAME):
+            handle = ray.get_actor(actor["name"], namespace=constants.SERVE_NAMESPACE)
+            if handle._ray_actor_creation_function_descriptor.class_name == "HAProxyManager":
+                return True
+    return False
+
+
 def quiet_token_auth_notice() -> None:
     """Drop the "Token authentication is enabled for this Ray cluster" warning every new local Ray logs
     (checked against Ray 2.60.0); token authentication itself stays on. ``RAY_AUTH_MODE=token`` would
@@ -144,10 +163,56 @@ def haproxy_admin_listeners(config: str, host: str | None) -> str:
     return "".join(out)
 
 
+def haproxy_session_affinity(config: str) -> str:
+    """Ray Serve's HAProxy config with each session's requests hashed to one replica (checked against Ray
+    2.60.0's ``serve/_private/haproxy_templates.py``): a model's write-through session cache (``affinity``)
+    then serves its steps behind HAProxy, which bypasses Serve's request routers (Ray 2.60 refuses a custom
+    one on an ingress deployment there and says "configure HAProxy's load-balancing algorithm instead").
+
+    The HTTP frontend keeps the session id of ``/v1/models/<name>/sessions/<id>[/...]`` in a variable;
+    every backend balances by its consistent hash (``hash-type consistent``: a replica added or lost moves
+    only its share of the sessions). A request without one (a prediction, a new session) is balanced round
+    robin, HAProxy's rule for a hash with no data. A balance algorithm the user chose
+    (``RAY_SERVE_HAPROXY_BALANCE_ALGORITHM``, in the environment HAProxy starts in) is kept. Self-contained:
+    ``haproxy_launcher`` copies its source.
+
+    >>> cfg = "defaults\\n    balance leastconn\\nfrontend http_frontend\\n    bind 127.0.0.1:8000\\n    use_backend m if is_m\\n"
+    >>> print(haproxy_session_affinity(cfg), end="")
+    defaults
+        balance hash var(txn.cf_session)
+        hash-type consistent
+    frontend http_frontend
+        bind 127.0.0.1:8000
+        http-request set-var(txn.cf_session) path,field(6,/) if { path_reg ^/v1/models/[^/]+/sessions/[^/]+(/|$) }
+        use_backend m if is_m
+    """
+    import os
+
+    if os.environ.get("RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"):
+        return config
+    out, section, done = [], "", set()
+    for line in config.splitlines(keepends=True):
+        if line.strip() and not line[0].isspace() and not line.startswith("#"):  # a section starts
+            section = " ".join(line.split()[:2])
+        words = line.split()
+        indent = line[:len(line) - len(line.lstrip())]
+        if section == "defaults" and words[:1] == ["balance"] and "balance" not in done:
+            out += [f"{indent}balance hash var(txn.cf_session)\n", f"{indent}hash-type consistent\n"]
+            done.add("balance")
+            continue
+        out.append(line)
+        if section == "frontend http_frontend" and words[:1] == ["bind"] and "frontend" not in done:
+            out.append(f"{indent}http-request set-var(txn.cf_session) path,field(6,/) "
+                       "if { path_reg ^/v1/models/[^/]+/sessions/[^/]+(/|$) }\n")
+            done.add("frontend")
+    return "".join(out) if done == {"balance", "frontend"} else config  # both, or the config as it was
+
+
 _LAUNCHER = '''#!{python}
 """HAProxy for Ray Serve, written by cellforge (cellforge._ray.haproxy_launcher, checked against Ray
 2.60.0): takes HAProxy's stats page and Prometheus endpoint off every interface in the config Ray just
-wrote (off, or on $CELLFORGE_HAPROXY_STATS_HOST), then runs the real binary with Ray's arguments."""
+wrote (off, or on $CELLFORGE_HAPROXY_STATS_HOST), hashes each session's requests to one replica, then
+runs the real binary with Ray's arguments."""
 import fcntl
 import os
 import sys
@@ -162,6 +227,7 @@ if "-f" in args:
         with open(path) as f:
             config = f.read()
         fixed = haproxy_admin_listeners(config, os.environ.get("CELLFORGE_HAPROXY_STATS_HOST") or None)
+        fixed = haproxy_session_affinity(fixed)
         if fixed != config:
             with open(path, "w") as f:
                 f.write(fixed)
@@ -175,7 +241,7 @@ def haproxy_launcher(path: str, real: str) -> str:
 
     Ray starts HAProxy as ``<binary> -db -f <config> [-dR] [-sf PIDS] [-x SOCKET]`` after writing
     ``<config>`` under ``<config>.lock``, and on every reload. The launcher fixes the config's admin
-    listeners (``haproxy_admin_listeners``) under that lock, then execs ``real`` with the same
+    listeners (``haproxy_admin_listeners``) and balancing (``haproxy_session_affinity``) under that lock, then execs ``real`` with the same
     arguments: the process keeps its pid and its ``-f <config>`` argument, by which Ray finds its
     HAProxy processes in /proc. A template that changes those section names leaves the listeners in
     place, which tests/integration/test_ingress.py catches."""
@@ -184,7 +250,8 @@ def haproxy_launcher(path: str, real: str) -> str:
     import sys
     import tempfile
 
-    text = _LAUNCHER.format(python=sys.executable, real=real, rewrite=inspect.getsource(haproxy_admin_listeners))
+    rewrites = "\n\n".join(inspect.getsource(f) for f in (haproxy_admin_listeners, haproxy_session_affinity))
+    text = _LAUNCHER.format(python=sys.executable, real=real, rewrite=rewrites)
     try:
         with open(path) as f:
             if f.read() == text:

@@ -173,10 +173,19 @@ def fast_ingress_env(launcher: str | None = None) -> dict[str, str]:
             # the replicas; Serve's own HAProxy drops a replica on the controller's update and retries a
             # refused connection. With 30 s, deleting an idle app took 31.2 s here; with 5, 6 s.
             # test_serve's swap under load checks that no request is lost.
-            DRAIN_ENV: os.environ.get(DRAIN_ENV, "5")}
+            DRAIN_ENV: os.environ.get(DRAIN_ENV, "5"),
+            **{k: os.environ.get(k, v) for k, v in SERVE_THROUGHPUT.items()}}
 
 
 DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+# Three of the settings RAY_SERVE_THROUGHPUT_OPTIMIZED=1 makes (Ray 2.60): a replica runs its requests on
+# its own event loop, not a second thread's, and so do its handles' routers (a cross-thread hop less per
+# request), and writes its access log in blocks of 1,000 lines (at once on an ERROR). Not the other two:
+# replicas still log to stderr (a notebook sees their warnings) and handles keep Ray's actor calls, not
+# gRPC. A forward pass then holds the replica's loop for its length (a few ms for the models here).
+# benchmarks/serve_load.py (HAProxy, c=64): ... see the README's serving figures.
+SERVE_THROUGHPUT = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+                    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000"}
 
 
 @functools.cache  # once per process: the probe and the line that says why the fast path is off

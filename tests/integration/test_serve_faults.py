@@ -114,6 +114,35 @@ def test_redis_sessions_survive_a_replica_redis_and_the_controller_under_load(re
     metrics = cf.Client(base_url()).metrics("faults")
     print(f"  steps from a replica's cache: {metrics.get('session_cache')}")
     assert metrics["session_store"] == "redis" and metrics["affinity"] is True
+    steps_stay_on_one_replica("faults", digits)
+
+
+def steps_stay_on_one_replica(name: str, digits) -> None:
+    """Behind the default ingress (HAProxy, whose balancing cellforge's launcher sets to a hash of the
+    session id) every step of a session after its first finds its state in the cache of the replica that
+    took the one before; with HAProxy's least-connections or round-robin choice over two replicas about
+    half would miss."""
+    from cellforge.serving.deploy import base_url
+
+    client, x = cf.Client(base_url()), digits[1][0]
+
+    def counts() -> dict:
+        return client.metrics(name).get("session_cache", {})
+
+    def counted() -> dict | None:
+        c = counts()
+        return c if sum(c.values()) - sum(before.values()) >= n else None
+
+    before = counts()
+    sessions = [client.session(name) for _ in range(4)]
+    for t in range(len(x)):
+        for s in sessions:
+            s.step(x[t:t + 1])
+    n = len(x) * len(sessions)
+    after = wait_for(counted, 30, "the replicas' cache counts")
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in ("hit", "miss", "stale")}
+    print(f"  {len(sessions)} sessions x {len(x)} steps on 2 replicas: {delta}")
+    assert delta == {"hit": n - len(sessions), "miss": len(sessions), "stale": 0}, delta
 
 
 @pytest.mark.slow

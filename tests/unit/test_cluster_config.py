@@ -82,6 +82,20 @@ def test_kuberay_cluster_specs_are_complete(name):
             assert c["image"] and c["resources"]["limits"]
 
 
+@pytest.mark.parametrize("name", ["rayjob.yaml", "rayservice.yaml"])
+def test_kuberay_nodes_get_the_local_rays_serving_environment(name):
+    """Every container of the cluster gets what fast_ingress_env gives the local Ray (the launcher's path
+    is the image's: the Dockerfile writes it)."""
+    from cellforge import runtime
+
+    want = {"RAY_SERVE_ENABLE_HA_PROXY": "1", runtime.DRAIN_ENV: "5", **runtime.SERVE_THROUGHPUT}
+    spec = cluster_specs()[name]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for c in (c for g in groups for c in g["template"]["spec"]["containers"]):
+        env = {e["name"]: e["value"] for e in c.get("env", [])}
+        assert want.items() <= env.items(), (c["name"], env)
+
+
 def test_kuberay_rayjob_runs_a_valid_job_file_and_scales_gpus_from_zero():
     job = manifests()["rayjob.yaml"]["spec"]
     argv = shlex.split(job["entrypoint"])

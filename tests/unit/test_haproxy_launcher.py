@@ -88,3 +88,25 @@ def test_cellforges_own_launcher_in_the_environment_is_not_wrapped_again(monkeyp
         assert runtime._haproxy_binary() == real
     finally:
         runtime._haproxy_binary.cache_clear()
+
+
+def test_session_requests_hash_to_one_replica_and_others_round_robin(ray_config, tmp_path, monkeypatch):
+    """Ray's real config gets the frontend's session variable and the consistent hash on it; HAProxy
+    accepts the result; a balance algorithm the user set is left alone."""
+    config = ray_config.read_text()
+    assert [line.split() for line in config.splitlines() if line.split()[:1] == ["balance"]] == [["balance", "leastconn"]]
+    hashed = _ray.haproxy_session_affinity(config)
+    lines = [line.strip() for line in hashed.splitlines()]
+    assert "balance hash var(txn.cf_session)" in lines and "hash-type consistent" in lines
+    frontend = hashed.split("frontend http_frontend", 1)[1]
+    assert "set-var(txn.cf_session) path,field(6,/)" in frontend
+    assert len(lines) == len(config.splitlines()) + 2
+    real = runtime._haproxy_binary()
+    if real:
+        path = tmp_path / "hashed.cfg"
+        path.write_text(hashed)
+        out = subprocess.run([real, "-c", "-f", str(path)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BALANCE_ALGORITHM", "roundrobin")
+    assert _ray.haproxy_session_affinity(config) == config
+    assert _ray.haproxy_session_affinity("global\n    maxconn 10\n") == "global\n    maxconn 10\n"  # a template without the two: unchanged

@@ -180,4 +180,16 @@ def test_deploy_config_names_the_store_and_affinity_sets_the_consistent_hash_rou
     cfg = DeployConfig.parse({"bundle": "b", "name": "m", "session_store": "redis://10.0.0.5:6379/2", "affinity": True})
     router = cfg.serve_options()["request_router_config"]
     assert router.request_router_class == AFFINITY_ROUTER
-    assert "request_router_config" not in DeployConfig(bundle="b", name="m").serve_options()
+    assert "request_router_config" not in DeployConfig(bundle="b", name="m", affinity=False).serve_options()
+
+
+def test_behind_haproxy_affinity_is_haproxys_balancing_not_a_request_router(monkeypatch):
+    """Ray 2.60 refuses a request router on the ingress deployment where HAProxy is the ingress (a
+    Serve YAML built in the controller): the hash HAProxy balances by keeps the session on one replica."""
+    from ray.serve._private import constants
+
+    from cellforge.serving.config import DeployConfig
+
+    monkeypatch.setattr(constants, "RAY_SERVE_ENABLE_HA_PROXY", True)
+    cfg = DeployConfig.parse({"bundle": "b", "name": "m", "affinity": True})
+    assert cfg.affinity and "request_router_config" not in cfg.serve_options()

@@ -53,7 +53,25 @@ from cellforge.serving.traffic import TIMEOUT_S, CanaryConfig, VersionStats, tak
 
 FLUSH_EVERY_S = 0.25  # how often a replica sends its batch statistics to the store
 REGISTER_EVERY = 8  # flushes between a replica's registrations of its model (every 2 s)
-CACHE_MAX = 100_000  # sessions whose state a replica keeps (affinity); the least recently stepped go first
+# the session states a replica keeps (affinity), in bytes of their arrays; the least recently stepped go first
+CACHE_BYTES = 256 << 20
+
+
+def state_bytes(state: Any) -> int:
+    """About what a session's state holds (its arrays' bytes, and a little per container and scalar).
+
+    >>> state_bytes([np.zeros((1, 64), np.float32), np.zeros((1, 64), np.float32)])
+    520
+    """
+    if isinstance(state, np.ndarray):
+        return state.nbytes
+    if isinstance(state, dict):
+        return 64 + sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return 8 + sum(state_bytes(v) for v in state)
+    if isinstance(state, (str, bytes)):
+        return len(state)
+    return 8
 
 
 def on_loopback_if_local() -> None:
@@ -89,6 +107,7 @@ class ModelServer:
         self.metrics = EndpointMetrics(self.name)
         self.sessions = open_sessions(self.cfg.session_store, self.store)
         self.cache: OrderedDict[str, dict[str, Any]] | None = OrderedDict() if self.cfg.affinity else None
+        self.cache_bytes = 0
         self.cache_counts: Counter = Counter()  # hit, miss, stale (the replica changed meanwhile)
         self.canary: dict[str, Any] | None = None  # the model's canary record (the store's), when it has one
         self.canary_handle = None  # a DeploymentHandle to the canary app while it takes traffic
@@ -309,8 +328,17 @@ class ModelServer:
         return s
 
     def _forget(self, sid: str) -> None:
-        if self.cache is not None:
-            self.cache.pop(sid, None)
+        if self.cache is not None and (gone := self.cache.pop(sid, None)) is not None:
+            self.cache_bytes -= gone["bytes"]
+
+    def _keep(self, sid: str, steps: int, state: Any) -> None:
+        """Cache a session's state after its step (the store has it too), within CACHE_BYTES."""
+        self._forget(sid)
+        size = state_bytes(state)
+        self.cache[sid] = {"version": self.engine.version, "steps": steps, "state": state, "bytes": size}
+        self.cache_bytes += size
+        while self.cache_bytes > CACHE_BYTES and len(self.cache) > 1:
+            self.cache_bytes -= self.cache.popitem(last=False)[1]["bytes"]
 
     def _count_session(self, what: str | None) -> None:
         if what and self.cache is not None:
@@ -343,6 +371,9 @@ class ModelServer:
             self._forget(sid)
             self._count_session("stale")
             return await self.step(sid, req)
+        if status == "gone" and not fresh:  # ended or expired in the store since this replica cached it
+            self._forget(sid)
+            raise ApiError(404, "not_found", "session_id", f"unknown or expired session {sid!r}")
         if status != "ok":
             self._forget(sid)
             raise ApiError(409, "conflict", "session_id", "another step on this session ran at the same "
@@ -350,10 +381,7 @@ class ModelServer:
                            else f"session {sid!r} ended while stepping")
         if self.cache is not None:
             self._count_session("miss" if fresh else "hit")
-            self.cache[sid] = {"version": self.engine.version, "steps": steps, "state": state}
-            self.cache.move_to_end(sid)
-            if len(self.cache) > CACHE_MAX:
-                self.cache.popitem(last=False)
+            self._keep(sid, steps, state)
         return {"session_id": sid, "model": self.name, "version": self.engine.version, "steps": steps,
                 **answer}
 

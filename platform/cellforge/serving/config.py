@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from cellforge import _ray
 from cellforge import bundle as _bundle
 from cellforge.errors import Problems, Strict
 
@@ -80,9 +81,11 @@ class DeployConfig(_Strict):
     # where sessions live: "memory" (one Ray actor; lost with it), redis://host:port/db (Redis or Valkey) or
     # redis+cluster://host:port[,host:port...] (a Redis Cluster; serving.redis_store)
     session_store: str = "memory"
-    # route a session's steps (header x-session-id) to one replica by consistent hashing; that replica
-    # keeps the session's state as a write-through cache and reads the store only when it changed
-    affinity: bool = False
+    # each session's requests go to one replica (consistent hashing: HAProxy's on the session id in the
+    # path behind the default ingress, Ray's request router on header x-session-id behind Serve's proxy);
+    # that replica keeps the session's state as a write-through cache (up to 256 MiB of states) and reads
+    # the store only when the session moved. On by default: a step then makes one store call, not two
+    affinity: bool = True
     api_key: str | None = Field(None, min_length=8)  # when set, requests need 'Authorization: Bearer <key>'
     max_ongoing_requests: int | None = Field(None, gt=0)  # per replica; default 2 x max_batch_size
     # a public key PEM: serve only a bundle signed by its owner (default $CELLFORGE_VERIFY_KEY where deploy runs)
@@ -124,7 +127,9 @@ class DeployConfig(_Strict):
             # replacing a bundle drains old replicas; requests in flight get this long to finish
             "graceful_shutdown_timeout_s": 30,
         }
-        if self.affinity:
+        # behind HAProxy (the default ingress) its own balancing keeps a session on one replica
+        # (_ray.haproxy_session_affinity), and Ray refuses a request router on the ingress deployment
+        if self.affinity and not _ray.serve_behind_haproxy():
             from ray.serve.config import RequestRouterConfig
 
             opts["request_router_config"] = RequestRouterConfig(request_router_class=AFFINITY_ROUTER)
