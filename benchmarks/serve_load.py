@@ -219,7 +219,7 @@ def sessions_child(bundle: str, requests: int, out: str) -> None:
             time.sleep(1)  # the replicas' counters reach the store
             caches[name] = cf.Client(base).metrics(name).get("session_cache", {})
             serve.delete(name)
-        keys = r.keys("cf:s:*")[:100]
+        keys = [k for k in r.keys("cf:s:*") if r.hget(k, "state")][:100]  # sessions that have stepped
         units["bytes per session in Redis (MEMORY USAGE of its hash)"] = float(np.median([r.memory_usage(k) for k in keys]))
         units["bytes of state per session (JSON+base64)"] = float(np.median([len(r.hget(k, "state")) for k in keys]))
         results["units"] = units
@@ -281,6 +281,12 @@ def serve_child(mode: str, bundle: str, requests: int, out: str, steps: int, run
                "cellforge unbatched": measure(f"{base}/v1/models/unbatched/predict", requests, body),
                "session step p50": session_p50(base, "batched", min(requests, 200)),
                "batch stats": cf.Client(base).metrics("batched")}
+    serve.delete("unbatched")
+    # two replicas of 0.5 CPU each, as a user of this 2-core box would deploy: replicas and batching against
+    # one bare process
+    cf.deploy(bundle, "batched", num_replicas=2, max_ongoing_requests=128, runtime=runtime,
+              batching={"max_batch_size": 64, "batch_wait_timeout_s": 0.005})
+    results["cellforge batched x2"] = measure(f"{base}/v1/models/batched/predict", requests, body)
     Path(out).write_text(json.dumps(results))
     serve.shutdown()
     ray.shutdown()
@@ -369,6 +375,13 @@ def report(rows: dict[str, dict], sessions: dict[str, float], stats: dict[str, d
         print(f"[{mode}] batching throughput gain at c=64: {b[64]['rps'] / u[64]['rps']:.2f}x (target >= 3x); "
               f"cellforge p50 at c=1 minus no-op: {b[1]['p50'] - n[1]['p50']:+.2f} ms (target <= 2 ms); "
               f"largest batch {stats[mode]['max_batch_size']}")
+    if "plain uvicorn" in rows:
+        plain = rows["plain uvicorn"]
+        for mode in sessions:
+            one, two = rows[f"cellforge batched [{mode}]"], rows[f"cellforge batched x2 [{mode}]"]
+            print(f"[{mode}] req/s at c=64 / plain uvicorn: 1 replica {one[64]['rps'] / plain[64]['rps']:.2f}x, 2 replicas "
+                  f"{two[64]['rps'] / plain[64]['rps']:.2f}x (target >= 1.0x); p50 at c=1 / plain uvicorn: "
+                  f"{one[1]['p50'] / plain[1]['p50']:.2f}x (target <= 2x)")
     if "plain uvicorn" in rows and "proxy" in sessions:
         for mode in sessions:
             n = rows[f"noop [{mode}]"]
@@ -407,7 +420,7 @@ def main() -> None:
             res = run_mode(mode, bundle, args.requests, Path(tmp), args.steps, args.runtime)
             if res is None:
                 continue
-            for k in ("noop", "cellforge batched", "cellforge unbatched"):
+            for k in ("noop", "cellforge batched", "cellforge unbatched", "cellforge batched x2"):
                 rows[f"{k} [{mode}]"] = {int(c): v for c, v in res[k].items()}
             sessions[mode], stats[mode] = res["session step p50"], res["batch stats"]
         report(rows, sessions, stats)

@@ -86,6 +86,10 @@ class DeployConfig(_Strict):
     # that replica keeps the session's state as a write-through cache (up to 256 MiB of states) and reads
     # the store only when the session moved. On by default: a step then makes one store call, not two
     affinity: bool = True
+    # Serve's access log, a line per request in the replica's log file and stderr: off by default (the
+    # requests' counts and latencies are in the Prometheus metrics, serving.metrics); each line cost the
+    # replica its formatting and write, and Ray's log monitor its forwarding (benchmarks/serve_load.py)
+    access_log: bool = False
     api_key: str | None = Field(None, min_length=8)  # when set, requests need 'Authorization: Bearer <key>'
     max_ongoing_requests: int | None = Field(None, gt=0)  # per replica; default 2 x max_batch_size
     # a public key PEM: serve only a bundle signed by its owner (default $CELLFORGE_VERIFY_KEY where deploy runs)
@@ -126,6 +130,7 @@ class DeployConfig(_Strict):
             "max_ongoing_requests": self.max_ongoing_requests or 2 * self.batching.max_batch_size,
             # replacing a bundle drains old replicas; requests in flight get this long to finish
             "graceful_shutdown_timeout_s": 30,
+            "logging_config": {"enable_access_log": self.access_log},
         }
         # behind HAProxy (the default ingress) its own balancing keeps a session on one replica
         # (_ray.haproxy_session_affinity), and Ray refuses a request router on the ingress deployment
