@@ -25,6 +25,15 @@ def _sigmoid(x):
     return 0.5 * (np.tanh(0.5 * x) + 1.0)  # stable for large |x|
 
 
+def _split(x, n):
+    """``np.split(x, n, axis=-1)`` as views by slicing: the same arrays, without np.split's Python overhead
+    (a quarter of an LSTM step's time at batch 1, h=64)."""
+    k = x.shape[-1] // n
+    if k * n != x.shape[-1]:
+        raise ValueError(f"array split does not result in an equal division: {x.shape[-1]} by {n}")
+    return [x[..., i * k:(i + 1) * k] for i in range(n)]
+
+
 def _softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -36,7 +45,7 @@ OPS = SimpleNamespace(
     sigmoid=_sigmoid,
     tanh=np.tanh,
     relu=lambda x: np.maximum(x, 0),
-    split=lambda x, n: np.split(x, n, axis=-1),
+    split=lambda x, n: _split(x, n),
     concat=lambda xs: np.concatenate(xs, axis=-1),
     softmax=_softmax,  # over the last axis
     matmul=np.matmul,  # batched over leading axes
@@ -85,8 +94,13 @@ def run_direction(cell, p, x, mask, state=None):
         hidden = hidden or _hidden_of(cell, p)
         state = tuple(np.zeros((batch, hidden), x.dtype) for _ in cell.state)
     outs = []
+    valid = mask.all(axis=0)  # steps where no sequence is padding: nothing to mask (one request, equal lengths)
     for t in range(steps):
         h, new = cell.step(OPS, p, x[:, t], state)
+        if valid[t]:
+            state = new
+            outs.append(h)
+            continue
         m = mask[:, t, None]
         state = tuple(np.where(m, n, s) for n, s in zip(new, state))
         outs.append(np.where(m, h, 0.0))
