@@ -183,7 +183,7 @@ DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 # request), and writes its access log in blocks of 1,000 lines (at once on an ERROR). Not the other two:
 # replicas still log to stderr (a notebook sees their warnings) and handles keep Ray's actor calls, not
 # gRPC. A forward pass then holds the replica's loop for its length (a few ms for the models here).
-# benchmarks/serve_load.py (HAProxy, c=64): ... see the README's serving figures.
+# benchmarks/serve_load.py compares them with Ray's whole set (its "optimized" mode) in one run.
 SERVE_THROUGHPUT = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
                     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000"}
 

@@ -87,8 +87,8 @@ class DeployConfig(_Strict):
     # the store only when the session moved. On by default: a step then makes one store call, not two
     affinity: bool = True
     # Serve's access log, a line per request in the replica's log file and stderr: off by default (the
-    # requests' counts and latencies are in the Prometheus metrics, serving.metrics); each line cost the
-    # replica its formatting and write, and Ray's log monitor its forwarding (benchmarks/serve_load.py)
+    # requests' counts and latencies are in the Prometheus metrics, serving.metrics); each line is
+    # formatted and written by the replica and forwarded by Ray's log monitor
     access_log: bool = False
     api_key: str | None = Field(None, min_length=8)  # when set, requests need 'Authorization: Bearer <key>'
     max_ongoing_requests: int | None = Field(None, gt=0)  # per replica; default 2 x max_batch_size
