@@ -323,9 +323,14 @@ class ModelServer:
     async def _load(self, sid: str) -> dict[str, Any]:
         s = await self.metrics.timed("get", self.sessions.get(sid, self.name))
         if s is None:
-            self._forget(sid)
-            raise ApiError(404, "not_found", "session_id", f"unknown or expired session {sid!r}")
+            raise self._unknown(sid)
         return s
+
+    def _unknown(self, sid: str) -> ApiError:
+        """The 404 of a session the store does not have (unknown, expired, ended or another model's); this
+        replica forgets any cached copy of it."""
+        self._forget(sid)
+        return ApiError(404, "not_found", "session_id", f"unknown or expired session {sid!r}")
 
     def _forget(self, sid: str) -> None:
         if self.cache is not None and (gone := self.cache.pop(sid, None)) is not None:
@@ -372,8 +377,7 @@ class ModelServer:
             self._count_session("stale")
             return await self.step(sid, req)
         if status == "gone" and not fresh:  # ended or expired in the store since this replica cached it
-            self._forget(sid)
-            raise ApiError(404, "not_found", "session_id", f"unknown or expired session {sid!r}")
+            raise self._unknown(sid)
         if status != "ok":
             self._forget(sid)
             raise ApiError(409, "conflict", "session_id", "another step on this session ran at the same "
@@ -487,7 +491,7 @@ class ModelServer:
     async def end_session(self, sid: str) -> dict[str, Any]:
         self._forget(sid)
         if not await self.metrics.timed("delete", self.sessions.delete(sid, self.name)):
-            raise ApiError(404, "not_found", "session_id", f"unknown or expired session {sid!r}")
+            raise self._unknown(sid)
         return {"session_id": sid, "deleted": True}
 
 

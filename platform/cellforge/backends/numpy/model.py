@@ -45,7 +45,7 @@ OPS = SimpleNamespace(
     sigmoid=_sigmoid,
     tanh=np.tanh,
     relu=lambda x: np.maximum(x, 0),
-    split=lambda x, n: _split(x, n),
+    split=_split,
     concat=lambda xs: np.concatenate(xs, axis=-1),
     softmax=_softmax,  # over the last axis
     matmul=np.matmul,  # batched over leading axes
