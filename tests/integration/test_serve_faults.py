@@ -133,7 +133,14 @@ def steps_stay_on_one_replica(name: str, digits) -> None:
         c = counts()
         return c if sum(c.values()) - sum(before.values()) >= n else None
 
-    before = counts()
+    def settled() -> dict | None:
+        """The counts once the load's last steps have reached the store (replicas send theirs every 0.25 s):
+        unchanged over a second. Seen without this: 2 of the load's hits counted after the baseline."""
+        first = counts()
+        time.sleep(1.0)
+        return first if counts() == first else None
+
+    before = wait_for(settled, 30, "the load's cache counts to settle")
     sessions = [client.session(name) for _ in range(4)]
     for t in range(len(x)):
         for s in sessions:
