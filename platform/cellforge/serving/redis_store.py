@@ -221,7 +221,7 @@ class RedisSessions:
     same keys either way, ``cf:s:{<tag>}:<id>`` and ``cf:live:<model>:{<tag>}``, a session's bucket (and
     so its tag) a hash of its id."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, retries: int = RETRIES):
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff, NoBackoff
@@ -241,7 +241,7 @@ class RedisSessions:
             self._slots: asyncio.Semaphore | None = asyncio.Semaphore(CONNECTIONS)
             self._ready, self._ready_lock = False, asyncio.Lock()
         else:
-            self.r = aioredis.Redis.from_url(url, **opts, retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), RETRIES),
+            self.r = aioredis.Redis.from_url(url, **opts, retry=Retry(ExponentialBackoff(cap=0.25, base=0.01), retries),
                                              retry_on_error=[ConnectionError, TimeoutError])
             self._slots = None
         self._create, self._get, self._advance, self._repin, self._delete, self._count = (

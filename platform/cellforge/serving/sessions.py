@@ -9,6 +9,9 @@ next step. Idle sessions expire after their deployment's ``session_ttl_s``.
 
 If the store actor itself dies, Ray restarts it empty: sessions then answer 404 and clients
 start new ones (the state is in memory only, by design: it is cheap to rebuild from the stream).
+Where it can, the actor keeps its sessions in a redis-server of its own, its child on a Unix socket
+(``serving.local_redis``): replicas then step them with one Redis call instead of a Ray actor call
+(``LocalSessions``); they still live and die with the actor.
 A deployment that needs sessions to outlive any process sets ``session_store: redis://host:port/db``
 or, for a Redis Cluster, ``redis+cluster://host:port[,host:port...]`` (``cellforge.serving.redis_store``);
 replicas reach any store through ``open_sessions``.
@@ -17,6 +20,7 @@ replicas reach any store through ``open_sessions``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import Counter
@@ -26,8 +30,11 @@ import ray
 
 from cellforge.serving.traffic import CanaryConfig, VersionStats, public, verdict
 
+log = logging.getLogger("cellforge")
 STORE_NAME, NAMESPACE = "cellforge-state", "cellforge"
 SWEEP_EVERY_S = 1.0  # how often expired sessions are looked for (each call checks the clock)
+# calls to the actor's own redis-server before asking the actor again (a refused Unix socket fails at once)
+LOCAL_RETRIES = 3
 ACTOR_RETRIES = 12  # calls while Ray restarts the actor: backoff 0.05 s doubling to 1 s, ~8 s in all
 
 
@@ -43,6 +50,37 @@ class Store:
         self.described: dict[str, float] = {}  # model -> when the replica whose description is kept started
         self.stats: dict[str, dict[str, dict[str, Any]]] = {}  # app -> replica -> cumulative counters
         self._swept = time.monotonic()
+        self.local = None  # the local redis-server holding the sessions (local_server), if any
+        self.local_why: str | None = None  # why the sessions stay in this actor, once decided
+
+    def local_server(self) -> str | None:
+        """The URL of this actor's redis-server, where the sessions live (started on the first call, and
+        again if it died: its sessions are then gone, as with the actor's own); None: they live in this
+        actor (no redis-server here, not Linux, a Ray on several machines, or the server would not start).
+        Decided once, on the first call, before any session exists."""
+        from cellforge.serving.local_redis import LocalRedis, unavailable
+
+        if self.local is not None:
+            if self.local.alive():
+                return self.local.url
+            log.warning("the session store's redis-server exited (status %s): its sessions are lost; starting "
+                        "another", self.local.proc.returncode)
+        elif self.local_why is not None:
+            return None
+        else:
+            self.local_why = unavailable(ray.util.get_node_ip_address() if ray.is_initialized() else None)
+            if self.local_why is not None:
+                log.info("sessions are kept in the store actor: %s", self.local_why)
+                return None
+        try:
+            self.local = LocalRedis.start()
+        except Exception as e:  # noqa: BLE001 (a server that will not start leaves the actor's own store)
+            if self.local is not None:  # sessions already live in Redis: no falling back to the actor's dict
+                raise
+            self.local_why = f"redis-server did not start ({e})"
+            log.warning("sessions are kept in the store actor: %s", self.local_why)
+            return None
+        return self.local.url
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -261,11 +299,72 @@ class ActorSessions:
         pass
 
 
+class LocalSessions:
+    """The default store, ``memory``: the store actor's redis-server where it runs one (``local_server``),
+    else the actor itself (``ActorSessions``); the same interface. Asked once which, then again only when
+    the server stops answering (the actor restarted, or restarted its server: the sessions are gone)."""
+
+    kind = "memory"
+
+    def __init__(self, actor=None):
+        self.actor = actor or get_store()
+        self.impl: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _resolve(self, seen: Any = None) -> Any:
+        """The store to call; ``seen``: the one that just failed, asked about again."""
+        from cellforge.serving.redis_store import RedisSessions
+
+        async with self._lock:
+            if self.impl is seen:
+                url = await call(self.actor, "local_server")
+                if url is None:
+                    self.impl = ActorSessions(self.actor)
+                elif getattr(self.impl, "url", None) != url:
+                    old, self.impl = self.impl, RedisSessions(url, retries=LOCAL_RETRIES)
+                    if old is not None:
+                        await old.close()
+            return self.impl
+
+    async def _do(self, method: str, *args: Any) -> Any:
+        from cellforge.serving.schema import ApiError
+
+        impl = self.impl or await self._resolve()
+        try:
+            return await getattr(impl, method)(*args)
+        except ApiError as e:
+            if e.status != 503 or isinstance(impl, ActorSessions) or await self._resolve(impl) is impl:
+                raise
+            return await getattr(self.impl, method)(*args)
+
+    async def create(self, model: str, version: str, ttl_s: float) -> str:
+        return await self._do("create", model, version, ttl_s)
+
+    async def get(self, sid: str, model: str) -> dict[str, Any] | None:
+        return await self._do("get", sid, model)
+
+    async def advance(self, sid: str, expected_steps: int, state: Any, steps: int, model: str = "") -> str:
+        return await self._do("advance", sid, expected_steps, state, steps, model)
+
+    async def repin(self, sid: str, model: str, old: str, new: str) -> bool:
+        return await self._do("repin", sid, model, old, new)
+
+    async def delete(self, sid: str, model: str) -> bool:
+        return await self._do("delete", sid, model)
+
+    async def count(self, model: str, max_age_s: float = 0.0) -> int:
+        return await self._do("count", model, max_age_s)
+
+    async def close(self) -> None:
+        if self.impl is not None:
+            await self.impl.close()
+
+
 def open_sessions(url: str, actor=None):
-    """The session store a deploy config names: ``memory`` (the store actor), ``redis://...`` or
-    ``redis+cluster://...``."""
+    """The session store a deploy config names: ``memory`` (the store actor's, ``LocalSessions``),
+    ``redis://...`` or ``redis+cluster://...``."""
     if url == "memory":
-        return ActorSessions(actor)
+        return LocalSessions(actor)
     from cellforge.serving.redis_store import RedisSessions
 
     return RedisSessions(url)
