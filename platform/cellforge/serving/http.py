@@ -63,9 +63,14 @@ def install_errors(api: FastAPI, unknown_model: bool = False) -> None:
             if unknown_model and request.path_params.get("name"):
                 return await _api(request, unknown(request.path_params["name"]))
             return problems_response(422, [Problem(field="body", message="the body is not valid JSON in UTF-8")])
-        field = "path" if e.status_code in (404, 405) else "body"
-        return problems_response(e.status_code, [Problem(field=field, message=str(e.detail))],
-                                 headers=getattr(e, "headers", None))
+        return http_problem(e)
+
+
+def http_problem(e: HTTPException) -> JSONResponse:
+    """An HTTPException's ``ErrorBody`` (the body limit's 413, a 404 or 405 of a path)."""
+    field = "path" if e.status_code in (404, 405) else "body"
+    return problems_response(e.status_code, [Problem(field=field, message=str(e.detail))],
+                             headers=getattr(e, "headers", None))
 
 
 def unknown(name: str, known: list[str] | None = None) -> ApiError:
