@@ -540,7 +540,9 @@ class FastPredict:
     writes it (``PredictResponse``'s validation and ``dump_json``, None fields left out); a refusal of the
     model's gets the same error body. Anything else goes to FastAPI as it came, the body replayed: another
     route, an app with a key to check, a body not sent as ``application/json`` (FastAPI decides), not
-    JSON, or that ``PredictRequest`` refuses (so its 422 is FastAPI's own), a stream. FastAPI's path was ~15% of a busy replica's CPU (py-spy, c=64)."""
+    JSON, or that ``PredictRequest`` refuses (so its 422 is FastAPI's own), a stream. FastAPI's path was
+    ~15% of a busy replica's CPU (py-spy at c=64): 0.90 ms of CPU per prediction before, 0.74 ms after,
+    with the other changes of that commit."""
 
     def __init__(self, app, server):
         self.app, self.server = app, server
