@@ -26,12 +26,15 @@ when Serve starts): ``proxy`` is Serve's Python proxy (cellforge's fallback wher
 front, replicas take HTTP directly, "direct ingress", through cellforge's launcher, which keeps HAProxy's
 stats and metrics listeners off and hashes each session to one replica); ``optimized`` adds
 RAY_SERVE_THROUGHPUT_OPTIMIZED=1. Baselines are measured in
-the same run, so compare ratios: the machine may be shared and busy.
+the same run, so compare ratios: the machine may be shared and busy. The plain uvicorn process runs for the
+whole run and is measured again in each mode just before cellforge's batched rows: each ratio against it
+compares figures taken minutes apart at most (on our 2 cores the same figure drifted 2x within one run).
 """
 
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -287,8 +290,10 @@ def run_sessions(bundle: str, requests: int, tmp: Path, mode: str) -> None:
 
 
 # children ----------------------------------------------------------------------------------
-def serve_child(mode: str, bundle: str, requests: int, out: str, steps: int, runtime: str) -> None:
-    """One ingress mode: its own Ray and Serve; cellforge batched, unbatched, and a no-op app."""
+def serve_child(mode: str, bundle: str, requests: int, out: str, steps: int, runtime: str, plain: str) -> None:
+    """One ingress mode: its own Ray and Serve; cellforge batched, unbatched, and a no-op app; the plain
+    uvicorn process (``plain``, its predict URL) measured again just before each cellforge batched row, so
+    each ratio compares figures minutes apart at most (this machine's speed drifts within a run)."""
 
     import ray
     from ray import serve
@@ -301,7 +306,7 @@ def serve_child(mode: str, bundle: str, requests: int, out: str, steps: int, run
     cf.deploy(bundle, "unbatched", num_replicas=1, max_ongoing_requests=128, runtime=runtime,
               batching={"enabled": False})
     base, body = ep.base_url, payload(steps)
-    results = {"noop": measure(f"{base}/noop", requests, body),
+    results = {"noop": measure(f"{base}/noop", requests, body), "plain uvicorn": measure(plain, requests, body),
                "cellforge batched": measure(f"{base}/v1/models/batched/predict", requests, body),
                "cellforge unbatched": measure(f"{base}/v1/models/unbatched/predict", requests, body),
                "session step p50": session_p50(base, "batched", min(requests, 200)),
@@ -311,6 +316,7 @@ def serve_child(mode: str, bundle: str, requests: int, out: str, steps: int, run
     # one bare process
     cf.deploy(bundle, "batched", num_replicas=2, max_ongoing_requests=128, runtime=runtime,
               batching={"max_batch_size": 64, "batch_wait_timeout_s": 0.005})
+    results["plain uvicorn x2"] = measure(plain, requests, body)
     results["cellforge batched x2"] = measure(f"{base}/v1/models/batched/predict", requests, body)
     Path(out).write_text(json.dumps(results))
     serve.shutdown()
@@ -341,7 +347,9 @@ def uvicorn_child(bundle: str, port: int, runtime: str) -> None:
     uvicorn.run(api, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def run_uvicorn(bundle: str, requests: int, steps: int, runtime: str) -> dict:
+@contextlib.contextmanager
+def uvicorn_server(bundle: str, runtime: str):
+    """The plain uvicorn process for the whole run (idle between its measurements): its predict URL."""
     import httpx
 
     port = free_port()
@@ -353,7 +361,7 @@ def run_uvicorn(bundle: str, requests: int, steps: int, runtime: str) -> dict:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        return measure(f"http://127.0.0.1:{port}/v1/models/plain/predict", requests, payload(steps))
+        yield f"http://127.0.0.1:{port}/v1/models/plain/predict"
     finally:
         proc.terminate()
         proc.wait()
@@ -374,12 +382,13 @@ def mode_env(mode: str) -> tuple[dict[str, str], Path | None]:
     return env, hap
 
 
-def run_mode(mode: str, bundle: str, requests: int, tmp: Path, steps: int, runtime: str) -> dict | None:
+def run_mode(mode: str, bundle: str, requests: int, tmp: Path, steps: int, runtime: str, plain: str) -> dict | None:
     out = tmp / f"{mode}.json"
     env, hap = mode_env(mode)
     t = time.time()
     r = subprocess.run([sys.executable, __file__, "--child", mode, "--bundle", bundle, "--requests", str(requests),
-                        "--out", str(out), "--steps", str(steps), "--runtime", runtime], env=env, timeout=1200)
+                        "--out", str(out), "--steps", str(steps), "--runtime", runtime, "--plain", plain], env=env,
+                       timeout=1200)
     print(f"[bench] mode {mode}: exit {r.returncode} after {time.time() - t:.0f}s", flush=True)
     if hap is not None:
         shutil.rmtree(hap, ignore_errors=True)
@@ -400,13 +409,12 @@ def report(rows: dict[str, dict], sessions: dict[str, float], stats: dict[str, d
         print(f"[{mode}] batching throughput gain at c=64: {b[64]['rps'] / u[64]['rps']:.2f}x (target >= 3x); "
               f"cellforge p50 at c=1 minus no-op: {b[1]['p50'] - n[1]['p50']:+.2f} ms (target <= 2 ms); "
               f"largest batch {stats[mode]['max_batch_size']}")
-    if "plain uvicorn" in rows:
-        plain = rows["plain uvicorn"]
-        for mode in sessions:
-            one, two = rows[f"cellforge batched [{mode}]"], rows[f"cellforge batched x2 [{mode}]"]
-            print(f"[{mode}] req/s at c=64 / plain uvicorn: 1 replica {one[64]['rps'] / plain[64]['rps']:.2f}x, 2 replicas "
-                  f"{two[64]['rps'] / plain[64]['rps']:.2f}x (target >= 1.0x); p50 at c=1 / plain uvicorn: "
-                  f"{one[1]['p50'] / plain[1]['p50']:.2f}x (target <= 2x)")
+    for mode in sessions:  # each against the plain uvicorn measured just before it
+        one, two = rows[f"cellforge batched [{mode}]"], rows[f"cellforge batched x2 [{mode}]"]
+        plain, plain2 = rows[f"plain uvicorn [{mode}]"], rows[f"plain uvicorn x2 [{mode}]"]
+        print(f"[{mode}] req/s at c=64 / plain uvicorn just before: 1 replica {one[64]['rps'] / plain[64]['rps']:.2f}x, "
+              f"2 replicas {two[64]['rps'] / plain2[64]['rps']:.2f}x (target >= 1.0x); p50 at c=1 / plain uvicorn: "
+              f"{one[1]['p50'] / plain[1]['p50']:.2f}x (target <= 2x)")
     if "plain uvicorn" in rows and "proxy" in sessions:
         for mode in sessions:
             n = rows[f"noop [{mode}]"]
@@ -425,11 +433,12 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--uvicorn", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--plain", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child == "sessions":
         return sessions_child(args.bundle, args.requests, args.out)
     if args.child:
-        return serve_child(args.child, args.bundle, args.requests, args.out, args.steps, args.runtime)
+        return serve_child(args.child, args.bundle, args.requests, args.out, args.steps, args.runtime, args.plain)
     if args.uvicorn:
         return uvicorn_child(args.bundle, args.uvicorn, args.runtime)
     with tempfile.TemporaryDirectory() as tmp:
@@ -439,15 +448,17 @@ def main() -> None:
         if args.sessions:
             return run_sessions(bundle, args.requests, Path(tmp), args.ingress.split(",")[0] if args.ingress != DEFAULT_MODES
                                 else "haproxy")
-        rows = {"plain uvicorn": run_uvicorn(bundle, args.requests, args.steps, args.runtime)}
-        sessions, stats = {}, {}
-        for mode in args.ingress.split(","):
-            res = run_mode(mode, bundle, args.requests, Path(tmp), args.steps, args.runtime)
-            if res is None:
-                continue
-            for k in ("noop", "cellforge batched", "cellforge unbatched", "cellforge batched x2"):
-                rows[f"{k} [{mode}]"] = {int(c): v for c, v in res[k].items()}
-            sessions[mode], stats[mode] = res["session step p50"], res["batch stats"]
+        with uvicorn_server(bundle, args.runtime) as plain:
+            rows = {"plain uvicorn": measure(plain, args.requests, payload(args.steps))}
+            sessions, stats = {}, {}
+            for mode in args.ingress.split(","):
+                res = run_mode(mode, bundle, args.requests, Path(tmp), args.steps, args.runtime, plain)
+                if res is None:
+                    continue
+                for k in ("noop", "plain uvicorn", "cellforge batched", "cellforge unbatched", "plain uvicorn x2",
+                          "cellforge batched x2"):
+                    rows[f"{k} [{mode}]"] = {int(c): v for c, v in res[k].items()}
+                sessions[mode], stats[mode] = res["session step p50"], res["batch stats"]
         report(rows, sessions, stats)
 
 
