@@ -4,6 +4,8 @@ streaming sessions for ``duration_s``, each step's answer checked against the wh
 Every request attempt is counted; a failed one (transport error, 5xx, or any other status but 200) is
 recorded with its reason, and a session's step is retried with the same ``offset`` (safe: a step
 that was applied answers 409 naming what the session consumed, and the stream continues from there).
+That 409, answering the retry of a step whose first try failed, is the same incident's recovery, not
+another failure: it is counted as ``resumed``; a 409 on any other try is a failure.
 A session is *lost* when its step answers 404: the store no longer knows it.
 """
 
@@ -24,6 +26,7 @@ class Tally:
     requests: int = 0
     failed: Counter = field(default_factory=Counter)  # reason -> count
     sessions: int = 0
+    resumed: int = 0  # retries of a failed step answered 409 "offset": it had been applied; the stream goes on
     lost: int = 0
     steps_checked: int = 0
     wrong: list = field(default_factory=list)
@@ -37,7 +40,7 @@ class Tally:
     def summary(self) -> str:
         share = self.failures / max(self.requests, 1)
         return (f"{self.requests} requests, {self.failures} failed ({share:.3%}: {dict(self.failed)}), "
-                f"{self.sessions} sessions, {self.lost} lost, {self.steps_checked} steps checked, "
+                f"{self.resumed} retries resumed after an applied step, {self.sessions} sessions, {self.lost} lost, {self.steps_checked} steps checked, "
                 f"{len(self.wrong)} wrong")
 
 
@@ -48,7 +51,7 @@ async def run_load(base: str, model: str, x: np.ndarray, want: np.ndarray, concu
     url = f"/v1/models/{model}"
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def call(http, method, path, body=None, session=None):
+    async def call(http, method, path, body=None, session=None, retry=False):
         hdrs = {"x-session-id": session} if session else None
         tally.requests += 1
         t0 = time.perf_counter()
@@ -57,7 +60,9 @@ async def run_load(base: str, model: str, x: np.ndarray, want: np.ndarray, concu
         except httpx.TransportError as e:
             tally.failed[type(e).__name__] += 1
             return None
-        if r.status_code != 200:
+        if retry and r.status_code == 409 and r.json()["problems"][0]["field"] == "offset":
+            tally.resumed += 1
+        elif r.status_code != 200:
             tally.failed[f"{r.status_code} {r.json().get('error', '') if r.content[:1] == b'{' else ''}"] += 1
         return r, time.perf_counter() - t0
 
@@ -70,11 +75,13 @@ async def run_load(base: str, model: str, x: np.ndarray, want: np.ndarray, concu
         sid = got[0].json()["session_id"]
         tally.sessions += 1
         i = int(rng.integers(len(x)))
-        t, total = 0, x.shape[1]
+        t, total, retry = 0, x.shape[1], False
         while t < total:
             n = int(rng.integers(1, 4))
             chunk = x[i, t: t + n]
-            got = await call(http, "POST", f"{url}/sessions/{sid}/step", {"inputs": chunk.tolist(), "offset": t}, sid)
+            got = await call(http, "POST", f"{url}/sessions/{sid}/step", {"inputs": chunk.tolist(), "offset": t}, sid,
+                             retry)
+            retry = got is None or got[0].status_code >= 500  # this step's next try is a retry of a failed one
             if got is None:
                 await asyncio.sleep(0.05)
                 continue

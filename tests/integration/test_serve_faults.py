@@ -90,10 +90,13 @@ def check(tally, events, share: bool):
     assert len(events) == 3, events
     assert tally.sessions > CONCURRENCY and tally.steps_checked > 500, tally.summary()
     assert tally.lost == 0 and tally.wrong == [], tally.summary()
-    # the requests that fail are those in flight on the killed replica (a connection cut mid-answer; the
-    # step may still have applied, so its retry can meet it: a 409), at most one per client whatever the
-    # run's length (seen: 4 to 19 of 32); over 60 s that is < 0.1% of all requests
+    # the requests that fail are those in flight on the killed replica (a connection cut mid-answer), at
+    # most one per client whatever the run's length (seen: 2 to 23 of 32); over 60 s that is < 0.1% of all
+    # requests. A cut step may still have applied: its retry then answers 409 naming what the session
+    # consumed and the stream goes on (``resumed``, the same incident: one run had 23 cuts and 12 of these,
+    # which the bound counted as 35 failures when 409s were failures); each follows a failed try
     assert tally.failures <= CONCURRENCY, tally.summary()
+    assert tally.resumed <= tally.failures, tally.summary()
     if share:
         assert tally.failures < 0.001 * tally.requests, tally.summary()
 
