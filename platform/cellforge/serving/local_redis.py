@@ -69,12 +69,17 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _sweep(keep: str) -> None:
-    """Remove the folders of this user's earlier servers that are gone (their socket answers nothing)."""
+    """Remove the folders of this user's earlier servers that are gone (their socket answers nothing); a
+    folder younger than a minute may be a server that is starting (its socket not made yet): it stays."""
     import glob
     import socket
 
     for folder in glob.glob(os.path.join(tempfile.gettempdir(), "cf-redis-*")):
-        if folder == keep or not os.path.isdir(folder) or os.stat(folder).st_uid != os.getuid():
+        try:
+            info = os.stat(folder)
+        except OSError:
+            continue
+        if folder == keep or info.st_uid != os.getuid() or time.time() - info.st_mtime < 60:
             continue
         with socket.socket(socket.AF_UNIX) as s:
             try:
