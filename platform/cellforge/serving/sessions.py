@@ -75,8 +75,9 @@ class Store:
         try:
             self.local = LocalRedis.start()
         except Exception as e:  # noqa: BLE001 (a server that will not start leaves the actor's own store)
-            if self.local is not None:  # sessions already live in Redis: no falling back to the actor's dict
-                raise
+            if self.local is not None:  # sessions already live in Redis: no falling back to the actor's dict;
+                log.warning("the session store's redis-server did not restart: %s", e)
+                return self.local.url  # the replicas answer 503 naming session_store, and ask again
             self.local_why = f"redis-server did not start ({e})"
             log.warning("sessions are kept in the store actor: %s", self.local_why)
             return None
