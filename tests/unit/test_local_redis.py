@@ -136,3 +136,28 @@ def test_the_server_dies_with_the_process_that_started_it(tmp_path):
         time.sleep(0.05)
     assert not psutil.pid_exists(int(pid)) or server.status() == psutil.STATUS_ZOMBIE
     assert not os.path.exists(os.path.join(folder, "redis.sock"))  # it shut down (SIGTERM), not left behind
+
+
+def test_a_server_that_will_not_restart_answers_503_naming_the_store(store, monkeypatch):
+    from cellforge.serving.schema import ApiError
+
+    actor = FakeActor(store)
+
+    async def go():
+        sessions = LocalSessions(actor)
+        await sessions.create("m", "v1", 60)
+        store.local.proc.kill()
+        store.local.proc.wait()
+
+        def refuse():
+            raise RuntimeError("no room")
+
+        monkeypatch.setattr(local_redis.LocalRedis, "start", staticmethod(refuse))
+        with pytest.raises(ApiError) as e:
+            await sessions.create("m", "v1", 60)
+        assert e.value.status == 503 and "session_store" in str(e.value.body())
+        assert store.sessions == {}  # never the actor's dict once sessions live in Redis
+        monkeypatch.undo()
+        assert await sessions.get("nope", "m") is None and store.local.alive()  # asked again: a new server
+
+    run(go())
