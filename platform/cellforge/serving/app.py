@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import ray
 from fastapi import Depends, FastAPI, WebSocket
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException
@@ -36,6 +36,7 @@ from cellforge.serving.http import (
     error_answer,
     http_problem,
     install_errors,
+    refusal,
     unknown,
 )
 from cellforge.serving.metrics import EndpointMetrics, route_of
@@ -574,10 +575,9 @@ class FastPredict:
         try:
             answer = await self.server.predict(req)
         except Exception as e:
-            refused = error_answer(e)
-            if refused is None:
+            response = refusal(e)
+            if response is None:
                 raise
-            response = JSONResponse(refused[1], status_code=refused[0], headers=getattr(e, "headers", None))
         else:
             content = self.response.dump_json(self.response.validate_python(answer), by_alias=True, exclude_none=True)
             response = Response(content, media_type="application/json")

@@ -40,6 +40,14 @@ def error_answer(e: Exception) -> tuple[int, dict] | None:
     return 422, problems_body(422, problems)
 
 
+def refusal(e: Exception) -> JSONResponse | None:
+    """The response to a refusal (``error_answer``'s status and body, the error's headers); None for
+    anything else."""
+    answer = error_answer(e)
+    return None if answer is None else JSONResponse(answer[1], status_code=answer[0],
+                                                    headers=getattr(e, "headers", None))
+
+
 def install_errors(api: FastAPI, unknown_model: bool = False) -> None:
     """Every error becomes ``ErrorBody`` JSON. ``unknown_model``: the index app answers 404 for any
     model route, whatever the body, since it only sees names no deployed app has claimed."""
@@ -48,8 +56,7 @@ def install_errors(api: FastAPI, unknown_model: bool = False) -> None:
     @api.exception_handler(InputError)
     @api.exception_handler(SpecError)
     async def _api(request: Request, e: Exception):
-        status, body = error_answer(e)
-        return JSONResponse(body, status_code=status, headers=getattr(e, "headers", None))
+        return refusal(e)
 
     @api.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError):
