@@ -22,6 +22,10 @@ UV_INSTALL := $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(
 $(BIN)/cellforge: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	($(BIN)/pip install -q uv && $(UV_INSTALL) -q -e ".[dev]") || $(PIP_INSTALL) -q -e ".[dev]"
+	# Jupyter brings rfc3987-syntax (jupyter-events asks for jsonschema[format-nongpl]); on import it
+	# builds ~35 Earley grammars, and every Ray process imports it (ray -> jsonschema): 3 s each here,
+	# a local Ray's start 34 s instead of 12. Only jsonschema's optional `iri` format check uses it.
+	$(BIN)/pip uninstall -y -q rfc3987-syntax 2>/dev/null || true
 	touch $@
 
 demo: $(BIN)/cellforge

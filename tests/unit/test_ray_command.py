@@ -4,6 +4,7 @@ recorded under CELLFORGE_HOME, while its owner process lives (no Ray is started 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -47,3 +48,22 @@ def test_clients_forget_ended_processes(tmp_path, monkeypatch):
     ended.wait()
     assert local_ray.clients() == [os.getpid()]
     assert sorted(p.name for p in (tmp_path / "clients").iterdir()) == [str(os.getpid())]
+
+
+def test_the_start_says_when_rfc3987_syntax_slows_every_ray_process(monkeypatch, caplog):
+    """Jupyter's rfc3987-syntax costs every Ray process its grammars on import: the local Ray's start
+    says so when it is installed, and says nothing when it is not (the Makefile's venv removes it)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    for installed in (True, False):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, on=installed: (object() if on else None) if name == "rfc3987_syntax"
+                            else real(name, *a))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="cellforge"):
+            assert local_ray.slow_import_hint() is installed
+        said = [r.getMessage() for r in caplog.records if "rfc3987-syntax" in r.getMessage()]
+        assert len(said) == (1 if installed else 0)
+        if installed:
+            assert "pip uninstall rfc3987-syntax" in said[0]
