@@ -54,6 +54,22 @@ def test_two_workers_stay_in_sync(digits_runs, framework):
     assert two.history[0]["val_loss"] > 0 and digits_runs(framework, 1).history[0]["val_accuracy"] > 0
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_fits_timings_add_up_to_its_wall_time(digits_runs, framework):
+    """``FitResult.timings`` splits the call's wall time into its phases (train.fit.Stopwatch): the
+    epochs are the history's, nothing is left out, and only Ray Train's actors take time to start (one
+    worker trains in this process)."""
+    for workers in (1, 2):
+        result = digits_runs(framework, workers)
+        t = result.timings
+        assert list(t) == ["prepare", "ray", "tracking", "imports", "workers", "setup", "epochs", "checkpoints",
+                           "test", "bundle"]
+        assert all(v >= 0 for v in t.values())
+        assert t["epochs"] == pytest.approx(sum(row["time_s"] for row in result.history))
+        assert sum(t.values()) == pytest.approx(digits_runs.walls[framework, workers], abs=0.05)
+    assert digits_runs(framework, 1).timings["workers"] < 0.5 < digits_runs(framework, 2).timings["workers"]
+
+
 def test_keras_bundle_predicts_the_same_in_torch_and_numpy(digits_runs):
     data = cf.datasets.load("digits")
     bundle = digits_runs("tensorflow", 2).bundle

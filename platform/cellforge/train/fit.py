@@ -52,11 +52,66 @@ class FitResult:
     run_dir: Path
     examples: list[dict[str, Any]] = field(default_factory=list)  # a few test predictions next to the truth
     starts: list[int] = field(default_factory=list)  # epochs each (re)start began at: [0, 3] = resumed after 3
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of this call: see Stopwatch
 
     def history_frame(self):
         import pandas as pd
 
         return pd.DataFrame(self.history).set_index("epoch")
+
+
+class Stopwatch:
+    """Where a ``fit`` call's seconds went, phase by phase, in the order they ran (``FitResult.timings``):
+
+    - ``prepare``: checking and preparing the data; ``ray``: connecting to (or starting) Ray;
+      ``tracking``: opening and closing the MLflow run;
+    - ``imports``: the framework and Ray Train, imported by the first fit in a process only;
+    - ``workers``: from the Ray Train run's start until the training loop runs (Ray Train's actors
+      starting: none for a fit in this process, ``in_process``);
+    - ``setup``: in the loop, before its first epoch: the data, the model and optimizer, a checkpoint
+      to resume from (and what a framework imports on first use: torch's first optimizer imports
+      ``torch._dynamo``, ~2 s here, as it does in a hand-written loop);
+    - ``epochs``: the epochs this call ran (``history``'s ``time_s``, validation included);
+    - ``checkpoints``: everything else in the Ray Train run: each epoch's checkpoint and report, and
+      the run's end;
+    - ``test``: the test split's metrics; ``bundle``: saving and verifying the bundle.
+
+    Everything but ``epochs`` is the fit's time outside its epochs (``outside``)."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """The time since the last lap goes to ``phase``."""
+        now = time.perf_counter()
+        self.add(phase, now - self._last)
+        self._last = now
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + max(0.0, seconds)
+
+    def train_run(self, state: dict[str, Any], began: float) -> None:
+        """The Ray Train run's seconds, from ``began`` (wall clock) until now, split by what its loop
+        stamped in ``state`` (``timing``: when it started, seconds to its first epoch) and by the
+        ``time_s`` of the epochs this start ran."""
+        wall = time.time() - began
+        timing = state.get("timing") or {}
+        workers = max(0.0, timing.get("loop_start", began) - began)
+        setup = timing.get("setup_s", 0.0)
+        epochs = sum(row["time_s"] for row in state["history"][(state.get("starts") or [0])[-1]:])
+        for phase, seconds in (("workers", workers), ("setup", setup), ("epochs", epochs),
+                               ("checkpoints", wall - workers - setup - epochs)):
+            self.add(phase, seconds)
+        self._last = time.perf_counter()
+
+    def outside(self) -> float:
+        return sum(v for k, v in self.phases.items() if k != "epochs")
+
+    def line(self) -> str:
+        """``outside epochs 1.2 s: prepare 0.1, ...`` (each phase of at least 0.05 s)."""
+        return f"outside epochs {self.outside():.1f} s: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in self.phases.items() if k != "epochs" and v >= 0.05)
 
 
 def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_checkpoint: str | None = None,
@@ -152,28 +207,35 @@ def fit(spec: ModelSpec | dict, data: Any, *, workers: int = 1, use_gpu: bool = 
     Raises:
         SpecError: the spec or the data is invalid (every problem listed, field paths included).
     """
+    clock = Stopwatch()
     spec = ModelSpec.of(spec, epochs)
     check_trainable(spec)
     check_workers(workers)
     spec, prepared = prepare(spec, data, validation, test)
     name = check_name(name or f"{spec.task}-{spec.cell}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage = Path(storage_path).resolve() if storage_path else runs_dir()
+    clock.lap("prepare")
     ensure_ray(address)
     use_gpu = _gpu_or_cpu(use_gpu, address)
+    clock.lap("ray")
     track = start_tracking(tracking, storage, name, spec, prepared, data, workers, use_gpu)
     events = events_dir(storage / name) if tensorboard_on(tensorboard) else None
     if events is not None and verbose:
         log.info("TensorBoard event files: tensorboard --logdir %s", events)
+    clock.lap("tracking")
     try:
         weights, state = run(spec, prepared, workers=workers, use_gpu=use_gpu, name=name, storage=storage,
                              max_failures=max_failures, verbose=verbose, init_weights=init_weights,
-                             tracking_run=track.ref(), tensorboard=events)
+                             tracking_run=track.ref(), tensorboard=events, clock=clock)
     except BaseException:
         track.finish([], status="FAILED")
         raise
     result = finish(spec, prepared, weights, state, bundle_path or storage / name / "bundle", storage / name,
-                    verbose, run_id=track.run_id)
+                    verbose, run_id=track.run_id, clock=clock)
     track.finish(result.history, result.metrics, result.bundle)
+    clock.lap("tracking")
+    result.timings = clock.phases
+    log.debug("fit %s: %s", name, clock.line())
     return result
 
 
@@ -221,12 +283,17 @@ def check_name(name: str) -> str:
 def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, name: str, storage: Path,
         max_failures: int = 0, callbacks: list | None = None, verbose: bool = True,
         init_weights: dict[str, np.ndarray] | None = None,
-        tracking_run: dict[str, Any] | None = None,
-        tensorboard: Path | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        tracking_run: dict[str, Any] | None = None, tensorboard: Path | None = None,
+        clock: Stopwatch | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run the Ray Train job for prepared data; returns the final weights and the loop's state
-    (history, best epoch). Resumes from the last checkpoint of a run with the same name and storage."""
+    (history, best epoch). Resumes from the last checkpoint of a run with the same name and storage.
+    ``clock`` gets the run's phases: imports, workers, setup, epochs, checkpoints."""
     import ray.train
+    import ray.train.torch  # noqa: F401  (both backends' trainer class: the import is timed as "imports")
 
+    get_backend(spec.framework)  # the framework's import, timed on its own (the first fit in a process)
+    clock = clock or Stopwatch()
+    clock.lap("imports")
     here = in_process(workers, use_gpu, max_failures)
     last = latest(storage / name) if here else None
     config = worker_config(spec, prepared, use_gpu, verbose=verbose, init_weights=init_weights,
@@ -241,29 +308,38 @@ def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, nam
     if verbose:  # a status while Train starts its workers (the first epoch line follows)
         log.info("training in this process (1 worker)" if here else
                  f"starting {workers} Ray Train worker{'s' * (workers != 1)}")
+    clock.lap("workers")  # the data handed to Ray's object store for the workers (none in process)
+    began = time.time()  # wall clock: the loop stamps its own start with it, in whichever process it runs
     with own_sigint():
         result = trainer(spec, config, 0 if here else workers, use_gpu, run_config).fit()
     if result.error is not None:
         raise result.error
     if result.checkpoint is None and last is not None:  # rerun of a finished run: nothing left to train
+        clock.lap("checkpoints")
         return final_weights(last)
     with result.checkpoint.as_directory() as d:
-        return final_weights(Path(d))
+        weights, state = final_weights(Path(d))
+    clock.train_run(state, began)
+    return weights, state
+
 
 
 def finish(spec: ModelSpec, prepared, weights, state, bundle_path: str | Path, run_dir: Path,
-           verbose: bool = True, run_id: str | None = None) -> FitResult:
+           verbose: bool = True, run_id: str | None = None, clock: Stopwatch | None = None) -> FitResult:
     """Evaluate the final weights on the test split and save the bundle (with its provenance; an anomaly
     detector's with its threshold and score scaling, calibrated on the validation split)."""
+    clock = clock or Stopwatch()
     if spec.task == "anomaly":
         prepared.preprocessor.state["anomaly"] = _calibrate(spec, weights, prepared.splits["val"])
     test_metrics, examples = _test(spec, weights, prepared)
     summary = {**test_metrics, **prepared.baseline}
+    clock.lap("test")
     fp = prepared.fingerprint or tracking.fingerprint_of(prepared.splits, prepared.preprocessor.state)
     path = _bundle.save(bundle_path, spec, weights, prepared.preprocessor.state,
                         {"test": summary, "history": state["history"], "best_epoch": state.get("best_epoch"),
                          "starts": state.get("starts", [])},
                         provenance=tracking.provenance(run_id, fp))
+    clock.lap("bundle")
     if verbose:
         log.info("test  %s", "  ".join(f"{k} {v:.4g}" for k, v in summary.items()))
         log.info("bundle saved to %s", path)

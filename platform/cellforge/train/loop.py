@@ -134,6 +134,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
+    began = time.time()  # the driver's fit splits its time with this (train.fit.Stopwatch)
     _ray.quiet_train_reports()
     log.setLevel(config.get("log_level", log.level))
     load_cells(config.get("cells", {}))
@@ -165,6 +166,7 @@ def worker_loop(config: dict[str, Any]) -> None:
             log.info("resuming after epoch %d from %s", state["epoch"] + 1, ckpt.path)
 
     state.setdefault("starts", []).append(state["epoch"] + 1)  # epochs each (re)start began at
+    state["timing"] = {"loop_start": began, "setup_s": time.time() - began}  # this start's (fit.Stopwatch)
     train = splits["train"]
     n_local = len(train["y"]) // info.world  # equal shards: DDP needs the same number of steps per rank
     local_bs = max(1, t.batch_size // info.world)
