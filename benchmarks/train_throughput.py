@@ -161,7 +161,7 @@ def cellforge_fit(framework: str, workers: int, x, y, epochs: int, storage: str,
                                   "test_fraction": 0.02, "seed": 0})
     start = time.perf_counter()
     result = cf.fit(spec, (x, y), workers=workers, storage_path=storage, verbose=False,
-                    name=f"bench-{framework}-{workers}w-{tracking[:6]}", tracking=tracking)
+                    name=f"bench-{framework}-{workers}w-{tracking[:6]}-{key.replace('+', 'p')}", tracking=tracking)
     wall = time.perf_counter() - start
     if walls is not None:
         walls[tracking] = wall
