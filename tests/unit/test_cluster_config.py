@@ -37,6 +37,8 @@ def test_ray_cluster_yaml_installs_cellforge_from_this_repo_with_token_auth(laun
     mounts = launcher["file_mounts"]
     target = next(remote for remote, local in mounts.items() if local == ".")
     assert any("pip install" in c and target.replace("~", "$HOME") in c for c in launcher["setup_commands"])
+    # and without the grammars every Ray process would build on import (local_ray.slow_import_hint)
+    assert any("pip uninstall" in c and "rfc3987-syntax" in c for c in launcher["setup_commands"])
     assert "~/.ray/auth_token" in mounts  # every node gets the token your laptop uses
     for cmd in launcher["head_start_ray_commands"][1:] + launcher["worker_start_ray_commands"][1:]:
         assert "RAY_AUTH_MODE=token" in cmd
@@ -127,3 +129,4 @@ def test_kuberay_rayservice_serve_config_passes_serves_schema():
 def test_dockerfile_installs_this_repo_on_the_same_ray():
     text = (KUBERAY / "Dockerfile").read_text()
     assert f"rayproject/ray:{ray.__version__}-" in text and "pip install" in text and "COPY" in text
+    assert "pip uninstall -y -q rfc3987-syntax" in text  # local_ray.slow_import_hint: ~3 s per Ray process
