@@ -66,15 +66,15 @@ class Stopwatch:
     - ``prepare``: checking and preparing the data; ``ray``: connecting to (or starting) Ray;
       ``tracking``: opening and closing the MLflow run;
     - ``imports``: the framework and Ray Train, imported by the first fit in a process only;
-    - ``workers``: from the Ray Train run's start until the training loop runs (Ray Train's actors
-      starting: none for a fit in this process, ``in_process``);
+    - ``workers``: the data handed to Ray's object store, and from the Ray Train run's start until
+      the training loop runs (Ray Train's actors starting: none for a fit in this process, ``in_process``);
     - ``setup``: in the loop, before its first epoch: the data, the model and optimizer, a checkpoint
       to resume from (and what a framework imports on first use: torch's first optimizer imports
       ``torch._dynamo``, ~2 s here, as it does in a hand-written loop);
     - ``epochs``: the epochs this call ran (``history``'s ``time_s``, validation included);
     - ``checkpoints``: everything else in the Ray Train run: each epoch's checkpoint and report, and
       the run's end;
-    - ``test``: the test split's metrics; ``bundle``: saving and verifying the bundle.
+    - ``test``: the test split's metrics; ``bundle``: writing the bundle and its checksummed manifest.
 
     Everything but ``epochs`` is the fit's time outside its epochs (``outside``)."""
 
@@ -321,7 +321,6 @@ def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, nam
         weights, state = final_weights(Path(d))
     clock.train_run(state, began)
     return weights, state
-
 
 
 def finish(spec: ModelSpec, prepared, weights, state, bundle_path: str | Path, run_dir: Path,
