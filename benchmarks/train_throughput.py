@@ -1,6 +1,6 @@
 """Training throughput: cellforge vs a hand-written loop in each framework, in one run.
 
-    .venv/bin/python benchmarks/train_throughput.py            # about 5-10 minutes on 2 cores
+    .venv/bin/python benchmarks/train_throughput.py            # about 10 minutes on 2 cores (--rounds 1: ~7)
     .venv/bin/python benchmarks/train_throughput.py --only tracking   # (b) against (b+): ~2 minutes
     .venv/bin/python benchmarks/train_throughput.py --only bucketing  # training.bucket_by_length: ~3 minutes
 
