@@ -243,8 +243,8 @@ def haproxy_launcher(path: str, real: str) -> str:
     ``<config>`` under ``<config>.lock``, and on every reload. The launcher fixes the config's admin
     listeners (``haproxy_admin_listeners``) and balancing (``haproxy_session_affinity``) under that lock,
     then execs ``real`` with the same arguments: the process keeps its pid and its ``-f <config>``
-    argument, by which Ray finds its HAProxy processes in /proc. A template that changes those section names leaves the listeners in
-    place, which tests/integration/test_ingress.py catches."""
+    argument, by which Ray finds its HAProxy processes in /proc. A template that changes those section
+    names leaves the listeners in place, which tests/integration/test_ingress.py catches."""
     import inspect
     import os
     import sys
