@@ -104,3 +104,19 @@ def test_nothing_of_ray_or_haproxy_listens_beyond_loopback(endpoint):
         time.sleep(0.5)
     assert {"haproxy", "raylet"} <= names, f"the check saw only {sorted(names)}"  # it saw what it is about
     assert not wide, "listening beyond 127.0.0.1:\n" + "\n".join(sorted(wide))
+
+
+def test_a_deploy_right_after_the_index_app_was_deleted_lists_its_model(endpoint, serve_module):
+    """An index app deleted without waiting (a test module's end did so) shows as DELETING for a moment:
+    a deploy then must run it again, not take it for running, and return only once the ingress routes
+    both (CI at 2ae10f5: ``GET /v1/models`` answered HAProxy's 404 right after such a deploy)."""
+    import httpx
+
+    from cellforge.serving.config import INDEX_APP
+
+    ep, bundle = endpoint
+    serve_module.delete(INDEX_APP, _blocking=False)
+    again = cf.deploy(bundle, "ingress", num_replicas=1)
+    r = httpx.get(f"{again.base_url}/v1/models", timeout=30)
+    assert r.status_code == 200, r.text
+    assert "ingress" in [m["name"] for m in r.json()["models"]]

@@ -113,14 +113,43 @@ def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int 
         # serve.start would only warn that its HTTP options are ignored (Ray's WARNING line in a notebook
         # that deploys a second model, or in 03 when another kernel started Serve): say where it serves
         log.info("Serve already runs on this Ray, at %s:%d: the model is served there", *running)
-    if INDEX_APP not in serve.status().applications:
+    index = serve.status().applications.get(INDEX_APP)
+    # deleted without waiting (a test module's end, an undeploy script), the index still shows as
+    # DELETING and goes a moment later: deploy it again (Serve takes a new target over a deletion)
+    if index is None or index.status == "DELETING":
         serve.run(build_index(), name=INDEX_APP, route_prefix="/")
     if canary_cfg is not None:
         streams = not (spec.bidirectional or spec.task == "seq2seq" or state.get("input_type") == "audio")
         return _deploy_canary(cfg, canary_cfg, spec.task, streams)
     serve.run(build_app(cfg.model_dump()), name=cfg.name, route_prefix=f"/v1/models/{cfg.name}")
     ray.get(get_store().set_config.remote(cfg.name, cfg.model_dump()))  # what a promote starts from
-    return Endpoint(cfg.name, version_of(cfg), base_url())
+    url = base_url()
+    wait_routed(url, {"/": INDEX_APP, f"/v1/models/{cfg.name}": cfg.name})
+    return Endpoint(cfg.name, version_of(cfg), url)
+
+
+def wait_routed(url: str, routes: dict[str, str], timeout_s: float = 30.0) -> bool:
+    """Wait until Serve's ingress at ``url`` routes each prefix in ``routes`` to its application (its
+    ``/-/routes``: HAProxy's and the Python proxy's alike). ``serve.run`` returns once the application
+    runs, but HAProxy learns its routes by a reload a moment later: a request sent at once could get
+    HAProxy's 404 "Path ... not found" (CI saw ``GET /v1/models`` do so right after a deploy). Says
+    so once, and returns False, if they are not routed within ``timeout_s``."""
+    import httpx
+
+    deadline, got = time.monotonic() + timeout_s, None
+    while True:
+        try:
+            r = httpx.get(f"{url}/-/routes", timeout=5)
+            got = r.json() if r.status_code == 200 else r.text
+        except (httpx.HTTPError, ValueError) as e:
+            got = repr(e)
+        if isinstance(got, dict) and all(got.get(prefix) == app for prefix, app in routes.items()):
+            return True
+        if time.monotonic() > deadline:
+            log.warning("Serve's ingress at %s does not route %s yet after %.0f s (its routes: %s)",
+                        url, routes, timeout_s, got)
+            return False
+        time.sleep(0.1)
 
 
 def _deploy_canary(cfg: DeployConfig, canary: CanaryConfig, task: str, streams: bool) -> Endpoint:
