@@ -5,8 +5,8 @@
 Fits a tiny LSTM (512 sequences, 2 epochs) several times on one embedded Ray, taking turns between
 three ways of running it, after one warm-up fit of each that is not counted:
 
-- in process: the default for one CPU worker on a local Ray (``cellforge.train.fit.in_process``, Ray
-  Train's local mode): nothing starts;
+- in process: the default for one CPU worker on a local Ray (``cellforge.train.fit.in_process``, the
+  loop called without Ray Train): nothing starts;
 - lean actors: Ray Train's actors with cellforge's lean trainer (``_ray.lean_trainer``: no
   DatasetManager actor, no autoscaler requests on a local node), ``CELLFORGE_TRAIN_IN_PROCESS=0``;
 - Ray Train's defaults.

@@ -7,9 +7,10 @@ loop's state — safetensors and JSON, no pickle.
       optimizer.*           the backend's optimizer state (``Fitter.save_state``)
       state.json            epoch, history, early-stopping counters, schedule
 
-Ray Train persists the checkpoints its workers report. A run trained in the driver's own process (Ray
-Train's local mode, ``cellforge.train.fit.in_process``) persists none, so there the loop keeps its own
-in the run's folder, in the same layout (``keep``), and a rerun resumes from the newest (``latest``).
+Ray Train persists the checkpoints its workers report. A run trained in the driver's own process
+(``cellforge.train.fit.in_process``, or a sweep trial in Ray Train's local mode) has nobody to persist
+them, so there the loop keeps its own in the run's folder, in the same layout (``keep``), and a rerun
+resumes from the newest (``latest``).
 """
 
 from __future__ import annotations

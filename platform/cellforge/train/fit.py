@@ -33,7 +33,7 @@ from cellforge.train import seq2seq_eval
 from cellforge.train.checkpoint import final_weights, latest
 from cellforge.train.events import enabled as tensorboard_on
 from cellforge.train.events import logdir as events_dir
-from cellforge.train.loop import worker_loop
+from cellforge.train.loop import LocalSession, worker_loop
 
 
 def runs_dir() -> Path:
@@ -65,7 +65,8 @@ class Stopwatch:
 
     - ``prepare``: checking and preparing the data; ``ray``: connecting to (or starting) Ray;
       ``tracking``: opening and closing the MLflow run;
-    - ``imports``: the framework and Ray Train, imported by the first fit in a process only;
+    - ``imports``: the framework (and Ray Train, for a run on its actors), imported by the first fit
+      in a process only;
     - ``workers``: the data handed to Ray's object store, and from the Ray Train run's start until
       the training loop runs (Ray Train's actors starting: none for a fit in this process, ``in_process``);
     - ``setup``: in the loop, before its first epoch: the data, the model and optimizer, a checkpoint
@@ -122,7 +123,7 @@ def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_ch
     Ray's object store, custom cells, where to start from, and how much to log (the driver's level of
     the ``cellforge`` logger: a notebook that quiets it quiets its workers too). ``keep_checkpoints``: the
     run trains in this process (``in_process``), so the splits stay here rather than going through the
-    object store, and the loop keeps its checkpoints in that folder (Ray Train's local mode keeps none)."""
+    object store, and the loop keeps its checkpoints in that folder (no Ray Train run persists them)."""
     import ray
 
     here = keep_checkpoints is not None
@@ -138,7 +139,8 @@ def worker_config(spec: ModelSpec, prepared: Prepared, use_gpu: bool, *, init_ch
 
 def trainer(spec: ModelSpec, config: dict[str, Any], workers: int, use_gpu: bool, run_config):
     """The backend's Ray Train trainer running ``worker_loop`` on ``workers`` workers (one CPU each);
-    with ``workers=0``, in this process (Ray Train's local mode: see ``in_process``)."""
+    with ``workers=0``, in this process (Ray Train's local mode: a sweep trial's, ``cellforge.tune.trial``;
+    a fit in this process calls the loop itself, see ``in_process``)."""
     import ray.train
 
     if not workers:
@@ -152,15 +154,18 @@ def trainer(spec: ModelSpec, config: dict[str, Any], workers: int, use_gpu: bool
 
 
 def in_process(workers: int, use_gpu: bool, max_failures: int) -> bool:
-    """Whether a fit trains in this process (Ray Train's local mode) instead of in Ray Train's actors:
-    one CPU worker, no failures to recover from, on a local Ray — unless ``CELLFORGE_TRAIN_IN_PROCESS=0``.
+    """Whether a fit trains in this process, calling the loop itself (``loop.LocalSession``), instead of
+    in Ray Train's actors: one CPU worker, no failures to recover from, on a local Ray — unless
+    ``CELLFORGE_TRAIN_IN_PROCESS=0``.
 
     A Ray Train run starts a process per actor (controller, placement-group cleaner, synchronization
     actor, worker) and imports the framework in each; on 2 cores that was 20-60 s of a small fit
     outside its epochs (``benchmarks/fit_overhead.py``). In this process the framework stays imported
-    and nothing starts, so a notebook's second fit begins at once; the loop, its checkpoints (kept in
-    the run's folder: ``train.checkpoint.keep``), resuming, tracking and the bundle are the same. More
-    workers, a GPU, ``max_failures`` or a remote cluster use Ray Train's actors as before."""
+    and nothing starts, so a notebook's second fit begins at once; and Ray Train is not imported either
+    (Ray Train's local mode, used here until 12-01, imported it: ~1.8 s of a first fit, and torch for a
+    Keras one). The loop, its checkpoints (kept in the run's folder: ``train.checkpoint.keep``),
+    resuming, tracking and the bundle are the same. More workers, a GPU, ``max_failures`` or a remote
+    cluster use Ray Train's actors as before."""
     if os.environ.get("CELLFORGE_TRAIN_IN_PROCESS", "") in ("0", "false", "no"):
         return False
     return workers == 1 and not use_gpu and max_failures == 0 and _local_node()
@@ -285,38 +290,45 @@ def run(spec: ModelSpec, prepared: Prepared, *, workers: int, use_gpu: bool, nam
         init_weights: dict[str, np.ndarray] | None = None,
         tracking_run: dict[str, Any] | None = None, tensorboard: Path | None = None,
         clock: Stopwatch | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Run the Ray Train job for prepared data; returns the final weights and the loop's state
-    (history, best epoch). Resumes from the last checkpoint of a run with the same name and storage.
-    ``clock`` gets the run's phases: imports, workers, setup, epochs, checkpoints."""
-    import ray.train
-    import ray.train.torch  # noqa: F401  (both backends' trainer class: the import is timed as "imports")
-
+    """Run the Ray Train job for prepared data (or the loop itself, in this process: ``in_process``);
+    returns the final weights and the loop's state (history, best epoch). Resumes from the last
+    checkpoint of a run with the same name and storage. ``clock`` gets the run's phases: imports,
+    workers, setup, epochs, checkpoints."""
+    here = in_process(workers, use_gpu, max_failures)
+    if not here:
+        import ray.train
+        import ray.train.torch  # noqa: F401  (both backends' trainer class: the import is timed as "imports")
     get_backend(spec.framework)  # the framework's import, timed on its own (the first fit in a process)
     clock = clock or Stopwatch()
     clock.lap("imports")
-    here = in_process(workers, use_gpu, max_failures)
     last = latest(storage / name) if here else None
     config = worker_config(spec, prepared, use_gpu, verbose=verbose, init_weights=init_weights,
                            tracking_run=tracking_run, tensorboard=tensorboard,
                            init_checkpoint=None if last is None else str(last),
                            keep_checkpoints=storage / name if here else None)
-    run_config = ray.train.RunConfig(
-        name=name, storage_path=str(storage), callbacks=callbacks,
-        failure_config=ray.train.FailureConfig(max_failures=max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        logging_config=ray.train.LoggingConfig(log_level="WARNING"))  # our epoch line says it all
     if verbose:  # a status while Train starts its workers (the first epoch line follows)
         log.info("training in this process (1 worker)" if here else
                  f"starting {workers} Ray Train worker{'s' * (workers != 1)}")
     clock.lap("workers")  # the data handed to Ray's object store for the workers (none in process)
     began = time.time()  # wall clock: the loop stamps its own start with it, in whichever process it runs
+    if here:  # the loop itself: its checkpoints are kept in the run's folder, the last one is the result
+        session = LocalSession()
+        worker_loop(config | {"session": session})
+        if session.checkpoint is None and last is not None:  # rerun of a finished run: nothing left to train
+            clock.lap("checkpoints")
+            return final_weights(last)
+        weights, state = final_weights(Path(session.checkpoint))
+        clock.train_run(state, began)
+        return weights, state
+    run_config = ray.train.RunConfig(
+        name=name, storage_path=str(storage), callbacks=callbacks,
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"))  # our epoch line says it all
     with own_sigint():
-        result = trainer(spec, config, 0 if here else workers, use_gpu, run_config).fit()
+        result = trainer(spec, config, workers, use_gpu, run_config).fit()
     if result.error is not None:
         raise result.error
-    if result.checkpoint is None and last is not None:  # rerun of a finished run: nothing left to train
-        clock.lap("checkpoints")
-        return final_weights(last)
     with result.checkpoint.as_directory() as d:
         weights, state = final_weights(Path(d))
     clock.train_run(state, began)

@@ -1,4 +1,5 @@
-"""The per-worker training loop, framework-neutral: every Ray Train worker runs ``worker_loop``.
+"""The per-worker training loop, framework-neutral: every Ray Train worker runs ``worker_loop``, and
+so does a fit in the caller's own process (``cellforge.train.fit.in_process``), without Ray Train.
 
 A backend (``cellforge.backends``) supplies ``Fitter(spec, info)`` with ``train_epoch``, ``predict``, ``allreduce``,
 ``get_weights``/``set_weights`` (canonical names) and ``save_state``/``load_state``; this
@@ -8,6 +9,7 @@ checkpoints and resuming from the last one.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import tempfile
 import time
@@ -122,25 +124,72 @@ def until(stop, items):
         yield item
 
 
+class LocalSession:
+    """The loop's link to its run when it trains in the caller's process without Ray Train
+    (``cellforge.train.fit.in_process``): rank 0 of one worker, no checkpoint handed in (the loop's
+    ``init_checkpoint`` resumes the run), and the last reported checkpoint folder kept for the caller.
+    Ray Train is not imported at all: its import (ray.data and Train V2's state machinery) was ~1.8 s
+    of a process's first fit, and a Keras fit's only reason to import torch."""
+
+    rank, world, local_world = 0, 1, 1
+
+    def __init__(self) -> None:
+        self.checkpoint: str | None = None
+
+    @contextlib.contextmanager
+    def restored(self):
+        yield None
+
+    def report(self, metrics: dict[str, Any], folder: str | None) -> None:
+        if folder is not None:
+            self.checkpoint = folder
+
+
+class TrainSession:
+    """The loop's link to a Ray Train run (in a Train worker, or in Ray Train's local mode, as a sweep
+    trial in its actor's process runs): the worker's rank, the checkpoint Train restarts it from, and
+    ``ray.train.report``."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        _ray.quiet_train_reports()
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world, self.local_world = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_world_size()
+
+    @contextlib.contextmanager
+    def restored(self):
+        """The folder of the checkpoint Ray Train restarts this run from (after a failure), or None."""
+        ckpt = self._train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield Path(d)
+
+    def report(self, metrics: dict[str, Any], folder: str | None) -> None:
+        self._train.report(metrics, checkpoint=None if folder is None else self._train.Checkpoint.from_directory(folder))
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``: train, report metrics and a checkpoint each epoch.
 
     ``config`` is what ``cellforge.train.fit.worker_config`` builds; with ``verbose`` false (sweep
-    trials, ``fit(verbose=False)``) rank 0 logs no epoch lines. A run in the caller's own process (Ray
-    Train's local mode) may also carry ``relay``, called with each epoch's metrics and checkpoint
-    folder (a sweep trial's: ``cellforge.tune.trial``), ``stop``, an event that ends the run before
-    its next batch, and ``checkpoints_kept`` (default 2).
+    trials, ``fit(verbose=False)``) rank 0 logs no epoch lines. A run in the caller's own process may
+    also carry ``session``, a ``LocalSession`` (a fit called without Ray Train; default: Ray Train's
+    ``TrainSession``), ``relay``, called with each epoch's metrics and checkpoint folder (a sweep
+    trial's: ``cellforge.tune.trial``), ``stop``, an event that ends the run before its next batch, and
+    ``checkpoints_kept`` (default 2).
     """
     import ray
-    import ray.train
 
     began = time.time()  # the driver's fit splits its time with this (train.fit.Stopwatch)
-    _ray.quiet_train_reports()
+    session = config.get("session") or TrainSession()
     log.setLevel(config.get("log_level", log.level))
     load_cells(config.get("cells", {}))
     spec = ModelSpec.parse(config["spec"])
-    ctx = ray.train.get_context()
-    info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_world_size(), config["use_gpu"])
+    info = WorkerInfo(session.rank, session.world, session.local_world, config["use_gpu"])
     # rank 0 logs the epochs (metrics are already aggregated over ranks); the driver opened the run.
     # Started first: its thread opens the store while the data arrives and the model is built
     track = tracking.EpochLog(tracking.Run.of(config.get("tracking") if info.rank == 0 else None))
@@ -154,16 +203,15 @@ def worker_loop(config: dict[str, Any]) -> None:
     state = {"epoch": -1, "history": [], "best": None, "bad": 0, "best_epoch": None}
     best_weights = None
     # a run resumes from its own last checkpoint; a new run may start from another's (Tune: PBT, restore)
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None and config.get("init_checkpoint"):
-        ckpt = ray.train.Checkpoint.from_directory(config["init_checkpoint"])
-    if ckpt is None and config.get("init_weights") is not None:  # a warm start from given weights
-        fitter.set_weights(ray.get(config["init_weights"]))
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state, best_weights = checkpoint.restore(fitter, Path(d))
-        if info.rank == 0 and config.get("verbose", True):
-            log.info("resuming after epoch %d from %s", state["epoch"] + 1, ckpt.path)
+    with session.restored() as d:
+        if d is None and config.get("init_checkpoint"):
+            d = Path(config["init_checkpoint"])
+        if d is None and config.get("init_weights") is not None:  # a warm start from given weights
+            fitter.set_weights(ray.get(config["init_weights"]))
+        if d is not None:
+            state, best_weights = checkpoint.restore(fitter, d)
+            if info.rank == 0 and config.get("verbose", True):
+                log.info("resuming after epoch %d from %s", state["epoch"] + 1, d)
 
     state.setdefault("starts", []).append(state["epoch"] + 1)  # epochs each (re)start began at
     state["timing"] = {"loop_start": began, "setup_s": time.time() - began}  # this start's (fit.Stopwatch)
@@ -215,18 +263,17 @@ def worker_loop(config: dict[str, Any]) -> None:
             log.info("epoch %d/%d  %s", epoch + 1, t.epochs, "  ".join(
                 f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and not (k == "rank_weight_spread" and v == 0)))
         with tempfile.TemporaryDirectory() as tmp:
-            saved = None
+            folder = None
             if info.rank == 0:
                 if config.get("keep_checkpoints"):  # in the driver's process: nobody else persists them
-                    saved = ray.train.Checkpoint.from_directory(checkpoint.keep(
-                        Path(config["keep_checkpoints"]), fitter, weights, best_weights, state,
-                        config.get("checkpoints_kept", 2)))
+                    folder = str(checkpoint.keep(Path(config["keep_checkpoints"]), fitter, weights, best_weights,
+                                                 state, config.get("checkpoints_kept", 2)))
                 else:
                     checkpoint.save(fitter, Path(tmp), weights, best_weights, state)
-                    saved = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({k: v for k, v in row.items()} | {"stopped_early": stop}, checkpoint=saved)
+                    folder = tmp
+            session.report(row | {"stopped_early": stop}, folder)
             if relay is not None:
-                relay(row | {"stopped_early": stop}, saved.path if saved else None)
+                relay(row | {"stopped_early": stop}, folder)
         # after the report: an epoch is logged once its checkpoint is kept, so a resumed run never logs
         # an epoch twice (the driver fills in one that a kill left out: tracking.Run.finish)
         track.log_epoch(row, epoch + 1)

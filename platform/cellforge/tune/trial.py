@@ -1,7 +1,7 @@
 """One sweep trial: a Ray Tune trainable that runs one Ray Train run and relays its epochs.
 
 Tune calls ``step()`` once per epoch. A trial of one CPU worker on a local Ray trains in the trial
-actor's own process (Ray Train's local mode, as ``cellforge.train.fit.in_process`` does for a fit):
+actor's own process (Ray Train's local mode; ``cellforge.train.fit.in_process`` calls the loop itself):
 the loop runs in a thread, hands each epoch to ``step()`` through a plain queue and stops within a
 batch when Tune stops the trial; the actor is reused by the sweep's next trial (``reset_config``),
 so the framework is imported once per concurrent trial, not once per trial. Otherwise the Train run

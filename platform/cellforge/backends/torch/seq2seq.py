@@ -133,11 +133,10 @@ class Fitter(train.Fitter):
     logits and ``stepper`` decodes with the worker's current weights."""
 
     def __init__(self, spec: ModelSpec, info: WorkerInfo):
-        import ray.train.torch as rt
-
         torch.set_num_threads(thread_share(info.local_world))
         torch.manual_seed(spec.training.seed)
         self.spec, self.world = spec, info.world
+        rt = train.ray_train_torch() if info.world > 1 or info.use_gpu else None  # not imported in process
         self.device = rt.get_device() if info.use_gpu else torch.device("cpu")
         if info.use_gpu:
             full_float32()

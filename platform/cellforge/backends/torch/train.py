@@ -53,15 +53,22 @@ def make_optimizer(spec: ModelSpec, params):
     return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
+def ray_train_torch():
+    """``ray.train.torch``, for a Fitter that needs its device or DDP (more than one worker, a GPU): a
+    fit in the driver's process (``cellforge.train.fit.in_process``) does not import Ray Train."""
+    import ray.train.torch
+
+    return ray.train.torch
+
+
 class Fitter:
     """One worker's model, optimizer and schedule; ``cellforge.train.loop`` drives it epoch by epoch."""
 
     def __init__(self, spec: ModelSpec, info: WorkerInfo):
-        import ray.train.torch as rt
-
         torch.set_num_threads(thread_share(info.local_world))
         torch.manual_seed(spec.training.seed)
         self.spec, self.world = spec, info.world
+        rt = ray_train_torch() if info.world > 1 or info.use_gpu else None  # not imported in process
         self.device = rt.get_device() if info.use_gpu else torch.device("cpu")
         if info.use_gpu:
             full_float32()
