@@ -30,10 +30,10 @@ b/a and e/d take the mean of ``--rounds`` runs of each side, the second round in
 both sides alike.
 
 Time outside the epochs is printed per cellforge fit with its phases (``FitResult.timings``: see
-``cellforge.train.fit.Stopwatch``). The first fit in a process also imports the framework and Ray
-Train; for comparison, "a plain script's first run" is what the hand-written loop (and Keras' ``fit``)
-spends before its first epoch in a fresh process: importing the framework, building the model and
-optimizer.
+``cellforge.train.fit.Stopwatch``). The first fit in a process also imports the framework (and Ray
+Train, for a fit on its actors: (c), (f)); for comparison, "a plain script's first run" is what the
+hand-written loop (and Keras' ``fit``) spends before its first epoch in a fresh process: importing the
+framework, building the model and optimizer.
 """
 
 from __future__ import annotations
@@ -297,7 +297,7 @@ def main() -> None:
 def _tracking_lines(rows, walls, args) -> None:
     """Tracking's cost, on (b+) against off (b-, the same fit untracked right after it): per epoch (steady
     seq/s; rank 0 logs an epoch after its timer stops, so that cost shows only in the wall time) and over
-    the whole fit. Not against (b): the first fit in the process imports the framework and Ray Train, and
+    the whole fit. Not against (b): the first fit in the process imports the framework, and
     its epochs ran slower too (2,135 against 2,560 seq/s for (b+) on 2026-12-01)."""
     slower = walls["b+"] / walls["b-"] - 1
     print(f"\ntracking on vs off, torch 1 worker, {args.sequences} sequences x {args.epochs} epochs:")
