@@ -270,8 +270,8 @@ def hold(block: bool | None, address: str | None, message: str) -> None:
     previous = {sig: signal.signal(sig, _interrupt) for sig in stops} if main else {}
     try:
         log.info(message)  # in the try: a signal may come as soon as the line is out
-        while True:
-            time.sleep(3600)
+        while True:  # short sleeps: a signal the kernel hands to one of Ray's threads runs its Python
+            time.sleep(0.5)  # handler only when this thread next runs (CI: SIGTERM unanswered for 180 s)
     except KeyboardInterrupt:
         log.info("stopping")
     finally:
