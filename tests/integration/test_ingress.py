@@ -109,14 +109,19 @@ def test_nothing_of_ray_or_haproxy_listens_beyond_loopback(endpoint):
 def test_a_deploy_right_after_the_index_app_was_deleted_lists_its_model(endpoint, serve_module):
     """An index app deleted without waiting (a test module's end did so) shows as DELETING for a moment:
     a deploy then must run it again, not take it for running, and return only once the ingress routes
-    both (CI at 2ae10f5: ``GET /v1/models`` answered HAProxy's 404 right after such a deploy)."""
+    both (CI at 2ae10f5: ``GET /v1/models`` answered HAProxy's 404 right after such a deploy; CI at
+    7e84bc9: deployed again while DELETING, the index ran but Serve left its route out). Twice over,
+    the second time at once after the first deploy."""
     import httpx
 
     from cellforge.serving.config import INDEX_APP
 
     ep, bundle = endpoint
-    serve_module.delete(INDEX_APP, _blocking=False)
-    again = cf.deploy(bundle, "ingress", num_replicas=1)
-    r = httpx.get(f"{again.base_url}/v1/models", timeout=30)
-    assert r.status_code == 200, r.text
-    assert "ingress" in [m["name"] for m in r.json()["models"]]
+    for _ in range(2):
+        serve_module.delete(INDEX_APP, _blocking=False)
+        again = cf.deploy(bundle, "ingress", num_replicas=1)
+        routes = httpx.get(f"{again.base_url}/-/routes", timeout=30).json()
+        assert routes.get("/") == INDEX_APP, routes
+        r = httpx.get(f"{again.base_url}/v1/models", timeout=30)
+        assert r.status_code == 200, r.text
+        assert "ingress" in [m["name"] for m in r.json()["models"]]

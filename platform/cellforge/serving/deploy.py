@@ -85,7 +85,7 @@ def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int 
     import ray
     from ray import serve
 
-    from cellforge.serving.app import build_app, build_index
+    from cellforge.serving.app import build_app
     from cellforge.serving.sessions import get_store
 
     knobs = {"canary": canary, "max_error_rate": max_error_rate, "min_requests": min_requests}
@@ -113,19 +113,37 @@ def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int 
         # serve.start would only warn that its HTTP options are ignored (Ray's WARNING line in a notebook
         # that deploys a second model, or in 03 when another kernel started Serve): say where it serves
         log.info("Serve already runs on this Ray, at %s:%d: the model is served there", *running)
-    index = serve.status().applications.get(INDEX_APP)
-    # deleted without waiting (a test module's end, an undeploy script), the index still shows as
-    # DELETING and goes a moment later: deploy it again (Serve takes a new target over a deletion)
-    if index is None or index.status == "DELETING":
-        serve.run(build_index(), name=INDEX_APP, route_prefix="/")
+    _ensure_index()
     if canary_cfg is not None:
         streams = not (spec.bidirectional or spec.task == "seq2seq" or state.get("input_type") == "audio")
         return _deploy_canary(cfg, canary_cfg, spec.task, streams)
     serve.run(build_app(cfg.model_dump()), name=cfg.name, route_prefix=f"/v1/models/{cfg.name}")
     ray.get(get_store().set_config.remote(cfg.name, cfg.model_dump()))  # what a promote starts from
+    _ensure_index()  # again: a deletion sent just before this call may reach Serve only now
     url = base_url()
     wait_routed(url, {"/": INDEX_APP, f"/v1/models/{cfg.name}": cfg.name})
     return Endpoint(cfg.name, version_of(cfg), url)
+
+
+def _ensure_index(timeout_s: float = 60.0) -> None:
+    """Run the index application unless it runs. Deleted without waiting (a test module's end, an
+    undeploy script), it shows as DELETING for a while: this waits until it is gone, then runs it;
+    deployed again while DELETING, Serve ran its replica but could leave its route out. Serve's
+    controller may also take such a deletion after a status read sent later (an async actor does
+    not keep a caller's order: CI at 7e84bc9 read RUNNING, then the index went), so ``deploy``
+    calls this before and after the model's own deploy."""
+    from ray import serve
+
+    from cellforge.serving.app import build_index
+
+    deadline = time.monotonic() + timeout_s
+    while (index := serve.status().applications.get(INDEX_APP)) is not None and index.status == "DELETING":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve's index application {INDEX_APP!r} is still being deleted after "
+                               f"{timeout_s:.0f} s")
+        time.sleep(0.2)
+    if index is None:
+        serve.run(build_index(), name=INDEX_APP, route_prefix="/")
 
 
 def wait_routed(url: str, routes: dict[str, str], timeout_s: float = 30.0) -> bool:
