@@ -127,11 +127,11 @@ def deploy(bundle: str | Path, name: str, *, host: str = "127.0.0.1", port: int 
 
 def _ensure_index(timeout_s: float = 60.0) -> None:
     """Run the index application unless it runs. Deleted without waiting (a test module's end, an
-    undeploy script), it shows as DELETING for a while: this waits until it is gone, then runs it;
-    deployed again while DELETING, Serve ran its replica but could leave its route out. Serve's
-    controller may also take such a deletion after a status read sent later (an async actor does
-    not keep a caller's order: CI at 7e84bc9 read RUNNING, then the index went), so ``deploy``
-    calls this before and after the model's own deploy."""
+    undeploy script), it shows as DELETING for a while: this waits until it is gone, then runs it
+    (not over the deletion: whether Serve keeps the route of an app deployed while DELETING was not
+    shown). Serve's controller may take such a deletion after a status read sent later (an async
+    actor does not keep a caller's order: here a read said RUNNING, then the index went and its
+    route with it), so ``deploy`` calls this before and after the model's own deploy."""
     from ray import serve
 
     from cellforge.serving.app import build_index
