@@ -110,8 +110,8 @@ def test_a_deploy_right_after_the_index_app_was_deleted_lists_its_model(endpoint
     """An index app deleted without waiting (a test module's end did so) shows as DELETING for a moment:
     a deploy then must run it again, not take it for running, and return only once the ingress routes
     both (CI at 2ae10f5: ``GET /v1/models`` answered HAProxy's 404 right after such a deploy; CI at
-    7e84bc9: deployed again while DELETING, the index ran but Serve left its route out). Twice over,
-    the second time at once after the first deploy."""
+    7e84bc9: the deletion reached Serve's controller after deploy had read the index as RUNNING, and
+    the index went with its route). Twice over, the second time at once after the first deploy."""
     import httpx
 
     from cellforge.serving.config import INDEX_APP
