@@ -1,6 +1,6 @@
 """Training throughput: cellforge vs a hand-written loop in each framework, in one run.
 
-    .venv/bin/python benchmarks/train_throughput.py            # about 10 minutes on 2 cores (--rounds 1: ~7)
+    .venv/bin/python benchmarks/train_throughput.py            # 4 rounds: 3-4 minutes on 2 cores (2026-12-01)
     .venv/bin/python benchmarks/train_throughput.py --only tracking   # (b+) against (b-): ~2 minutes
     .venv/bin/python benchmarks/train_throughput.py --only bucketing  # training.bucket_by_length: ~3 minutes
 
@@ -25,9 +25,11 @@ Throughput is sequences/second of the median epoch in steady state: epoch 1 (tra
 is Ray's start-up (reported on its own). cellforge's figures come from the per-epoch ``time_s``
 in the run history, with no validation split so that it times training only. The machine may be
 shared: compare the ratios, which are measured in the same run, not absolute numbers. The ratios
-b/a and e/d take the mean of ``--rounds`` runs of each side, the second round in the reverse order
-(b a ... d e, then e d a b), so that a machine slowing down or speeding up during the run weighs on
-both sides alike.
+b/a and e/d are the means over ``--rounds`` rounds of each round's own ratio: the first round runs
+b a ... d e, later ones e d a b and b a d e in turn, so that each pair runs side by side and a machine
+slowing down or speeding up during the run weighs on both sides alike. Each round's ratio is printed:
+on a shared 2-core machine one epoch's time moves by up to 20% from one epoch to the next (2026-12-01:
+the hand-written loop alone, six runs in one process, 4,674-6,331 seq/s), so one pair decides nothing.
 
 Time outside the epochs is printed per cellforge fit with its phases (``FitResult.timings``: see
 ``cellforge.train.fit.Stopwatch``). The first fit in a process also imports the framework (and Ray
@@ -217,8 +219,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="epochs per run (the first is not timed)")
     parser.add_argument("--only", choices=["tracking", "bucketing"],
                         help="tracking: (b), (b+) and (b-) only; bucketing: training.bucket_by_length off and on")
-    parser.add_argument("--rounds", type=int, default=2, choices=[1, 2],
-                        help="runs of (a), (b), (d) and (e) each: the second in the reverse order")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="runs of (a), (b), (d) and (e) each, side by side: e d a b, then b a d e, in turn")
     args = parser.parse_args()
     x, y = make_data(args.sequences)
     xb, yb = make_data(args.sequences + int(round(args.sequences / 0.98 * 0.02)))  # + cellforge's test split
@@ -256,17 +258,19 @@ def main() -> None:
         rows["d"] = (keras_fit(x, y, args.epochs), None)
         fit("e", "tensorflow", 1)
         fit("f", "tensorflow", 2)
-        if args.rounds == 2:  # the reverse order: e d a b
-            fit("e2", "tensorflow", 1)
-            rows["d2"] = (keras_fit(x, y, args.epochs), None)
-            rows["a2"] = (torch_loop(x, y, args.epochs), None)
-            fit("b2", "torch", 1)
+        for r in range(2, args.rounds + 1):  # e d a b, then b a d e, in turn
+            for k in ("e", "d", "a", "b") if r % 2 == 0 else ("b", "a", "d", "e"):
+                if k in "be":
+                    fit(f"{k}{r}", "torch" if k == "b" else "tensorflow", 1)
+                else:
+                    rows[f"{k}{r}"] = ((torch_loop if k == "a" else keras_fit)(x, y, args.epochs), None)
         first = {fw: first_run(fw) for fw in ("torch", "tensorflow")}
     load.append(os.getloadavg()[0])
     names = {"b+": "cellforge torch, 1 worker, tracked", "b-": "cellforge torch, 1 worker, untracked again", "a": "hand-written PyTorch loop", "a'": "the same loop in a Ray Train worker", "b": "cellforge torch, 1 worker", "c": "cellforge torch, 2 workers",
              "d": "plain Keras model.fit", "e": "cellforge tensorflow, 1 worker",
              "f": "cellforge tensorflow, 2 workers"}
-    names |= {k + "2": v + " (again)" for k, v in names.items() if k in "abde"}
+    names |= {f"{k}{r}": f"{v} (round {r})" for k, v in list(names.items()) if k in "abde"
+              for r in range(2, args.rounds + 1)}
     print(f"\nLSTM T={T} features={F} hidden={H} batch={BATCH}, {args.sequences} sequences/epoch, "
           f"{args.epochs} epochs (epoch 1 not timed), {os.cpu_count()} cores, load average {load[0]:.1f} "
           f"before, {load[1]:.1f} after")
@@ -275,13 +279,17 @@ def main() -> None:
     for k, (rate, outside) in rows.items():
         print(f"{'(' + k + ')':6}{names[k]:42}{rate:8.0f}{'' if outside is None else f'{outside:22.1f}'}")
     print()
-    mean = {k: float(np.mean([rows[r][0] for r in (k, k + "2") if r in rows])) for k in "abde"}
+    rounds = [""] + [str(r) for r in range(2, args.rounds + 1)]
     for num, den, target in (("b", "a", 0.97), ("b", "a'", None), ("c", "a", None), ("e", "d", 1.0),
                              ("f", "d", None)):
-        ratio = mean.get(num, rows[num][0]) / mean.get(den, rows[den][0])
+        if num in "be" and den in "ad":  # each round's own ratio, then their mean
+            each = [rows[num + r][0] / rows[den + r][0] for r in rounds]
+            ratio = float(np.mean(each))
+            how = f"   mean of {len(each)} rounds: " + " ".join(f"{v:.2f}" for v in each) if len(each) > 1 else ""
+        else:
+            ratio, how = rows[num][0] / rows[den][0], ""
         goal = f"   (target >= {target:.2f}: {'met' if ratio >= target else 'MISSED'})" if target else ""
-        both = " (means of both rounds)" if args.rounds == 2 and num in mean and den in mean else ""
-        print(f"{num}/{den} = {ratio:.2f}{goal}{both}")
+        print(f"{num}/{den} = {ratio:.2f}{goal}{how}")
     print("\ntime outside the epochs, by phase (cellforge.train.fit.Stopwatch; phases under 0.05 s left out):")
     for k, t in phases.items():
         print(f"  ({k}) {' '.join(f'{p} {v:.1f}' for p, v in t.items() if p != 'epochs' and v >= 0.05)}")
