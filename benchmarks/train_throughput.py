@@ -289,7 +289,7 @@ def main() -> None:
         else:
             ratio, how = rows[num][0] / rows[den][0], ""
         goal = f"   (target >= {target:.2f}: {'met' if ratio >= target else 'MISSED'})" if target else ""
-        print(f"{num}/{den} = {ratio:.2f}{goal}{how}")
+        print(f"{num}/{den} = {ratio:.3f}{goal}{how}")
     print("\ntime outside the epochs, by phase (cellforge.train.fit.Stopwatch; phases under 0.05 s left out):")
     for k, t in phases.items():
         print(f"  ({k}) {' '.join(f'{p} {v:.1f}' for p, v in t.items() if p != 'epochs' and v >= 0.05)}")
