@@ -330,7 +330,10 @@ def test_autoscaling_batching_and_sessions_survive_scaling_and_a_killed_replica(
     assert set(statuses) == {200}
     # every request went through the batcher; replicas flush their counts every 0.25 s
     stats = wait_for(lambda: (m := client.metrics("auto"))["requests"] >= len(statuses) and m, 10, "batch stats")
-    assert stats["requests"] == len(statuses) and stats["replicas_reported"] == 2
+    # counts from more than one replica were summed. At least two, not exactly two: under a load near
+    # the target the autoscaler may cycle a replica (fresh clone at 5ee4e2f: 1 -> 2 -> 1 -> 2 within 9 s,
+    # "ongoing requests: 1.80", so three replicas served and reported)
+    assert stats["requests"] == len(statuses) and stats["replicas_reported"] >= 2, stats
     assert stats["max_batch_size"] > 1, stats  # dynamic batching formed real batches
 
     # load gone: the autoscaler scales down; the session is untouched
