@@ -106,7 +106,8 @@ def _empty(spec):
 
 def until(stop, items):
     """``items`` until the event ``stop`` is set (checked before each): a stopped sweep trial that trains in
-    its trial's process ends within a batch, not at the end of its epoch.
+    its trial's process ends within a batch (a Keras one within the few its Fitter converts at a time),
+    not at the end of its epoch.
 
         >>> import threading
         >>> stop = threading.Event()

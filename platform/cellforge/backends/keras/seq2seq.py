@@ -145,7 +145,7 @@ class Fitter(train.Fitter):
         if key not in self._fns:
             sig = [tf.TensorSpec([None] * xb.ndim, tf.as_dtype(xb.dtype)), tf.TensorSpec([None], tf.int64),
                    tf.TensorSpec([None, 3, yb.shape[2]], tf.int64)]
-            self._fns[key] = tf.function(lambda x, lengths, y: self._step(x, lengths, y, False), input_signature=sig)
+            self._fns[key] = self._concrete(lambda x, lengths, y: self._step(x, lengths, y, False), sig)
         return self._fns[key]
 
     def _grads(self, x, lengths, y, full):

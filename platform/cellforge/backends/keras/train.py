@@ -11,6 +11,7 @@ averaged update — so replicas stay identical, as with PyTorch DDP.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from cellforge.backends.keras.model import Net, from_canonical, predict, to_cano
 from cellforge.backends.network import thread_share
 from cellforge.spec import ModelSpec
 from cellforge.train.worker import LRSchedule, WorkerInfo
+
+
+AHEAD = 8  # batches made tensors together (see Fitter.train_epoch)
 
 
 def make_trainer(worker_fn, config: dict, scaling_config, run_config):
@@ -126,7 +130,8 @@ class Fitter:
         self.opt = make_optimizer(spec)
         self.opt.build(self.vars)
         self.lr = LRSchedule(spec)
-        self._fns: dict = {}
+        self._fns: dict = {}  # compiled steps, by kind of batch (see _compiled)
+        self._traced: list = []
         if self.world > 1:  # start every replica from rank 0's weights
             flat = self._flat([v.value for v in self.vars]).numpy()
             _dist().broadcast(_torch(flat), src=0)
@@ -184,8 +189,17 @@ class Fitter:
         if key not in self._fns:
             sig = [tf.TensorSpec([None] * xb.ndim, tf.as_dtype(xb.dtype)), tf.TensorSpec([None], tf.int64),
                    tf.TensorSpec([None] * yb.ndim, tf.as_dtype(yb.dtype))]
-            self._fns[key] = tf.function(lambda x, lengths, y: self._step(x, lengths, y, full), input_signature=sig)
+            self._fns[key] = self._concrete(lambda x, lengths, y: self._step(x, lengths, y, full), sig)
         return self._fns[key]
+
+    def _concrete(self, fn, sig):
+        """``fn`` compiled for ``sig``, as its concrete function, called with tensors of exactly those
+        dtypes (``train_epoch`` converts each numpy batch itself). That skips tf.function's argument
+        binding and its own numpy conversion: ~0.3 ms of Python a call on 2 cores; an LSTM epoch (h=128,
+        T=50, batch 64) went from 0.94-0.96x Keras' ``fit`` on the same model to 0.98x."""
+        function = tf.function(fn, input_signature=sig)
+        self._traced.append(function)  # alive as long as the Fitter, beside its concrete function
+        return function.get_concrete_function()
 
     # the Fitter contract (see cellforge.train.loop) -------------------------------------------------
     def gradients(self) -> dict[str, np.ndarray]:
@@ -194,26 +208,41 @@ class Fitter:
         return {}
 
     def train_epoch(self, epoch: int, batches) -> tuple[float, int]:
-        """One pass over this rank's batches (x, lengths, y numpy); returns (loss sum, examples)."""
+        """One pass over this rank's batches (x, lengths, y numpy); returns (loss sum, examples).
+
+        Batches become tensors ``AHEAD`` at a time, before their steps run: converting each one right
+        before its step left an LSTM epoch (h=128, T=50, batch 64, 2 cores) 3-4% slower. Alone, the
+        three conversions take ~50 us; between two steps, ~0.6 ms (likely TensorFlow's threads, still
+        spinning after the step, holding both cores). A stopped run ends within ``AHEAD`` batches."""
         self.opt.learning_rate = self.lr.value
         losses, sizes = [], []
-        for xb, lb, yb in batches:
-            lb = np.asarray(lb, np.int64)
-            step = self._compiled(xb, yb, bool((lb == xb.shape[1]).all()))
-            out = step(xb, lb, yb)
-            if self.world > 1:
-                loss, flat = out
-                g = _torch(flat.numpy())
-                _dist().all_reduce(g)
-                if "apply" not in self._fns:
-                    self._fns["apply"] = tf.function(self._apply_flat, input_signature=[tf.TensorSpec([None], tf.float32)])
-                self._fns["apply"](g.numpy() / self.world)
-                out = loss
-            losses.append(out)
-            sizes.append(len(xb))
+        batches = iter(batches)
+        while chunk := list(itertools.islice(batches, AHEAD)):
+            for step, args in [self._ready(xb, lb, yb) for xb, lb, yb in chunk]:
+                out = step(*args)
+                if self.world > 1:
+                    out = self._all_reduced(out)
+                losses.append(out)
+                sizes.append(int(args[0].shape[0]))
         if not losses:
             return 0.0, 0
         return float(np.dot([float(v) for v in losses], sizes)), int(sum(sizes))
+
+    def _ready(self, xb, lb, yb):
+        """A batch's compiled step, and the batch as the tensors it takes."""
+        lb = np.asarray(lb, np.int64)
+        step = self._compiled(xb, yb, bool((lb == xb.shape[1]).all()))
+        return step, (tf.convert_to_tensor(xb), tf.convert_to_tensor(lb), tf.convert_to_tensor(yb))
+
+    def _all_reduced(self, out):
+        """World > 1: sum the step's flat gradients over the workers, apply their mean; the loss."""
+        loss, flat = out
+        g = _torch(flat.numpy())
+        _dist().all_reduce(g)
+        if "apply" not in self._fns:
+            self._fns["apply"] = self._concrete(self._apply_flat, [tf.TensorSpec([None], tf.float32)])
+        self._fns["apply"](tf.convert_to_tensor(g.numpy() / self.world))
+        return loss
 
     def predict(self, x, lengths) -> np.ndarray:
         return predict(self.net, x, lengths)
