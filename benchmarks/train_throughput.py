@@ -30,6 +30,11 @@ b a ... d e, later ones e d a b and b a d e in turn, so that each pair runs side
 slowing down or speeding up during the run weighs on both sides alike. Each round's ratio is printed:
 on a shared 2-core machine one epoch's time moves by up to 20% from one epoch to the next (2026-12-01:
 the hand-written loop alone, six runs in one process, 4,674-6,331 seq/s), so one pair decides nothing.
+The median of the rounds' ratios is printed beside their mean. They part where plain Keras' ``fit``
+has a slow run: on 2026-12-02, 1 to 3 of every 8 of its fits (with a fresh model each, in one process)
+ran at 1,600-2,100 seq/s against 2,600-3,200 for the others, with or without a ``gc.collect()``
+before it; cellforge's fits did not. The mean counts those runs, as a user would meet them; the
+median shows cellforge against Keras' usual run.
 
 Time outside the epochs is printed per cellforge fit with its phases (``FitResult.timings``: see
 ``cellforge.train.fit.Stopwatch``). The first fit in a process also imports the framework (and Ray
@@ -285,7 +290,8 @@ def main() -> None:
         if num in "be" and den in "ad":  # each round's own ratio, then their mean
             each = [rows[num + r][0] / rows[den + r][0] for r in rounds]
             ratio = float(np.mean(each))
-            how = f"   mean of {len(each)} rounds: " + " ".join(f"{v:.2f}" for v in each) if len(each) > 1 else ""
+            how = (f"   mean of {len(each)} rounds: " + " ".join(f"{v:.2f}" for v in each)
+                   + f" (median {np.median(each):.3f})" if len(each) > 1 else "")
         else:
             ratio, how = rows[num][0] / rows[den][0], ""
         goal = f"   (target >= {target:.2f}: {'met' if ratio >= target else 'MISSED'})" if target else ""
