@@ -217,8 +217,8 @@ class Fitter:
         self.opt.learning_rate = self.lr.value
         losses, sizes = [], []
         batches = iter(batches)
-        while chunk := list(itertools.islice(batches, AHEAD)):
-            for step, args in [self._ready(xb, lb, yb) for xb, lb, yb in chunk]:
+        while ready := [self._ready(*batch) for batch in itertools.islice(batches, AHEAD)]:
+            for step, args in ready:
                 out = step(*args)
                 if self.world > 1:
                     out = self._all_reduced(out)
